@@ -1,0 +1,3 @@
+from konduktor.cli import main
+
+main()

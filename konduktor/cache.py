@@ -1,0 +1,84 @@
+"""Local caches under ``~/.konduktor`` (``KONDUKTOR_HOME`` overrides).
+
+The hash cache remembers the sha256 of files read from disk, keyed by their
+stat fingerprint, so that a file that did not change is never hashed twice.
+A file modified within the last two seconds is not cached: its mtime may not
+yet tell a later edit apart (git's "racy" case).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_RACY_SECONDS = 2
+
+
+def konduktor_home() -> Path:
+    return Path(os.environ.get("KONDUKTOR_HOME") or Path.home() / ".konduktor")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write *path* through a temporary file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fingerprint(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class HashCache:
+    """sha256 of files under one root, remembered by stat fingerprint."""
+
+    def __init__(self, root: Path) -> None:
+        digest = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:24]
+        self.path = konduktor_home() / "cache" / "hashes" / f"{digest}.json"
+        self._entries: dict[str, list[object]] = {}
+        self._dirty = False
+        try:
+            self._entries = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.debug("ignoring unreadable hash cache %s: %s", self.path, exc)
+
+    def get(self, rel: str, st: os.stat_result) -> str | None:
+        found = self._entries.get(rel)
+        if found is not None and found[:4] == fingerprint(st):
+            return str(found[4])
+        return None
+
+    def put(self, rel: str, st: os.stat_result, sha256: str) -> None:
+        if st.st_mtime >= time.time() - _RACY_SECONDS:
+            return
+        self._entries[rel] = [*fingerprint(st), sha256]
+        self._dirty = True
+
+    def save(self, keep: set[str] | None = None) -> None:
+        """Persist the cache, dropping entries for paths not in *keep* when given."""
+        if keep is not None and not keep.issuperset(self._entries):
+            self._entries = {k: v for k, v in self._entries.items() if k in keep}
+            self._dirty = True
+        if not self._dirty:
+            return
+        try:
+            atomic_write(self.path, json.dumps(self._entries, separators=(",", ":")).encode())
+        except OSError as exc:  # a cache that cannot be written only costs time
+            log.debug("cannot write hash cache %s: %s", self.path, exc)

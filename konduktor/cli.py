@@ -1,0 +1,234 @@
+"""The `konduktor` command line: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from konduktor import __version__
+from konduktor.errors import KonduktorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("konduktor")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="konduktor")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Ship exactly the right code from your work tree to a Kubernetes GPU cluster.
+
+    konduktor snapshots a directory as the git-tracked files plus their
+    uncommitted and untracked (not ignored) changes, minus what
+    .konduktorignore files exclude (git's own ignore rules), into
+    deterministic zstd layers keyed by commit and content.
+    """
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose, quiet)
+
+
+@cli.command("ls-files")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-z", "nul", is_flag=True, help="Separate paths with NUL instead of newlines.")
+@click.option("--commit", metavar="REV", help="List from this commit's tree, not the work tree.")
+@click.option("--why", is_flag=True, help="Explain, for each PATH, whether it ships and why.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="With --why: the directory being synced.",
+)
+def ls_files(paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, root: Path) -> None:
+    """Print the files that ship from PATH (default: the current directory).
+
+    One path per line, relative to PATH. With --why, print for each PATH
+    whether it ships and the rule that decided (`.konduktorignore:3:secret*`,
+    `.gitignore:1:*.log`, `tracked`, `untracked`, ...).
+    """
+    from konduktor import selection
+
+    end = "\0" if nul else "\n"
+    if why:
+        if not paths:
+            raise click.UsageError("--why needs at least one PATH to explain")
+        rels = [_relative(p, root) for p in paths]
+        for verdict in selection.explain(root, rels):
+            state = "ships" if verdict.ships else "excluded"
+            click.echo(f"{verdict.path}\t{state}\t{verdict.rule}", nl=False)
+            click.echo(end, nl=False)
+        return
+    if len(paths) > 1:
+        raise click.UsageError("give one PATH to list (or use --why to explain several paths)")
+    sel = selection.select(paths[0] if paths else Path("."), commit=commit)
+    out = sys.stdout.buffer
+    for path in sel.paths():
+        out.write(os.fsencode(path) + end.encode())
+    out.flush()
+
+
+def _relative(path: Path, root: Path) -> str:
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(Path(os.path.abspath(root))).as_posix()
+    except ValueError:
+        raise click.UsageError(f"{path} is not inside the synced directory {root}") from None
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path), default=Path("."))
+@click.option("--commit", metavar="REV", help="Snapshot this commit's tree only (a base layer).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the layers and their manifests into this directory.",
+)
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
+              help="zstd compression level.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_json: bool) -> None:
+    """Build the layers that would ship PATH (default: the current directory).
+
+    In a git work tree: a base layer of HEAD's files, plus an overlay with
+    uncommitted and untracked changes. With --commit: the commit's base layer.
+    Outside git: one full layer. Prints files, bytes, compressed size, keys,
+    digests and time.
+    """
+    from konduktor import snapshot as snap
+
+    info = snap.build(path, commit=commit, out=out, level=level)
+    if as_json:
+        click.echo(json.dumps(_snapshot_json(info), indent=2))
+        return
+    _print_snapshot(info)
+
+
+def _snapshot_json(info: Any) -> dict[str, object]:
+    return {
+        "commit": info.commit,
+        "dirty": info.dirty,
+        "seconds": round(info.seconds, 3),
+        "layers": [
+            {
+                "kind": layer.kind,
+                "key": layer.key,
+                "sha256": layer.sha256,
+                "bytes": layer.bytes,
+                "compressed_bytes": layer.compressed_bytes,
+                "files": layer.files,
+                "path": str(layer.path) if layer.path else None,
+            }
+            for layer in info.layers
+        ],
+    }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _print_snapshot(info: Any) -> None:
+    rows = [("layer", "files", "bytes", "compressed", "sha256", "key")]
+    for layer in info.layers:
+        rows.append((layer.kind, str(layer.files), _size(layer.bytes),
+                     _size(layer.compressed_bytes), layer.sha256[:12], layer.key))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(row)]
+        click.echo("  ".join(cells))
+    commit = info.commit[:12] if info.commit else "no commit"
+    state = "dirty" if info.dirty else "clean"
+    click.echo(f"{commit} ({state}), {len(info.layers)} layer(s) in {info.seconds:.2f} s")
+    for layer in info.layers:
+        if layer.path:
+            click.echo(f"wrote {layer.path}")
+
+
+@cli.command()
+@click.argument("layers", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace DEST if it exists and is not empty.")
+def extract(layers: tuple[Path, ...], dest: Path, replace: bool) -> None:
+    """Extract LAYER files in order (base first, then overlay) into DEST.
+
+    Each layer's sha256 is checked against the manifest beside it
+    (<name>.json) before anything is written; DEST is replaced only when
+    everything succeeded.
+    """
+    from konduktor import extract as ex
+
+    if dest.exists() and any(dest.iterdir()) and not replace:
+        raise click.UsageError(f"{dest} is not empty; give --replace to replace it")
+    refs = [ex.LayerRef(path, _expected_sha256(path)) for path in layers]
+    result = ex.extract(refs, dest)
+    click.echo(f"extracted {result.files} files and {result.symlinks} symlinks into {dest}"
+               + (f", deleted {result.deleted}" if result.deleted else ""))
+
+
+def _expected_sha256(layer: Path) -> str | None:
+    if not layer.is_file():
+        raise click.UsageError(f"layer {layer} does not exist")
+    manifest = layer.with_name(layer.name.removesuffix(".tar.zst") + ".json")
+    try:
+        digest = json.loads(manifest.read_text())["sha256"]
+    except FileNotFoundError:
+        logging.getLogger("konduktor").warning(
+            "no manifest %s beside the layer: its sha256 is not verified", manifest
+        )
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"cannot read the manifest {manifest}: {exc}") from exc
+    return str(digest)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: one handler maps every failure to a message and an exit code."""
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="konduktor", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KonduktorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if verbose:
+            raise
+        click.echo(f"unexpected error: {type(exc).__name__}: {exc}; rerun with -v for the "
+                   "traceback and report it", err=True)
+        sys.exit(EXIT_UNEXPECTED)
+    sys.exit(0)

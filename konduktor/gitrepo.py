@@ -1,0 +1,318 @@
+"""The git repository around a sync root: objects through pygit2, status through git.
+
+Work-tree status comes from ``git status --porcelain=v2``: it is git's own
+answer (excludes, stat cache, submodules) and git writes the refreshed stat
+cache back to the index, so the next call is cheap. pygit2's status never
+writes it back and rehashes every file after a fresh clone or ``touch``.
+Everything else (index, trees, blobs, history) is read through pygit2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pygit2
+
+from konduktor.errors import GitError, UsageError
+
+MODE_LINK = 0o120000
+MODE_GITLINK = 0o160000
+MODE_EXEC = 0o100755
+
+
+def run_git(args: Sequence[str], cwd: Path) -> bytes:
+    """Run git and return its stdout; raise GitError with the command, exit code and stderr."""
+    cmd = ["git", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+    try:
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, check=False)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed or not on PATH; install git") from exc
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace").strip()
+        raise GitError(f"`{' '.join(cmd)}` failed in {cwd} (exit {done.returncode}): {stderr}")
+    return done.stdout
+
+
+# Variables that git exports inside hooks point at the outer repository: drop them,
+# but keep the ones that configure identity and config lookup.
+_KEEP_ENV = frozenset(
+    {
+        "GIT_CONFIG_GLOBAL",
+        "GIT_CONFIG_NOSYSTEM",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_AUTHOR_DATE",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "GIT_COMMITTER_DATE",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    path: str  # relative to the sync root
+    mode: int
+    oid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Modes of a changed path in HEAD, the index and the work tree (0: absent)."""
+
+    head: int
+    index: int
+    work: int
+
+
+@dataclass
+class Status:
+    """Work-tree changes against HEAD under the sync root, paths relative to it.
+
+    Untracked files (not ignored by git's excludes) are changes absent from HEAD and
+    the index.
+    """
+
+    changes: dict[str, Change] = field(default_factory=dict)
+    submodules: set[str] = field(default_factory=set)  # submodules with any change
+
+    def deleted(self, path: str) -> bool:
+        change = self.changes.get(path)
+        return change is not None and change.work == 0
+
+    def untracked(self) -> list[str]:
+        return [p for p, c in self.changes.items() if c.index == 0 and c.work != 0]
+
+
+class Repo:
+    """A git repository seen from one sync root inside its work tree (or a bare repo)."""
+
+    def __init__(self, repo: pygit2.Repository, root: Path) -> None:
+        self.pygit = repo
+        self.root = root
+        top = repo.workdir
+        self.workdir = Path(top).resolve() if top else None
+        prefix = root.resolve().relative_to(self.workdir).as_posix() if self.workdir else ""
+        self.prefix = "" if prefix == "." else prefix
+
+    @classmethod
+    def discover(cls, root: Path) -> Repo | None:
+        """The repository whose work tree holds *root*, or None outside git."""
+        found = pygit2.discover_repository(str(root))
+        if found is None:
+            return None
+        repo = pygit2.Repository(found)
+        if repo.workdir is None:
+            return cls(repo, root) if Path(found).resolve() == root.resolve() else None
+        return cls(repo, root)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _rel(self, repo_path: str) -> str | None:
+        """A repository-relative path made relative to the sync root, None if outside it."""
+        if not self.prefix:
+            return repo_path
+        if repo_path.startswith(self.prefix + "/"):
+            return repo_path[len(self.prefix) + 1 :]
+        return None
+
+    def _pathspec(self) -> list[str]:
+        return ["--", f":(top,literal){self.prefix}"] if self.prefix else []
+
+    # -- revisions ---------------------------------------------------------------------------
+
+    def head(self) -> str | None:
+        """The commit HEAD points at, None in a repository without commits."""
+        if self.pygit.head_is_unborn:
+            return None
+        return str(self.pygit.head.target)
+
+    def resolve(self, rev: str) -> str:
+        """The commit id that *rev* names, or UsageError saying it does not resolve."""
+        try:
+            obj = self.pygit.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
+            raise UsageError(
+                f"--commit {rev!r} does not name a commit in {self.pygit.path}; "
+                "check it with `git rev-parse --verify`"
+            ) from exc
+        return str(commit.id)
+
+    def repo_id(self, commit: str) -> str:
+        """A stable id from the root commit(s) reachable from *commit*: same in every clone.
+
+        A shallow clone cannot see the real roots; its id comes from the shallow
+        boundary, so it shares no base layers with full clones.
+        """
+        walker = self.pygit.walk(commit, pygit2.enums.SortMode.TOPOLOGICAL)
+        roots = sorted(str(c.id) for c in walker if not c.parent_ids)
+        if self.pygit.is_shallow:
+            shallow = (Path(self.pygit.path) / "shallow").read_text().split()
+            roots = sorted(set(roots) | set(shallow))
+        return hashlib.sha256("\n".join(roots).encode()).hexdigest()[:16]
+
+    # -- index and trees ---------------------------------------------------------------------
+
+    def _git(self, *args: str) -> bytes:
+        return run_git(args, self.workdir or Path(self.pygit.path))
+
+    def _listing(self, out: bytes) -> Iterator[IndexEntry]:
+        """Parse `<mode> <type|oid> ... <oid|stage>\t<path>` records (ls-files -s, ls-tree)."""
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            fields = meta.split(b" ")
+            rel = self._rel(os.fsdecode(path))
+            if rel is not None:
+                oid = fields[1] if len(fields[1]) >= 40 else fields[2]
+                yield IndexEntry(rel, int(fields[0], 8), oid.decode())
+
+    def index_entries(self) -> Iterator[IndexEntry]:
+        """Index entries under the sync root (stage 0, or the first stage of a conflict)."""
+        seen = None
+        for entry in self._listing(self._git("ls-files", "--stage", "-z", *self._pathspec())):
+            if entry.path != seen:
+                seen = entry.path
+                yield entry
+
+    def tree_entries(self, commit: str) -> Iterator[IndexEntry]:
+        """Every blob, link and gitlink of *commit*'s tree under the sync root."""
+        paths = ["--", self.prefix + "/"] if self.prefix else []
+        return self._listing(self._git("ls-tree", "-r", "-z", "--full-tree", commit, *paths))
+
+    def blobs(self) -> BlobReader:
+        return BlobReader(self.workdir or Path(self.pygit.path))
+
+    def blob(self, oid: str) -> bytes:
+        data: bytes = self.pygit[oid].data
+        return data
+
+    def _attributes_text(self) -> bytes:
+        """Every .gitattributes in the index plus info/attributes, concatenated."""
+        listed = self._git("ls-files", "-z", "--", ":(top,glob)**/.gitattributes")
+        chunks = [self.blob(e.oid) for e in self._listing(self._git(
+            "ls-files", "--stage", "-z", *[os.fsdecode(p) for p in listed.split(b"\0") if p]
+        ))] if listed else []
+        info = Path(self.pygit.path) / "info" / "attributes"
+        if info.exists():
+            chunks.append(info.read_bytes())
+        return b"\n".join(chunks)
+
+    def uses_lfs(self) -> bool:
+        """Whether any attributes route files through git-lfs."""
+        return b"filter=lfs" in self._attributes_text()
+
+    def content_filters(self) -> bool:
+        """Whether work-tree bytes may differ from blob bytes (autocrlf, eol, filters, ...)."""
+        config = self.pygit.config
+        autocrlf = config["core.autocrlf"] if "core.autocrlf" in config else "false"
+        if autocrlf.lower() not in ("false", "0", "no", "off"):
+            return True
+        text = self._attributes_text()
+        words = (b"filter", b"text", b"eol", b"ident", b"working-tree-encoding", b"crlf")
+        return any(w in text for w in words)
+
+    def attribute(self, rel: str, name: str) -> str | None:
+        repo_path = f"{self.prefix}/{rel}" if self.prefix else rel
+        value: str | None = self.pygit.get_attr(repo_path, name)
+        return value
+
+    # -- work tree ---------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """git's view of the work tree under the sync root, compared with HEAD."""
+        out = self._git(
+            "status", "--porcelain=v2", "-z", "--untracked-files=all", "--ignore-submodules=none",
+            *self._pathspec(),
+        )
+        status = Status()
+        records = iter(out.split(b"\0"))
+        for record in records:
+            kind = record[:1]
+            if kind == b"?":  # untracked; may follow a staged deletion of the same path
+                rel = self._rel(os.fsdecode(record[2:]))
+                if rel is not None:
+                    head = status.changes[rel].head if rel in status.changes else 0
+                    status.changes[rel] = Change(head, 0, 0o100644)
+            elif kind in _FIELDS:
+                fields = record.split(b" ", _FIELDS[kind])
+                modes = [f.decode() for f in fields[3:6]]
+                if kind == b"u":  # unmerged: stage 2 ("ours") stands for HEAD and the index
+                    modes = [fields[4].decode(), fields[4].decode(), fields[6].decode()]
+                self._add_change(status, fields[-1], *modes)
+                if fields[2].startswith(b"S"):
+                    status.submodules.add(self._rel(os.fsdecode(fields[-1])) or "")
+                if kind == b"2":  # a rename's origin: in HEAD, gone from the index
+                    self._add_change(status, next(records), modes[0], "000000", "000000")
+        return status
+
+    def _add_change(self, status: Status, path: bytes, head: str, index: str, work: str) -> None:
+        rel = self._rel(os.fsdecode(path))
+        if rel is not None:
+            status.changes[rel] = Change(int(head, 8), int(index, 8), int(work, 8))
+
+
+# Fields before the path in `git status --porcelain=v2` records: ordinary, rename, unmerged.
+_FIELDS = {b"1": 8, b"2": 9, b"u": 10}
+
+def is_within(target: str, link_dir: str) -> bool:
+    """Whether a symlink at *link_dir*/<name> with *target* stays inside the root."""
+    if target.startswith("/"):
+        return False
+    joined = posixpath.normpath(posixpath.join(link_dir, target))
+    return not (joined == ".." or joined.startswith("../"))
+
+
+class BlobReader:
+    """Streams blobs out of one long-lived `git cat-file --batch` (libgit2 reads slowly from
+    delta-heavy packs, and loads whole blobs into memory)."""
+
+    def __init__(self, cwd: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+        self._proc = subprocess.Popen(
+            ["git", "cat-file", "--batch"], cwd=cwd, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._in = self._proc.stdin
+        self._out = self._proc.stdout
+
+    def open(self, oid: str) -> tuple[int, Iterator[bytes]]:
+        """The blob's size and an iterator over its bytes, which must be consumed fully."""
+        self._in.write(oid.encode() + b"\n")
+        self._in.flush()
+        header = self._out.readline().split()
+        if len(header) != 3 or header[1] != b"blob":
+            raise GitError(f"object {oid} is missing from the repository (git cat-file: {header!r})")
+        size = int(header[2])
+        return size, self._chunks(size)
+
+    def _chunks(self, size: int) -> Iterator[bytes]:
+        remaining = size
+        while remaining:
+            chunk = self._out.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise GitError("git cat-file ended early")
+            remaining -= len(chunk)
+            yield chunk
+        self._out.read(1)  # the newline after each object
+
+    def close(self) -> None:
+        self._in.close()
+        self._out.close()
+        self._proc.wait()
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""Per-directory ignore files with git's own semantics.
+
+git decides whether a path is ignored by walking from the root down: each
+directory's ignore file adds rules that apply to that directory and below,
+the last matching rule wins (deeper files after shallower ones, later lines
+after earlier ones), a ``!`` rule re-includes, and once a directory is
+excluded nothing below it is looked at again, so no rule can re-include a
+file inside it (and ignore files inside it are never read).
+
+Patterns are compiled by pathspec's gitignore translator. Its regexes match
+"this path or anything below it"; here each entry (directory or file) is
+tested on its own as git does, so the directory marker the translator puts
+at the end of a regex is turned into an end anchor, and directory-only
+patterns (``build/``) are only tried on directories.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+log = logging.getLogger(__name__)
+
+_DIR_MARK = "(?P<ps_d>/)"
+_DIR_MARK_OPT = f"(?:{_DIR_MARK}|$)"
+_TRAILING_COMMENT = re.compile(r"^(?P<pattern>.*?[^\s\\])\s+#")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One pattern line of one ignore file."""
+
+    source: str  # the ignore file, relative to the sync root
+    line: int
+    text: str
+    negate: bool
+    dir_only: bool
+    base: str  # directory of the ignore file, relative to the sync root ("" at the root)
+    regex: re.Pattern[str]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.text}"
+
+    def matches(self, path: str, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
+            return False
+        return self.regex.search(path[len(self.base) + 1 :] if self.base else path) is not None
+
+
+def _compile(text: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    try:
+        pattern = GitIgnoreSpecPattern(text)
+    except ValueError:  # git drops patterns it cannot parse (e.g. bad ranges)
+        return None
+    if pattern.include is None or pattern.regex is None:
+        return None
+    source = pattern.regex.pattern
+    dir_only = False
+    if source.endswith(_DIR_MARK_OPT):
+        source = source[: -len(_DIR_MARK_OPT)] + "$"
+    elif source.endswith(_DIR_MARK):
+        source = source[: -len(_DIR_MARK)] + "$"
+        dir_only = True
+    return re.compile(source), not pattern.include, dir_only
+
+
+def parse(data: bytes, *, source: str, base: str) -> list[Rule]:
+    """Parse one ignore file's bytes the way git reads them (BOM and CR stripped)."""
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    rules = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        compiled = _compile(line)
+        if compiled is None:
+            continue
+        regex, negate, dir_only = compiled
+        rules.append(Rule(source, number, line, negate, dir_only, base, regex))
+        hint = _TRAILING_COMMENT.match(line)
+        if hint and not line.startswith("#"):
+            log.warning(
+                "%s:%d: %r has no trailing comments in gitignore syntax: the whole line is "
+                "the pattern; did you mean %r?",
+                source,
+                number,
+                line,
+                hint.group("pattern"),
+            )
+    return rules
+
+
+Reader = Callable[[str], "bytes | None"]
+"""Returns the ignore file's content in a directory (relative to the root), or None."""
+
+
+class IgnoreChain:
+    """The ignore files of one name (``.konduktorignore`` or ``.gitignore``) under one root."""
+
+    def __init__(self, filename: str, read: Reader) -> None:
+        self.filename = filename
+        self._read = read
+        # directory -> (rule excluding it or a parent, rules inside it, newest first)
+        self._dirs: dict[str, tuple[Rule | None, tuple[Rule, ...]]] = {}
+
+    def _state(self, directory: str) -> tuple[Rule | None, tuple[Rule, ...]]:
+        state = self._dirs.get(directory)
+        if state is not None:
+            return state
+        if directory:
+            parent, _, _ = directory.rpartition("/")
+            excluded, inherited = self._state(parent)
+            if excluded is None:
+                rule = _last_match(inherited, directory, True)
+                excluded = rule if rule is not None and not rule.negate else None
+        else:
+            excluded, inherited = None, ()
+        own: tuple[Rule, ...] = ()
+        if excluded is None:  # git never reads ignore files inside excluded directories
+            data = self._read(directory)
+            if data:
+                source = f"{directory}/{self.filename}" if directory else self.filename
+                own = tuple(reversed(parse(data, source=source, base=directory)))
+        state = self._dirs[directory] = (excluded, own + inherited)
+        return state
+
+    def decide(self, path: str, is_dir: bool = False) -> tuple[bool, Rule | None]:
+        """(excluded, deciding rule) for *path*; the rule may be a ``!`` re-include."""
+        excluded, rules = self._state(path.rpartition("/")[0])
+        if excluded is not None:
+            return True, excluded
+        rule = _last_match(rules, path, is_dir)
+        return (rule is not None and not rule.negate), rule
+
+    def excludes(self, path: str, is_dir: bool = False) -> bool:
+        excluded, rules = self._state(path.rpartition("/")[0])
+        if excluded is not None:
+            return True
+        for rule in rules:
+            if rule.matches(path, is_dir):
+                return not rule.negate
+        return False
+
+
+def _last_match(newest_first: tuple[Rule, ...], path: str, is_dir: bool) -> Rule | None:
+    for rule in newest_first:
+        if rule.matches(path, is_dir):
+            return rule
+    return None

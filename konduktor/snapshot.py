@@ -1,0 +1,427 @@
+"""Snapshots: the selection turned into one or two layers, their keys and manifests.
+
+- In a git work tree with commits: a **base** layer holding commit C's files
+  (from C's tree: the same bytes under the same key from any clone), plus an
+  **overlay** with what the work tree changes on top: files added or modified,
+  and whiteouts for paths to delete.
+- From ``--commit C`` alone: the base layer only.
+- A plain directory, or a repository without commits: one **full** layer.
+
+Keys never depend on compressed bytes. A base key is a function of the
+repository id, the commit, the sync root's path, the format version and the
+compression level, and reads no file. Overlay and full keys are content
+addresses: the sha256 of the canonical manifest core (paths, modes, sizes,
+file sha256s, link targets, deletions, format, level), so computing them reads
+only the files that ship in them, and cached hashes spare even that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from konduktor.archive import LayerWriter
+from konduktor.cache import HashCache
+from konduktor.errors import SelectionError, UsageError
+from konduktor.gitrepo import BlobReader, Repo
+from konduktor.selection import Entry, Selection, select, sort_key
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_LEVEL = 3
+_IN_MEMORY = 8 << 20  # files up to this size are read whole; larger ones stream
+_CHUNK = 1 << 20
+
+Kind = Literal["base", "overlay", "full"]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One manifest entry."""
+
+    path: str
+    mode: int  # 0o644, 0o755, or 0o120000 for a symlink
+    size: int
+    sha256: str | None = None
+    target: str | None = None
+
+    def core(self) -> list[object]:
+        return [self.path, f"{self.mode:o}", self.size, self.sha256 or self.target]
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"path": self.path, "mode": f"{self.mode:04o}", "size": self.size}
+        out.update({"sha256": self.sha256} if self.target is None else {"target": self.target})
+        return out
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    kind: Kind
+    key: str | None  # None for a content-addressed layer whose files are not hashed yet
+    entries: tuple[Entry, ...]
+    deletions: tuple[str, ...] = ()
+    base: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    prefix: str  # the sync root's path inside the repository ("" outside git)
+    commit: str | None
+    dirty: bool
+    layers: tuple[LayerPlan, ...]
+    warnings: tuple[str, ...]
+    level: int
+    repo: Repo | None = field(default=None, repr=False, compare=False)
+    clean_paths: frozenset[str] = field(default=frozenset(), repr=False)  # base files on disk
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    kind: Kind
+    key: str
+    sha256: str  # of the compressed layer
+    bytes: int  # file contents
+    compressed_bytes: int
+    files: int
+    path: Path | None
+    manifest: dict[str, object] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    root: Path
+    commit: str | None
+    dirty: bool
+    layers: tuple[LayerInfo, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def base_key(repo: Repo, commit: str, level: int) -> str:
+    """`bases/<repo-id>/<commit>/<root-id>.tar.zst`: no file is read to compute it."""
+    root_id = hashlib.sha256(f"{repo.prefix}\0{FORMAT_VERSION}\0{level}".encode()).hexdigest()
+    return f"bases/{repo.repo_id(commit)}/{commit}/{root_id[:16]}.tar.zst"
+
+
+def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -> str:
+    """`objects/<xx>/<sha256>.tar.zst`, addressed by the canonical manifest core."""
+    core = {
+        "format": FORMAT_VERSION,
+        "level": level,
+        "entries": [r.core() for r in records],
+        "deletions": list(deletions),
+    }
+    digest = hashlib.sha256(json.dumps(core, separators=(",", ":")).encode()).hexdigest()
+    return f"objects/{digest[:2]}/{digest}.tar.zst"
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+def plan(
+    root: Path, *, commit: str | None = None, level: int = DEFAULT_LEVEL, hash_files: bool = True
+) -> Plan:
+    """Decide the layers and (with *hash_files*) all their keys, without writing archives."""
+    if not 1 <= level <= 22:
+        raise UsageError(f"compression level {level} is out of range; use 1-22")
+    if commit is not None:
+        sel = select(root, commit=commit)
+        assert sel.repo is not None and sel.commit is not None
+        layer = LayerPlan("base", base_key(sel.repo, sel.commit, level), sel.entries)
+        return _plan(sel, (layer,), level, dirty=False)
+    work = select(root)
+    if work.repo is None or work.commit is None:
+        layer = LayerPlan("full", None, work.entries)
+        result = _plan(work, (layer,), level, dirty=work.repo is not None)
+    else:
+        result = _plan_layers(work, level)
+    return _with_keys(result) if hash_files else result
+
+
+def _plan(sel: Selection, layers: tuple[LayerPlan, ...], level: int, *, dirty: bool) -> Plan:
+    prefix = sel.repo.prefix if sel.repo else ""
+    return Plan(sel.root, prefix, sel.commit, dirty, layers, sel.warnings, level, sel.repo)
+
+
+def _plan_layers(work: Selection, level: int) -> Plan:
+    assert work.repo is not None and work.commit is not None
+    base = select(work.root, commit=work.commit)
+    base_entries = {e.path: e for e in base.entries}
+    adds = tuple(
+        e for e in work.entries if e.path in work.dirty or _differs(e, base_entries.get(e.path))
+    )
+    work_paths = {e.path for e in work.entries}
+    deletions = tuple(p for p in base_entries if p not in work_paths)
+    key = base_key(work.repo, work.commit, level)
+    layers = [LayerPlan("base", key, base.entries)]
+    if adds or deletions:
+        layers.append(LayerPlan("overlay", None, adds, deletions, base=key))
+    clean = frozenset()
+    if not work.repo.content_filters():
+        clean = frozenset(p for p in base_entries if p in work_paths and p not in work.dirty)
+    result = _plan(work, tuple(layers), level, dirty=len(layers) > 1)
+    warnings = tuple(dict.fromkeys(work.warnings + base.warnings))
+    return replace(result, warnings=warnings, clean_paths=clean)
+
+
+def _differs(work: Entry, base: Entry | None) -> bool:
+    if base is None:
+        return True
+    return (work.kind, work.executable, work.target) != (base.kind, base.executable, base.target)
+
+
+def _with_keys(p: Plan) -> Plan:
+    """Fill in content keys, hashing only files whose stat fingerprint is not cached."""
+    cache = HashCache(p.root)
+    layers = []
+    for layer in p.layers:
+        if layer.key is None:
+            records = [_record_from_disk(e, cache) for e in layer.entries]
+            layer = LayerPlan(layer.kind, content_key(records, layer.deletions, p.level),
+                              layer.entries, layer.deletions, layer.base)
+        layers.append(layer)
+    cache.save()
+    return replace(p, layers=tuple(layers))
+
+
+def _record_from_disk(entry: Entry, cache: HashCache) -> Record:
+    if entry.kind == "symlink":
+        return Record(entry.path, 0o120000, 0, target=entry.target)
+    assert entry.source is not None
+    try:
+        st = os.stat(entry.source)
+        digest = cache.get(entry.path, st)
+        if digest is None:
+            digest = _hash_file(entry.source)
+            cache.put(entry.path, st, digest)
+    except OSError as exc:
+        raise _unreadable(entry, exc) from exc
+    return Record(entry.path, entry.mode, st.st_size, digest)
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unreadable(entry: Entry, exc: OSError) -> SelectionError:
+    return SelectionError(
+        f"cannot read {entry.source}: {exc.strerror}; fix its permissions or add it to "
+        ".konduktorignore"
+    )
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def build(
+    root: Path,
+    *,
+    commit: str | None = None,
+    out: Path | None = None,
+    level: int = DEFAULT_LEVEL,
+    progress: Progress | None = None,
+) -> SnapshotInfo:
+    """Build the layers of *root* (optionally written into directory *out*)."""
+    started = time.monotonic()
+    p = plan(root, commit=commit, level=level, hash_files=False)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        layers = tuple(_build_layer(p, layer, out, written, progress) for layer in p.layers)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise
+    seconds = time.monotonic() - started
+    return SnapshotInfo(p.root, p.commit, p.dirty, layers, p.warnings, seconds)
+
+
+def _build_layer(
+    p: Plan, layer: LayerPlan, out: Path | None, written: list[Path], progress: Progress | None
+) -> LayerInfo:
+    tmp: BinaryIO | None = None
+    if out is not None:
+        fd, tmp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out)
+        os.fchmod(fd, 0o644)
+        tmp = os.fdopen(fd, "wb")
+        written.append(Path(tmp_name))
+    try:
+        writer = LayerWriter(tmp, p.level)
+        cache = HashCache(p.root) if layer.kind != "base" else None
+        with _Source(p, cache) as source:
+            for path in layer.deletions:
+                writer.add_whiteout(path)
+            records = [source.write(entry, writer, progress) for entry in layer.entries]
+        sha256, compressed = writer.finish()
+        if cache is not None:
+            cache.save()
+    finally:
+        if tmp is not None:
+            tmp.close()
+    key = layer.key or content_key(records, layer.deletions, p.level)
+    manifest = _manifest(p, layer, key, records, sha256, compressed)
+    path = None
+    if out is not None:
+        path = _place(out, key, written, manifest)
+    size = sum(r.size for r in records)
+    return LayerInfo(layer.kind, key, sha256, size, compressed, len(records), path, manifest)
+
+
+def _place(out: Path, key: str, written: list[Path], manifest: dict[str, object]) -> Path:
+    """Move the finished layer into place as <name>.tar.zst, with <name>.json beside it."""
+    name = key.removesuffix(".tar.zst").replace("/", "-")
+    final = out / f"{name}.tar.zst"
+    os.replace(written[-1], final)
+    written[-1] = final
+    fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=out)
+    os.fchmod(fd, 0o644)
+    written.append(Path(tmp_name))
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp_name, out / f"{name}.json")
+    written[-1] = out / f"{name}.json"
+    return final
+
+
+def _manifest(
+    p: Plan, layer: LayerPlan, key: str, records: list[Record], sha256: str, compressed: int
+) -> dict[str, object]:
+    return {
+        "format": FORMAT_VERSION,
+        "kind": layer.kind,
+        "key": key,
+        "commit": p.commit,
+        "dirty": p.dirty,
+        "base": layer.base,
+        "root": p.prefix,
+        "compression": {"codec": "zstd", "level": p.level},
+        "sha256": sha256,
+        "compressed_bytes": compressed,
+        "entries": [r.to_json() for r in records],
+        "deletions": list(layer.deletions),
+    }
+
+
+class _Source:
+    """Reads entry contents once, from disk or from git's object database, into a writer."""
+
+    def __init__(self, p: Plan, cache: HashCache | None) -> None:
+        self._plan = p
+        self._cache = cache
+        self._blobs: BlobReader | None = None
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._blobs is not None:
+            self._blobs.close()
+
+    def write(self, entry: Entry, writer: LayerWriter, progress: Progress | None) -> Record:
+        if entry.kind == "symlink":
+            assert entry.target is not None
+            writer.add_symlink(entry.path, entry.target)
+            return Record(entry.path, 0o120000, 0, target=entry.target)
+        size, digest = self._write_file(entry, writer)
+        if progress is not None:
+            progress(size)
+        return Record(entry.path, entry.mode, size, digest)
+
+    def _write_file(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
+        if entry.oid is not None:
+            if entry.path in self._plan.clean_paths:
+                data = _read_verified(self._plan.root / entry.path, entry.oid)
+                if data is not None:
+                    writer.add_file(entry.path, entry.mode, len(data), (data,))
+                    return len(data), hashlib.sha256(data).hexdigest()
+            return self._write_blob(entry, writer)
+        return self._write_disk(entry, writer)
+
+    def _write_blob(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
+        assert entry.oid is not None and self._plan.repo is not None
+        if self._blobs is None:
+            self._blobs = self._plan.repo.blobs()
+        size, chunks = self._blobs.open(entry.oid)
+        h = hashlib.sha256()
+        writer.add_file(entry.path, entry.mode, size, _hashing(chunks, h))
+        return size, h.hexdigest()
+
+    def _write_disk(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
+        assert entry.source is not None
+        try:
+            fd = os.open(entry.source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise _unreadable(entry, exc) from exc
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SelectionError(f"{entry.source} stopped being a regular file; retry")
+            h = hashlib.sha256()
+            writer.add_file(entry.path, entry.mode, st.st_size, _hashing(_exact(f, st.st_size, entry), h))
+        digest = h.hexdigest()
+        if self._cache is not None:
+            self._cache.put(entry.path, st, digest)
+        return st.st_size, digest
+
+
+def _hashing(chunks: Iterator[bytes], h: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        h.update(chunk)
+        yield chunk
+
+
+def _exact(f: BinaryIO, size: int, entry: Entry) -> Iterator[bytes]:
+    """Exactly *size* bytes of *f*, or an error if the file changed size while being read."""
+    remaining = size
+    while remaining:
+        chunk = f.read(min(remaining, _IN_MEMORY))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+        yield chunk
+    if remaining or f.read(1):
+        raise SelectionError(f"{entry.source} changed while it was being read; run again")
+
+
+def _read_verified(path: Path, oid: str) -> bytes | None:
+    """The file's bytes if they are exactly git object *oid* (checked by hashing), else None.
+
+    A clean work tree holds the commit's bytes, and reading them from disk is several
+    times faster than inflating them from packs. The object id is checked anyway: a base
+    layer is stored under its commit forever, so a file edited since `git status` ran
+    must never slip in.
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size > _IN_MEMORY:
+                return None
+            data = f.read()
+    except OSError:
+        return None
+    algo = hashlib.sha1 if len(oid) == 40 else hashlib.sha256
+    h = algo(b"blob %d\0" % len(data))
+    h.update(data)
+    return data if h.hexdigest() == oid else None

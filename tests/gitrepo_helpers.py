@@ -1,0 +1,254 @@
+"""Real git repositories for tests, and git itself as the oracle for what ships.
+
+The oracle for a sync root R inside a work tree (see DESIGN.md §3), run in R:
+
+    A = ls-files --cached --others --exclude-standard      (index + untracked not ignored)
+      - ls-files --deleted                                 (tracked, gone from the work tree)
+    B = ls-files --cached --others --ignored --exclude-per-directory=.konduktorignore
+    ship = A - B
+
+Facts about git 2.39 this relies on (each checked by hand and by the tests):
+- Without ``--directory``, ``--others --ignored`` lists every file under an
+  excluded directory one by one, and ``--cached --ignored`` applies the
+  "excluded directory" rule to tracked files as well (a file under ``build/``
+  stays excluded even if a later ``!build/keep`` names it). So B needs no
+  extra flags.
+- ``--exclude-per-directory`` takes one name (the last one given wins) and,
+  without ``--exclude-standard``, reads neither ``.gitignore``,
+  ``.git/info/exclude`` nor ``core.excludesFile``: B is the ``.konduktorignore``
+  rules alone.
+- Per-directory files are read from the work tree (an edited, untracked or
+  gitignored ``.konduktorignore`` applies; a deleted tracked one does not),
+  except for skip-worktree entries, which are read from the index.
+- ``git -C R`` applies per-directory files from the directories *above* R too,
+  so oracle users must make sure no ``.konduktorignore`` sits above R
+  (``.gitignore`` above R must apply, and does).
+- FIFOs and sockets never appear in ``--others``.
+- Gitlinks appear as the bare submodule path, and an untracked nested
+  repository as ``path/`` (with a slash, even without ``--directory``):
+  :func:`git_oracle` refuses both; such tests state their expectations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+KONDUKTORIGNORE = ".konduktorignore"
+
+PINNED_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Konduktor Test",
+    "GIT_AUTHOR_EMAIL": "test@konduktor.invalid",
+    "GIT_AUTHOR_DATE": "2024-01-02T03:04:05+0000",
+    "GIT_COMMITTER_NAME": "Konduktor Test",
+    "GIT_COMMITTER_EMAIL": "test@konduktor.invalid",
+    "GIT_COMMITTER_DATE": "2024-01-02T03:04:05+0000",
+}
+
+Content = str | bytes
+
+
+class GitFailed(AssertionError):
+    """A git command run by a test helper failed; the message carries git's stderr."""
+
+
+def git(repo: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run ``git -C repo *args`` with a pinned identity and return its stdout."""
+    cmd = ["git", "-C", os.fspath(repo), *args]
+    try:
+        proc = subprocess.run(
+            cmd, input=stdin, capture_output=True, check=True, env={**os.environ, **PINNED_IDENTITY}
+        )
+    except subprocess.CalledProcessError as exc:
+        err = exc.stderr.decode(errors="replace").strip()
+        raise GitFailed(f"{' '.join(cmd)} exited {exc.returncode}: {err}") from exc
+    return proc.stdout
+
+
+def write_files(root: Path, files: Mapping[str, Content]) -> None:
+    """Write ``files`` under ``root`` byte for byte (str is UTF-8, no newline translation).
+
+    Keys are '/'-separated; non-UTF-8 names are given as ``os.fsdecode(raw_bytes)``.
+    """
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def make_symlinks(root: Path, links: Mapping[str, str]) -> None:
+    for rel, target in links.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, path)
+
+
+def commit_all(repo: Path, message: str = "commit") -> None:
+    """Stage everything (ignored files too) and commit."""
+    git(repo, "add", "--all", "--force")
+    git(repo, "commit", "-q", "--allow-empty", "--no-verify", "-m", message)
+
+
+def make_repo(
+    tmp_path: Path,
+    files: Mapping[str, Content],
+    *,
+    commit: bool = True,
+    symlinks: Mapping[str, str] | None = None,
+    executable: Iterable[str] = (),
+    untracked: Mapping[str, Content] | None = None,
+    name: str = "repo",
+) -> Path:
+    """Create ``tmp_path/name`` as a git repository and return its path.
+
+    ``files``, ``symlinks`` and ``executable`` are committed (force-added, so a
+    file matching ``.gitignore`` is tracked) when ``commit`` is true; otherwise
+    the repository has no commit and nothing staged. ``untracked`` files are
+    written afterwards and never added.
+    """
+    repo = tmp_path / name
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    write_files(repo, files)
+    make_symlinks(repo, symlinks or {})
+    for rel in executable:
+        (repo / rel).chmod(0o755)
+    if commit:
+        commit_all(repo, "initial")
+    write_files(repo, untracked or {})
+    return repo
+
+
+def ls_files(root: Path, *args: str) -> set[str]:
+    """``git ls-files -z *args`` run in ``root``, decoded with ``os.fsdecode``."""
+    out = git(root, "ls-files", "-z", *args)
+    return {os.fsdecode(p) for p in out.split(b"\0") if p}
+
+
+def gitlinks(root: Path) -> set[str]:
+    out = git(root, "ls-files", "-z", "--stage")
+    links = set()
+    for record in out.split(b"\0"):
+        if record.startswith(b"160000 "):
+            links.add(os.fsdecode(record.split(b"\t", 1)[1]))
+    return links
+
+
+def toplevel(root: Path) -> Path:
+    return Path(os.fsdecode(git(root, "rev-parse", "--show-toplevel").rstrip(b"\n")))
+
+
+def assert_no_konduktorignore_above(root: Path) -> None:
+    top = toplevel(root).resolve()
+    here = root.resolve()
+    while here != top:
+        here = here.parent
+        assert not (here / KONDUKTORIGNORE).exists(), (
+            f"{here / KONDUKTORIGNORE} would be applied by git but not by konduktor"
+        )
+
+
+def git_oracle(root: Path) -> set[str]:
+    """What git says ships from the work tree under ``root`` (paths relative to ``root``)."""
+    assert_no_konduktorignore_above(root)
+    candidates = ls_files(root, "--cached", "--others", "--exclude-standard")
+    deleted = ls_files(root, "--deleted")
+    dropped = ls_files(
+        root, "--cached", "--others", "--ignored", f"--exclude-per-directory={KONDUKTORIGNORE}"
+    )
+    nested = {p for p in candidates if p.endswith("/")} | gitlinks(root)
+    if nested:
+        raise ValueError(f"oracle cannot expand submodules or nested repositories: {nested}")
+    return candidates - deleted - dropped
+
+
+def git_commit_oracle(repo: Path, rev: str, scratch: Path) -> set[str]:
+    """What ships from commit ``rev`` of ``repo`` (whole tree, no submodules).
+
+    The tree is checked out into a fresh repository with its own index, so only
+    that commit's ``.konduktorignore`` files exist when git applies them.
+    """
+    commit = git(repo, "rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+    clone = scratch / "commit-oracle"
+    git(scratch, "clone", "-q", "--no-checkout", os.fspath(repo), os.fspath(clone))
+    git(clone, "checkout", "-q", "--detach", commit)
+    return git_oracle(clone)
+
+
+def plain_oracle(src: Path, scratch: Path) -> set[str]:
+    """What ships from a plain directory: its tree with ``.gitignore`` and
+    ``.konduktorignore`` applied one after the other, as in a work tree.
+
+    The tree is copied into a fresh repository with nothing committed;
+    ``--others`` without excludes is every regular file and symlink.
+    """
+    assert not any(p.name == ".git" for p in src.rglob(".git")), "plain tree holds .git"
+    copy = scratch / "plain-oracle"
+    shutil.copytree(src, copy, symlinks=True)
+    git(copy, "init", "-q")
+    everything = ls_files(copy, "--others")
+    by_git = ls_files(copy, "--others", "--ignored", "--exclude-per-directory=.gitignore")
+    by_konduktor = ls_files(
+        copy, "--others", "--ignored", f"--exclude-per-directory={KONDUKTORIGNORE}"
+    )
+    return everything - by_git - by_konduktor
+
+
+def check_ignore(
+    root: Path, paths: Sequence[str], ignore_file: str, scratch: Path
+) -> dict[str, str]:
+    """``git check-ignore -v -n`` for ``paths`` under ``root`` with the rules of
+    ``ignore_file`` (per directory) alone.
+
+    Returns ``path -> "source:line:pattern"`` ('' when no rule matches). The
+    tree's ignore files are copied into a repository at ``scratch`` under the
+    name ``.gitignore`` (check-ignore knows no other) and renamed back in the
+    result. Matching negated patterns are reported too (``-v`` does that).
+    """
+    git(root, "init", "-q", os.fspath(scratch))
+    for found in root.rglob(ignore_file):
+        rel = found.relative_to(root)
+        if ".git" not in rel.parts:
+            dest = scratch / rel.parent / ".gitignore"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, dest)
+    out = git(
+        scratch,
+        *("check-ignore", "-v", "-n", "--no-index", "--stdin", "-z"),
+        stdin=b"".join(os.fsencode(p) + b"\0" for p in paths),
+    )
+    fields = [os.fsdecode(f) for f in out.split(b"\0")][:-1]
+    result = {}
+    for source, line, pattern, path in zip(*[iter(fields)] * 4, strict=True):
+        if source.endswith(".gitignore"):
+            source = source[: -len(".gitignore")] + ignore_file
+        result[path] = f"{source}:{line}:{pattern}" if source else ""
+    return result
+
+
+def sorted_paths(paths: Iterable[str]) -> list[str]:
+    """Paths in selection order: by their file-system bytes."""
+    return sorted(paths, key=os.fsencode)
+
+
+def assert_well_formed(selection: Any) -> None:
+    """Invariants every selection keeps, whatever it holds."""
+    keys = [os.fsencode(entry.path) for entry in selection.entries]
+    assert keys == sorted(set(keys)), "entries not sorted by path bytes or not unique"
+    assert selection.paths() == [entry.path for entry in selection.entries]
+    for entry in selection.entries:
+        parts = entry.path.split("/")
+        assert ".git" not in parts, f"{entry.path!r} ships .git"
+        assert not {"", ".", ".."} & set(parts), f"{entry.path!r} is not a clean relative path"
+        assert entry.kind in ("file", "symlink")
+        assert (entry.target is not None) == (entry.kind == "symlink"), entry
+        assert all(isinstance(w, str) for w in selection.warnings)
+
+
+def same_inode(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
