@@ -44,12 +44,16 @@ def fingerprint(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def root_digest(root: Path) -> str:
+    """A file name for per-directory cache entries."""
+    return hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:24]
+
+
 class HashCache:
     """sha256 of files under one root, remembered by stat fingerprint."""
 
     def __init__(self, root: Path) -> None:
-        digest = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:24]
-        self.path = konduktor_home() / "cache" / "hashes" / f"{digest}.json"
+        self.path = konduktor_home() / "cache" / "hashes" / f"{root_digest(root)}.json"
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         try:

@@ -26,12 +26,13 @@ MODE_GITLINK = 0o160000
 MODE_EXEC = 0o100755
 
 
-def run_git(args: Sequence[str], cwd: Path) -> bytes:
+def run_git(args: Sequence[str], cwd: Path, *, stdin: bytes | None = None) -> bytes:
     """Run git and return its stdout; raise GitError with the command, exit code and stderr."""
     cmd = ["git", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
     try:
-        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, check=False)
+        done = subprocess.run(
+            cmd, cwd=cwd, env=_git_env(), input=stdin, capture_output=True, check=False
+        )
     except FileNotFoundError as exc:
         raise GitError("git is not installed or not on PATH; install git") from exc
     if done.returncode != 0:
@@ -82,6 +83,8 @@ class Status:
 
     changes: dict[str, Change] = field(default_factory=dict)
     submodules: set[str] = field(default_factory=set)  # submodules with any change
+    head: str | None = None  # the commit HEAD points at, None before the first commit
+    raw: bytes = b""  # git's output, a fingerprint of the index and work tree against HEAD
 
     def deleted(self, path: str) -> bool:
         change = self.changes.get(path)
@@ -231,14 +234,16 @@ class Repo:
     def status(self) -> Status:
         """git's view of the work tree under the sync root, compared with HEAD."""
         out = self._git(
-            "status", "--porcelain=v2", "-z", "--untracked-files=all", "--ignore-submodules=none",
-            *self._pathspec(),
+            "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all",
+            "--ignore-submodules=none", *self._pathspec(),
         )
-        status = Status()
+        status = Status(raw=out)
         records = iter(out.split(b"\0"))
         for record in records:
             kind = record[:1]
-            if kind == b"?":  # untracked; may follow a staged deletion of the same path
+            if record.startswith(b"# branch.oid ") and record[13:] != b"(initial)":
+                status.head = record[13:].decode()
+            elif kind == b"?":  # untracked; may follow a staged deletion of the same path
                 rel = self._rel(os.fsdecode(record[2:]))
                 if rel is not None:
                     head = status.changes[rel].head if rel in status.changes else 0
@@ -272,14 +277,17 @@ def is_within(target: str, link_dir: str) -> bool:
     return not (joined == ".." or joined.startswith("../"))
 
 
+def _git_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+
+
 class BlobReader:
     """Streams blobs out of one long-lived `git cat-file --batch` (libgit2 reads slowly from
     delta-heavy packs, and loads whole blobs into memory)."""
 
     def __init__(self, cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
         self._proc = subprocess.Popen(
-            ["git", "cat-file", "--batch"], cwd=cwd, env=env,
+            ["git", "cat-file", "--batch"], cwd=cwd, env=_git_env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None

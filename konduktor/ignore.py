@@ -51,7 +51,30 @@ class Rule:
         return self.regex.search(path[len(self.base) + 1 :] if self.base else path) is not None
 
 
+def _trim(line: str) -> str:
+    """git's trailing-space rule: drop unescaped trailing spaces, and nothing else."""
+    end = len(line)
+    i = 0
+    last_space = None
+    while i < end:
+        char = line[i]
+        if char == " ":
+            last_space = i if last_space is None else last_space
+        elif char == "\\" and i + 1 < end:
+            i += 1
+            last_space = None
+        else:
+            last_space = None
+        i += 1
+    line = line[:last_space] if last_space is not None else line
+    if line[-1:].isspace() and not line.endswith("\\ "):
+        # pathspec strips all trailing whitespace; git keeps tabs: make it a bracket.
+        line = f"{line[:-1]}[{line[-1]}]"
+    return line
+
+
 def _compile(text: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    text = _trim(text)
     try:
         pattern = GitIgnoreSpecPattern(text)
     except ValueError:  # git drops patterns it cannot parse (e.g. bad ranges)

@@ -149,7 +149,7 @@ def _fs_reader(root: Path, name: str) -> IgnoreChain:
     return IgnoreChain(name, read)
 
 
-def _from_worktree(repo: Repo) -> Selection:
+def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
     status = repo.status()
     chain = _fs_reader(repo.root, IGNORE_FILE)
     out = _Collector(repo.root)
@@ -173,23 +173,24 @@ def _from_worktree(repo: Repo) -> Selection:
             if path in lfs:
                 _check_lfs(path, out)
             out.entries.append(Entry(path, "file", entry.mode == MODE_EXEC, source=f"{root}/{path}"))
-    for path in status.untracked():
+    for path in status.untracked() if untracked else ():
         if path.endswith("/"):
             out.warn(f"{path}: a git repository that is not a submodule; its files are not shipped")
         elif not _has_git_component(path) and not chain.excludes(path):
             out.add_from_disk(path)
-    return out.result(commit=repo.head(), repo=repo, dirty=frozenset(changes.keys() | lfs))
+    return out.result(commit=status.head, repo=repo, dirty=frozenset(changes.keys() | lfs))
 
 
 def _add_submodule(repo: Repo, path: str, chain: IgnoreChain, out: _Collector) -> None:
     sub_root = repo.root / path
-    if not (sub_root / ".git").exists():
+    sub_repo = Repo.discover(sub_root)
+    if not (sub_root / ".git").exists() or sub_repo is None:
         out.warn(
             f"{path}: submodule is not checked out, its files are not shipped; "
             f"run `git submodule update --init {path}`"
         )
         return
-    sub = select(sub_root)
+    sub = _from_worktree(sub_repo, untracked=False)  # a submodule ships its tracked files
     for entry in sub.entries:
         prefixed = f"{path}/{entry.path}"
         if not chain.excludes(prefixed):
@@ -319,13 +320,13 @@ def _explain_git(
     excluded, rule = chain.decide(path)
     if excluded:
         return Verdict(path, False, str(rule))
-    return Verdict(path, True, f"{rule} ({base})" if rule else base)
+    return Verdict(path, True, str(rule) if rule else base)
 
 
 def _git_ignore_rule(repo: Repo, path: str) -> str:
     """The .gitignore (or exclude) rule that keeps an untracked path out, as file:line:pattern."""
     try:
-        out = run_git(["check-ignore", "-v", "-z", "--", path], repo.root)
+        out = run_git(["check-ignore", "-v", "-z", "--stdin"], repo.root, stdin=os.fsencode(path))
     except GitError:  # exit 1: not ignored (e.g. a directory git does not list)
         return "not a file git lists"
     source, line, pattern, _ = out.split(b"\0", 3)

@@ -25,13 +25,13 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 from konduktor.archive import LayerWriter
-from konduktor.cache import HashCache
+from konduktor.cache import HashCache, atomic_write, fingerprint, konduktor_home, root_digest
 from konduktor.errors import SelectionError, UsageError
 from konduktor.gitrepo import BlobReader, Repo
 from konduktor.selection import Entry, Selection, select, sort_key
@@ -228,6 +228,85 @@ def _unreadable(entry: Entry, exc: OSError) -> SelectionError:
         f"cannot read {entry.source}: {exc.strerror}; fix its permissions or add it to "
         ".konduktorignore"
     )
+
+
+# -- keys only, with a cache for the nothing-changed case -----------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    commit: str | None
+    dirty: bool
+    layers: tuple[tuple[Kind, str], ...]  # (kind, key), base first
+
+
+def keys(root: Path, *, level: int = DEFAULT_LEVEL) -> Keys:
+    """The layer keys of the work tree at *root*, as a launch needs them before uploading.
+
+    When git reports the same HEAD, index and work-tree changes as last time and
+    every file that ships in the overlay has the same stat fingerprint, the keys
+    cannot have changed: they come from a cache, for the cost of one `git status`.
+    (Repositories with submodules always recompute: git's status of a submodule
+    does not change with every edit inside it.)
+    """
+    root = root.absolute()
+    repo = Repo.discover(root) if root.is_dir() else None
+    if repo is None or repo.workdir is None or (repo.workdir / ".gitmodules").exists():
+        return _keys_of(plan(root, level=level))
+    status = repo.status()
+    token = hashlib.sha256(b"%d\0%d\0%s\0" % (FORMAT_VERSION, level, os.fsencode(repo.prefix)))
+    token.update(status.raw)
+    cache_path = konduktor_home() / "cache" / "keys" / f"{root_digest(root)}.json"
+    cached = _load_keys(cache_path, token.hexdigest(), root)
+    if cached is not None:
+        return cached
+    p = plan(root, level=level)
+    result = _keys_of(p)
+    watched = {e.path for layer in p.layers[1:] for e in layer.entries} | set(status.changes)
+    _store_keys(cache_path, token.hexdigest(), root, watched, result)
+    return result
+
+
+def _keys_of(p: Plan) -> Keys:
+    layers = tuple((layer.kind, layer.key) for layer in p.layers if layer.key is not None)
+    return Keys(p.commit, p.dirty, layers)
+
+
+def _stat_list(root: Path, paths: Iterable[str]) -> list[object]:
+    out: list[object] = []
+    for path in sorted(paths):
+        try:
+            out.append([path, *fingerprint(os.lstat(root / path))])
+        except OSError:
+            out.append([path, None])
+    return out
+
+
+def _load_keys(path: Path, token: str, root: Path) -> Keys | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if data.get("token") != token:
+        return None
+    if _stat_list(root, [s[0] for s in data["stats"]]) != data["stats"]:
+        return None
+    layers = tuple((kind, key) for kind, key in data["layers"])
+    return Keys(data["commit"], data["dirty"], layers)
+
+
+def _store_keys(path: Path, token: str, root: Path, watched: set[str], keys: Keys) -> None:
+    data = {
+        "token": token,
+        "stats": _stat_list(root, watched),
+        "commit": keys.commit,
+        "dirty": keys.dirty,
+        "layers": [list(layer) for layer in keys.layers],
+    }
+    try:
+        atomic_write(path, json.dumps(data).encode())
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
 
 
 # -- building --------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ Facts about git 2.39 this relies on (each checked by hand and by the tests):
 - ``git -C R`` applies per-directory files from the directories *above* R too,
   so oracle users must make sure no ``.konduktorignore`` sits above R
   (``.gitignore`` above R must apply, and does).
+- ``--deleted`` reports only paths whose lstat() fails: a tracked file replaced
+  by a directory or a FIFO is not "deleted" (nor is a skip-worktree entry missing from
+  a sparse checkout), so :func:`git_oracle` drops the first by hand and
+  refuses the second.
 - FIFOs and sockets never appear in ``--others``.
 - Gitlinks appear as the bare submodule path, and an untracked nested
   repository as ``path/`` (with a slash, even without ``--directory``):
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -163,7 +168,23 @@ def git_oracle(root: Path) -> set[str]:
     nested = {p for p in candidates if p.endswith("/")} | gitlinks(root)
     if nested:
         raise ValueError(f"oracle cannot expand submodules or nested repositories: {nested}")
-    return candidates - deleted - dropped
+    if sparse := skip_worktree(root):
+        raise ValueError(f"oracle does not know whether skip-worktree entries ship: {sparse}")
+    # --deleted only reports paths whose lstat() fails: a tracked file that is
+    # now a directory (or a FIFO) is not "deleted" to git, but there is no file
+    # to ship.
+    replaced = {p for p in candidates - deleted if not _file_or_symlink(root / p)}
+    return candidates - deleted - dropped - replaced
+
+
+def _file_or_symlink(path: Path) -> bool:
+    mode = os.lstat(path).st_mode
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+
+
+def skip_worktree(root: Path) -> set[str]:
+    """Index entries marked skip-worktree (sparse checkout): tagged 'S' by ls-files -t."""
+    return {p[2:] for p in ls_files(root, "-t", "--cached") if p.startswith("S ")}
 
 
 def git_commit_oracle(repo: Path, rev: str, scratch: Path) -> set[str]:

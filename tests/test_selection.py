@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from gitrepo_helpers import (
     KONDUKTORIGNORE,
+    GitFailed,
     assert_well_formed,
     check_ignore,
     commit_all,
@@ -509,6 +510,57 @@ def test_konduktorignore_negation_cannot_revive_gitignored_untracked(tmp_path: P
     ships(repo, {".gitignore", K})
 
 
+def test_tracked_file_replaced_by_directory(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a": "file\n", "b.txt": ""})
+    (repo / "a").unlink()
+    write_files(repo, {"a/inner.txt": ""})
+    assert ls_files(repo, "--deleted") == set()  # git does not call "a" deleted
+    assert git_oracle(repo) == {"a/inner.txt", "b.txt"}
+    ships(repo, {"a/inner.txt", "b.txt"})
+
+
+def test_tracked_file_replaced_by_symlink(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "", "cfg": "inline\n"})
+    (repo / "cfg").unlink()
+    os.symlink("a.txt", repo / "cfg")
+    assert git_oracle(repo) == {"a.txt", "cfg"}
+    ships(repo, {"a.txt", "cfg"})
+    assert (entry(repo, "cfg").kind, entry(repo, "cfg").target) == ("symlink", "a.txt")
+    assert entry(repo, "cfg", commit="HEAD").kind == "file"
+
+
+def test_tracked_file_replaced_by_fifo(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "", "pipe": "was a file\n"})
+    (repo / "pipe").unlink()
+    os.mkfifo(repo / "pipe")
+    assert git_oracle(repo) == {"a.txt"}
+    selection = select(repo)
+    assert selection.paths() == ["a.txt"]
+    assert warned(selection.warnings, "pipe")
+
+
+def test_intent_to_add_file_ships(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": ""}, untracked={"later.txt": "content\n"})
+    git(repo, "add", "--intent-to-add", "later.txt")
+    assert git_oracle(repo) == {"a.txt", "later.txt"}
+    ships(repo, {"a.txt", "later.txt"})
+
+
+def test_merge_conflict_path_ships_once(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"f.txt": "base\n", "g.txt": ""})
+    git(repo, "checkout", "-q", "-b", "other")
+    write_files(repo, {"f.txt": "other\n"})
+    commit_all(repo, "other")
+    git(repo, "checkout", "-q", "main")
+    write_files(repo, {"f.txt": "main\n"})
+    commit_all(repo, "main")
+    with pytest.raises(GitFailed):
+        git(repo, "merge", "-q", "other")
+    assert len(git(repo, "ls-files", "-u").splitlines()) == 3  # stages 1, 2, 3
+    assert git_oracle(repo) == {"f.txt", "g.txt"}
+    ships(repo, {"f.txt", "g.txt"})
+
+
 # --- file kinds and names -----------------------------------------------------
 
 
@@ -590,23 +642,26 @@ def test_exec_bit_follows_the_owner_bit_like_git(tmp_path: Path) -> None:
 
 
 def test_fifo_skipped_with_warning(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"a.txt": ""})
+    """A tracked path that became a FIFO is skipped with a warning. (An untracked FIFO is
+    invisible to git, like an ignored file: it never ships; plain directories warn.)"""
+    repo = make_repo(tmp_path, {"a.txt": "", "pipe": "was a file\n"})
+    (repo / "pipe").unlink()
     os.mkfifo(repo / "pipe")
-    assert git_oracle(repo) == {"a.txt"}
+    os.mkfifo(repo / "untracked-pipe")
     selection = select(repo)
     assert selection.paths() == ["a.txt"]
     assert warned(selection.warnings, "pipe")
 
 
 def test_socket_skipped_with_warning(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"a.txt": ""})
+    repo = make_repo(tmp_path, {"a.txt": "", "sock": "was a file\n"})
+    (repo / "sock").unlink()
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(repo / "sock"))
     except OSError as exc:  # path too long for sun_path
         pytest.skip(f"cannot bind a unix socket here: {exc}")
     try:
-        assert git_oracle(repo) == {"a.txt"}
         selection = select(repo)
         assert selection.paths() == ["a.txt"]
         assert warned(selection.warnings, "sock")
@@ -655,6 +710,34 @@ def test_entries_sorted_by_path_bytes(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, dict.fromkeys(names, ""))
     selection = select(repo)
     assert selection.paths() == ["B", "a-b", "a.b", "a/b", "a/b-c", "a/bc", "a0", "é.txt"]
+
+
+@pytest.mark.parametrize("commit", [None, "HEAD"], ids=["worktree", "commit"])
+def test_lfs_pointer_ships_with_warning(tmp_path: Path, commit: str | None) -> None:
+    pointer = (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{'ab' * 32}\nsize 123456789\n"
+    )
+    files = {".gitattributes": "*.bin filter=lfs diff=lfs merge=lfs -text\n", "model.bin": pointer}
+    repo = make_repo(tmp_path, files)
+    selection = select(repo, commit=commit)
+    assert selection.paths() == [".gitattributes", "model.bin"]
+    assert warned(selection.warnings, "model.bin")
+
+
+def test_trailing_comment_line_warns(tmp_path: Path) -> None:
+    # DESIGN.md §3: name file:line and the pattern the user probably meant.
+    repo = make_repo(tmp_path, {"a.log": "", K: "# logs\n*.log   # skip logs\n"})
+    selection = select(repo)
+    assert "a.log" in selection.paths()
+    assert any(f"{K}:2" in w and "*.log" in w for w in selection.warnings), selection.warnings
+
+
+def test_pattern_matching_nothing_warns(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.log": "", K: "*.log\n*.xyz\n"})
+    selection = select(repo)
+    assert selection.paths() == [K]
+    assert warned(selection.warnings, "*.xyz")
+    assert not any("*.log" in w for w in selection.warnings)
 
 
 # --- .git ---------------------------------------------------------------------

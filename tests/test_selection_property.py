@@ -1,0 +1,111 @@
+"""Property: for any small tree, what ships is what git says ships (DESIGN.md §3).
+
+Trees mix tracked, untracked and deleted files under a ``.gitignore`` and one
+to three ``.konduktorignore`` files drawn from a small pattern grammar; the
+oracle is ``git_oracle`` (git ls-files, see gitrepo_helpers).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitrepo_helpers import KONDUKTORIGNORE, git, git_oracle, sorted_paths, write_files
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from konduktor.selection import select
+
+DIRS = ["a", "b", "c"]
+NAMES = ["x.py", "y.log", "z", "k.txt", "b"]  # "b" is also a directory name
+NESTED_IGNORE_DIRS = ["a", "b", "a/b", "c"]
+LINES = [
+    "*.log",
+    "!y.log",
+    "b/",
+    "/a",
+    "a/**",
+    "**/z",
+    "!a/x.py",
+    "*",
+    "!*.py",
+    "!*/",
+    "c",
+    "a/*/k.txt",
+    "[xy].*",
+    "z   ",
+    "*.log   # trailing comment",
+    "",
+    "# comment",
+]
+
+
+@dataclass(frozen=True)
+class Tree:
+    contents: dict[str, str]  # path -> content; ignore files included
+    states: dict[str, str]  # path -> "tracked" | "untracked" | "deleted" (tracked, then removed)
+
+
+def ignore_path(directory: str) -> str:
+    return f"{directory}/{KONDUKTORIGNORE}" if directory else KONDUKTORIGNORE
+
+
+def _clashes(path: str, others: set[str]) -> bool:
+    """A file whose path is also used as a directory cannot exist."""
+    return any(other.startswith(path + "/") for other in others)
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> Tree:
+    path = st.tuples(st.lists(st.sampled_from(DIRS), max_size=2), st.sampled_from(NAMES)).map(
+        lambda t: "/".join([*t[0], t[1]])
+    )
+    paths = draw(st.lists(path, min_size=4, max_size=16, unique=True))
+    nested = st.lists(st.sampled_from(NESTED_IGNORE_DIRS), max_size=2, unique=True)
+    ignore_dirs = ["", *draw(nested)]
+    used = set(paths) | {ignore_path(d) for d in ignore_dirs}
+    contents = {p: "x\n" for p in paths if not _clashes(p, used)}
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    for d in ignore_dirs:
+        lines = draw(st.lists(st.sampled_from(LINES), min_size=1, max_size=5))
+        contents[ignore_path(d)] = "".join(line + end for line in lines)
+    if draw(st.booleans()):
+        lines = draw(st.lists(st.sampled_from(LINES), min_size=1, max_size=2))
+        contents[".gitignore"] = "".join(f"{line}\n" for line in lines)
+    state = st.sampled_from(["tracked", "tracked", "untracked", "deleted"])
+    return Tree(contents=contents, states={p: draw(state) for p in contents})
+
+
+def build(root: Path, tree: Tree) -> None:
+    git(root, "init", "-q", "-b", "main")
+    write_files(root, tree.contents)
+    tracked = [p for p, s in tree.states.items() if s != "untracked"]
+    listing = b"".join(os.fsencode(p) + b"\0" for p in tracked)
+    git(root, "add", "--force", "--pathspec-from-file=-", "--pathspec-file-nul", stdin=listing)
+    git(root, "commit", "-q", "--allow-empty", "-m", "tree")
+    for p, s in tree.states.items():
+        if s == "deleted":
+            (root / p).unlink()
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=trees())
+def test_selection_matches_git(tree: Tree) -> None:
+    root = Path(tempfile.mkdtemp(prefix="konduktor-prop-"))
+    try:
+        build(root, tree)
+        note(f"states: {tree.states}")
+        note(f"ignore files: { {p: c for p, c in tree.contents.items() if 'ignore' in p} }")
+        expected = git_oracle(root)
+        assert select(root).paths() == sorted_paths(expected)
+    finally:
+        shutil.rmtree(root)
