@@ -71,6 +71,7 @@ class Change:
     head: int
     index: int
     work: int
+    untracked: bool = False  # listed by git as untracked and not ignored
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Status:
         return change is not None and change.work == 0
 
     def untracked(self) -> list[str]:
-        return [p for p, c in self.changes.items() if c.index == 0 and c.work != 0]
+        return [p for p, c in self.changes.items() if c.untracked]
 
 
 class Repo:
@@ -224,10 +225,15 @@ class Repo:
         words = (b"filter", b"text", b"eol", b"ident", b"working-tree-encoding", b"crlf")
         return any(w in text for w in words)
 
-    def attribute(self, rel: str, name: str) -> str | None:
+    def attribute(self, rel: str, name: str, commit: str | None = None) -> str | None:
+        """A git attribute of *rel*: from the work tree and index, or from *commit* alone."""
         repo_path = f"{self.prefix}/{rel}" if self.prefix else rel
-        value: str | None = self.pygit.get_attr(repo_path, name)
-        return value
+        if commit is None:
+            value = self.pygit.get_attr(repo_path, name)
+        else:
+            flags = pygit2.enums.AttrCheck.INDEX_ONLY | pygit2.enums.AttrCheck.INCLUDE_COMMIT
+            value = self.pygit.get_attr(repo_path, name, flags, commit)
+        return value if isinstance(value, str) else None
 
     # -- work tree ---------------------------------------------------------------------------
 
@@ -247,7 +253,7 @@ class Repo:
                 rel = self._rel(os.fsdecode(record[2:]))
                 if rel is not None:
                     head = status.changes[rel].head if rel in status.changes else 0
-                    status.changes[rel] = Change(head, 0, 0o100644)
+                    status.changes[rel] = Change(head, 0, 0o100644, untracked=True)
             elif kind in _FIELDS:
                 fields = record.split(b" ", _FIELDS[kind])
                 modes = [f.decode() for f in fields[3:6]]

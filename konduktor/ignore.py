@@ -16,21 +16,18 @@ patterns (``build/``) are only tried on directories.
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
-
-log = logging.getLogger(__name__)
 
 _DIR_MARK = "(?P<ps_d>/)"
 _DIR_MARK_OPT = f"(?:{_DIR_MARK}|$)"
 _TRAILING_COMMENT = re.compile(r"^(?P<pattern>.*?[^\s\\])\s+#")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """One pattern line of one ignore file."""
 
@@ -91,8 +88,12 @@ def _compile(text: str) -> tuple[re.Pattern[str], bool, bool] | None:
     return re.compile(source), not pattern.include, dir_only
 
 
-def parse(data: bytes, *, source: str, base: str) -> list[Rule]:
-    """Parse one ignore file's bytes the way git reads them (BOM and CR stripped)."""
+def parse(data: bytes, *, source: str, base: str, warnings: list[str]) -> list[Rule]:
+    """Parse one ignore file's bytes the way git reads them (BOM and CR stripped).
+
+    Lines that look like they carry a trailing comment add a warning: gitignore has no
+    trailing comments, so the whole line is the pattern.
+    """
     text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     rules = []
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -104,13 +105,9 @@ def parse(data: bytes, *, source: str, base: str) -> list[Rule]:
         rules.append(Rule(source, number, line, negate, dir_only, base, regex))
         hint = _TRAILING_COMMENT.match(line)
         if hint and not line.startswith("#"):
-            log.warning(
-                "%s:%d: %r has no trailing comments in gitignore syntax: the whole line is "
-                "the pattern; did you mean %r?",
-                source,
-                number,
-                line,
-                hint.group("pattern"),
+            warnings.append(
+                f"{source}:{number}: {line!r} is one pattern (gitignore has no trailing "
+                f"comments); did you mean {hint.group('pattern')!r}?"
             )
     return rules
 
@@ -127,6 +124,8 @@ class IgnoreChain:
         self._read = read
         # directory -> (rule excluding it or a parent, rules inside it, newest first)
         self._dirs: dict[str, tuple[Rule | None, tuple[Rule, ...]]] = {}
+        self._hit: set[Rule] = set()
+        self.warnings: list[str] = []
 
     def _state(self, directory: str) -> tuple[Rule | None, tuple[Rule, ...]]:
         state = self._dirs.get(directory)
@@ -137,6 +136,8 @@ class IgnoreChain:
             excluded, inherited = self._state(parent)
             if excluded is None:
                 rule = _last_match(inherited, directory, True)
+                if rule is not None:
+                    self._hit.add(rule)
                 excluded = rule if rule is not None and not rule.negate else None
         else:
             excluded, inherited = None, ()
@@ -145,7 +146,8 @@ class IgnoreChain:
             data = self._read(directory)
             if data:
                 source = f"{directory}/{self.filename}" if directory else self.filename
-                own = tuple(reversed(parse(data, source=source, base=directory)))
+                parsed = parse(data, source=source, base=directory, warnings=self.warnings)
+                own = tuple(reversed(parsed))
         state = self._dirs[directory] = (excluded, own + inherited)
         return state
 
@@ -163,8 +165,37 @@ class IgnoreChain:
             return True
         for rule in rules:
             if rule.matches(path, is_dir):
+                self._hit.add(rule)
                 return not rule.negate
         return False
+
+    def unused(self, paths: Iterable[str]) -> list[Rule]:
+        """Rules read so far that match none of *paths* (files) nor their directories."""
+        rules = {r for _, own in self._dirs.values() for r in own} - self._hit
+        if not rules:
+            return []
+        files = list(paths)
+        dirs = {d for p in files for d in _parents(p)}
+        candidates = [(p, False) for p in files] + [(d, True) for d in dirs]
+        unused = [
+            r
+            for r in rules
+            if not any(
+                r.matches(p, is_dir)
+                for p, is_dir in candidates
+                if not r.base or p.startswith(r.base + "/")
+            )
+        ]
+        return sorted(unused, key=lambda r: (r.source, r.line))
+
+    def unused_warnings(self, paths: Iterable[str]) -> list[str]:
+        return [f"{rule}: pattern matches nothing" for rule in self.unused(paths)]
+
+
+def _parents(path: str) -> Iterator[str]:
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
 
 
 def _last_match(newest_first: tuple[Rule, ...], path: str, is_dir: bool) -> Rule | None:

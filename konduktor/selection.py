@@ -126,6 +126,10 @@ class _Collector:
             self.warn(f"{rel}: symlink to {target} points outside the synced directory")
         self.entries.append(Entry(rel, "symlink", False, target=target, **where))
 
+    def ignore_warnings(self, chain: IgnoreChain, paths: Sequence[str]) -> None:
+        for message in chain.warnings + chain.unused_warnings(paths):
+            self.warn(message)
+
     def result(self, **kwargs: object) -> Selection:
         entries = sorted(self.entries, key=lambda e: sort_key(e.path))
         return Selection(self.root, tuple(entries), tuple(self.warnings), **kwargs)  # type: ignore[arg-type]
@@ -156,8 +160,10 @@ def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
     lfs = _lfs_paths(repo)
     changes = status.changes
     root = str(repo.root)
+    tracked = []
     for entry in repo.index_entries():
         path = entry.path
+        tracked.append(path)
         change = changes.get(path)
         if (change is not None and change.work == 0) or chain.excludes(path):
             continue
@@ -173,11 +179,13 @@ def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
             if path in lfs:
                 _check_lfs(path, out)
             out.entries.append(Entry(path, "file", entry.mode == MODE_EXEC, source=f"{root}/{path}"))
-    for path in status.untracked() if untracked else ():
+    others = status.untracked() if untracked else []
+    for path in others:
         if path.endswith("/"):
             out.warn(f"{path}: a git repository that is not a submodule; its files are not shipped")
         elif not _has_git_component(path) and not chain.excludes(path):
             out.add_from_disk(path)
+    out.ignore_warnings(chain, tracked + others)
     return out.result(commit=status.head, repo=repo, dirty=frozenset(changes.keys() | lfs))
 
 
@@ -232,15 +240,22 @@ def _from_commit(repo: Repo, commit: str) -> Selection:
 
     chain = IgnoreChain(IGNORE_FILE, read)
     out = _Collector(repo.root)
+    lfs = any(
+        posixpath.basename(e.path) == ".gitattributes" and b"filter=lfs" in repo.blob(e.oid)
+        for e in entries
+    )
     for entry in entries:
         if _has_git_component(entry.path) or chain.excludes(entry.path):
             continue
+        if lfs and repo.attribute(entry.path, "filter", commit) == "lfs":
+            out.warn(f"{entry.path}: commit layers hold the git-lfs pointer, not the content")
         if entry.mode == MODE_GITLINK:
             log.info("%s: submodule contents are not part of commit layers", entry.path)
         elif entry.mode == MODE_LINK:
             out.add_link(entry.path, os.fsdecode(repo.blob(entry.oid)), oid=entry.oid)
         else:
             out.entries.append(Entry(entry.path, "file", entry.mode == MODE_EXEC, oid=entry.oid))
+    out.ignore_warnings(chain, [e.path for e in entries])
     return out.result(commit=commit, repo=repo)
 
 
@@ -250,6 +265,7 @@ def _from_commit(repo: Repo, commit: str) -> Selection:
 def _from_directory(root: Path) -> Selection:
     chains = (_fs_reader(root, ".gitignore"), _fs_reader(root, IGNORE_FILE))
     out = _Collector(root)
+    seen: list[str] = []
     pending = [""]
     while pending:
         directory = pending.pop()
@@ -260,12 +276,15 @@ def _from_directory(root: Path) -> Selection:
         for child in children:
             rel = posixpath.join(directory, child.name) if directory else child.name
             is_dir = child.is_dir(follow_symlinks=False)
+            if not is_dir:
+                seen.append(rel)
             if child.name == ".git" or any(c.excludes(rel, is_dir) for c in chains):
                 continue
             if is_dir:
                 pending.append(rel)
             else:
                 out.add_from_disk(rel)
+    out.ignore_warnings(chains[1], seen)
     return out.result()
 
 
@@ -311,7 +330,7 @@ def _explain_git(
     change = status.changes.get(path)
     if path in tracked:
         base = "tracked"
-    elif change is not None and change.index == 0:
+    elif change is not None and change.untracked:
         base = "untracked"
     elif os.path.lexists(repo.root / path):
         return Verdict(path, False, _git_ignore_rule(repo, path))

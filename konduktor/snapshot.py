@@ -176,8 +176,7 @@ def _plan_layers(work: Selection, level: int) -> Plan:
     if not work.repo.content_filters():
         clean = frozenset(p for p in base_entries if p in work_paths and p not in work.dirty)
     result = _plan(work, tuple(layers), level, dirty=len(layers) > 1)
-    warnings = tuple(dict.fromkeys(work.warnings + base.warnings))
-    return replace(result, warnings=warnings, clean_paths=clean)
+    return replace(result, clean_paths=clean)  # the work tree's warnings say what ships
 
 
 def _differs(work: Entry, base: Entry | None) -> bool:

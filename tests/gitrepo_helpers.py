@@ -259,7 +259,9 @@ def sorted_paths(paths: Iterable[str]) -> list[str]:
 def assert_well_formed(selection: Any) -> None:
     """Invariants every selection keeps, whatever it holds."""
     keys = [os.fsencode(entry.path) for entry in selection.entries]
-    assert keys == sorted(set(keys)), "entries not sorted by path bytes or not unique"
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    assert not duplicates, f"paths selected more than once: {duplicates}"
+    assert keys == sorted(keys), "entries not sorted by path bytes"
     assert selection.paths() == [entry.path for entry in selection.entries]
     for entry in selection.entries:
         parts = entry.path.split("/")
