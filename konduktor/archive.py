@@ -78,7 +78,9 @@ def member_header(path: str, size: int, mode: int, target: str | None = None) ->
         pax = _header(b"././@PaxHeader", len(records), 0o644, b"x") + records
         pax += _padding(len(records))
     typeflag = b"0" if target is None else b"2"
-    return pax + _header(name[:100], 0 if size > _USTAR_MAX_SIZE else size, mode, typeflag, link[:100])
+    return pax + _header(
+        name[:100], 0 if size > _USTAR_MAX_SIZE else size, mode, typeflag, link[:100]
+    )
 
 
 def _utf8(data: bytes) -> bool:
@@ -113,7 +115,7 @@ class LayerWriter:
         compressor = zstandard.ZstdCompressor(
             level=level, threads=max(1, os.cpu_count() or 1), write_checksum=True
         )
-        self._zstd = compressor.stream_writer(self._sink, closefd=False)
+        self._zstd = compressor.stream_writer(self._sink, closefd=False)  # type: ignore[arg-type]
         self._buffer = bytearray()
         self.tar_bytes = 0
 

@@ -106,8 +106,13 @@ def _relative(path: Path, root: Path) -> str:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write the layers and their manifests into this directory.",
 )
-@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
-              help="zstd compression level.")
+@click.option(
+    "--level",
+    type=click.IntRange(1, 22),
+    default=3,
+    show_default=True,
+    help="zstd compression level.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_json: bool) -> None:
     """Build the layers that would ship PATH (default: the current directory).
@@ -157,8 +162,16 @@ def _size(n: int) -> str:
 def _print_snapshot(info: Any) -> None:
     rows = [("layer", "files", "bytes", "compressed", "sha256", "key")]
     for layer in info.layers:
-        rows.append((layer.kind, str(layer.files), _size(layer.bytes),
-                     _size(layer.compressed_bytes), layer.sha256[:12], layer.key))
+        rows.append(
+            (
+                layer.kind,
+                str(layer.files),
+                _size(layer.bytes),
+                _size(layer.compressed_bytes),
+                layer.sha256[:12],
+                layer.key,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         cells = [cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(row)]
@@ -188,8 +201,10 @@ def extract(layers: tuple[Path, ...], dest: Path, replace: bool) -> None:
         raise click.UsageError(f"{dest} is not empty; give --replace to replace it")
     refs = [ex.LayerRef(path, _expected_sha256(path)) for path in layers]
     result = ex.extract(refs, dest)
-    click.echo(f"extracted {result.files} files and {result.symlinks} symlinks into {dest}"
-               + (f", deleted {result.deleted}" if result.deleted else ""))
+    click.echo(
+        f"extracted {result.files} files and {result.symlinks} symlinks into {dest}"
+        + (f", deleted {result.deleted}" if result.deleted else "")
+    )
 
 
 def _expected_sha256(layer: Path) -> str | None:
@@ -228,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:
         if verbose:
             raise
-        click.echo(f"unexpected error: {type(exc).__name__}: {exc}; rerun with -v for the "
-                   "traceback and report it", err=True)
+        click.echo(
+            f"unexpected error: {type(exc).__name__}: {exc}; rerun with -v for the "
+            "traceback and report it",
+            err=True,
+        )
         sys.exit(EXIT_UNEXPECTED)
     sys.exit(0)

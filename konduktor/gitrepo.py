@@ -197,15 +197,26 @@ class Repo:
         return BlobReader(self.workdir or Path(self.pygit.path))
 
     def blob(self, oid: str) -> bytes:
-        data: bytes = self.pygit[oid].data
-        return data
+        return self.pygit[oid].read_raw()
 
     def _attributes_text(self) -> bytes:
         """Every .gitattributes in the index plus info/attributes, concatenated."""
         listed = self._git("ls-files", "-z", "--", ":(top,glob)**/.gitattributes")
-        chunks = [self.blob(e.oid) for e in self._listing(self._git(
-            "ls-files", "--stage", "-z", *[os.fsdecode(p) for p in listed.split(b"\0") if p]
-        ))] if listed else []
+        chunks = (
+            [
+                self.blob(e.oid)
+                for e in self._listing(
+                    self._git(
+                        "ls-files",
+                        "--stage",
+                        "-z",
+                        *[os.fsdecode(p) for p in listed.split(b"\0") if p],
+                    )
+                )
+            ]
+            if listed
+            else []
+        )
         info = Path(self.pygit.path) / "info" / "attributes"
         if info.exists():
             chunks.append(info.read_bytes())
@@ -217,8 +228,10 @@ class Repo:
 
     def content_filters(self) -> bool:
         """Whether work-tree bytes may differ from blob bytes (autocrlf, eol, filters, ...)."""
-        config = self.pygit.config
-        autocrlf = config["core.autocrlf"] if "core.autocrlf" in config else "false"
+        try:
+            autocrlf = str(self.pygit.config["core.autocrlf"])
+        except KeyError:
+            autocrlf = "false"
         if autocrlf.lower() not in ("false", "0", "no", "off"):
             return True
         text = self._attributes_text()
@@ -240,8 +253,13 @@ class Repo:
     def status(self) -> Status:
         """git's view of the work tree under the sync root, compared with HEAD."""
         out = self._git(
-            "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all",
-            "--ignore-submodules=none", *self._pathspec(),
+            "status",
+            "--porcelain=v2",
+            "-z",
+            "--branch",
+            "--untracked-files=all",
+            "--ignore-submodules=none",
+            *self._pathspec(),
         )
         status = Status(raw=out)
         records = iter(out.split(b"\0"))
@@ -275,6 +293,7 @@ class Repo:
 # Fields before the path in `git status --porcelain=v2` records: ordinary, rename, unmerged.
 _FIELDS = {b"1": 8, b"2": 9, b"u": 10}
 
+
 def is_within(target: str, link_dir: str) -> bool:
     """Whether a symlink at *link_dir*/<name> with *target* stays inside the root."""
     if target.startswith("/"):
@@ -293,10 +312,14 @@ class BlobReader:
 
     def __init__(self, cwd: Path) -> None:
         self._proc = subprocess.Popen(
-            ["git", "cat-file", "--batch"], cwd=cwd, env=_git_env(),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            ["git", "cat-file", "--batch"],
+            cwd=cwd,
+            env=_git_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
         self._in = self._proc.stdin
         self._out = self._proc.stdout
 
@@ -306,7 +329,9 @@ class BlobReader:
         self._in.flush()
         header = self._out.readline().split()
         if len(header) != 3 or header[1] != b"blob":
-            raise GitError(f"object {oid} is missing from the repository (git cat-file: {header!r})")
+            raise GitError(
+                f"object {oid} is missing from the repository (git cat-file: {header!r})"
+            )
         size = int(header[2])
         return size, self._chunks(size)
 

@@ -113,7 +113,9 @@ class _Collector:
         except FileNotFoundError:
             return  # deleted between git's scan and ours: it is not there to ship
         except OSError as exc:
-            raise SelectionError(f"cannot read {full}: {exc.strerror}; fix its permissions") from exc
+            raise SelectionError(
+                f"cannot read {full}: {exc.strerror}; fix its permissions"
+            ) from exc
         if stat.S_ISREG(st.st_mode):
             self.entries.append(Entry(rel, "file", bool(st.st_mode & stat.S_IXUSR), source=full))
         elif stat.S_ISLNK(st.st_mode):
@@ -178,7 +180,9 @@ def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
         else:
             if path in lfs:
                 _check_lfs(path, out)
-            out.entries.append(Entry(path, "file", entry.mode == MODE_EXEC, source=f"{root}/{path}"))
+            out.entries.append(
+                Entry(path, "file", entry.mode == MODE_EXEC, source=f"{root}/{path}")
+            )
     others = status.untracked() if untracked else []
     for path in others:
         if path.endswith("/"):
@@ -220,7 +224,9 @@ def _check_lfs(path: str, out: _Collector) -> None:
     except OSError:
         return
     if head == LFS_POINTER:
-        out.warn(f"{path}: only the git-lfs pointer is checked out, not the content; run `git lfs pull`")
+        out.warn(
+            f"{path}: only the git-lfs pointer is checked out, not the content; run `git lfs pull`"
+        )
 
 
 # -- commit tree -----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from konduktor.archive import LayerWriter
 from konduktor.cache import HashCache, atomic_write, fingerprint, konduktor_home, root_digest
 from konduktor.errors import SelectionError, UsageError
 from konduktor.gitrepo import BlobReader, Repo
-from konduktor.selection import Entry, Selection, select, sort_key
+from konduktor.selection import Entry, Selection, select
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ def plan(
         raise UsageError(f"compression level {level} is out of range; use 1-22")
     if commit is not None:
         sel = select(root, commit=commit)
-        assert sel.repo is not None and sel.commit is not None
+        assert sel.repo is not None
+        assert sel.commit is not None
         layer = LayerPlan("base", base_key(sel.repo, sel.commit, level), sel.entries)
         return _plan(sel, (layer,), level, dirty=False)
     work = select(root)
@@ -160,7 +161,8 @@ def _plan(sel: Selection, layers: tuple[LayerPlan, ...], level: int, *, dirty: b
 
 
 def _plan_layers(work: Selection, level: int) -> Plan:
-    assert work.repo is not None and work.commit is not None
+    assert work.repo is not None
+    assert work.commit is not None
     base = select(work.root, commit=work.commit)
     base_entries = {e.path: e for e in base.entries}
     adds = tuple(
@@ -172,7 +174,7 @@ def _plan_layers(work: Selection, level: int) -> Plan:
     layers = [LayerPlan("base", key, base.entries)]
     if adds or deletions:
         layers.append(LayerPlan("overlay", None, adds, deletions, base=key))
-    clean = frozenset()
+    clean: frozenset[str] = frozenset()
     if not work.repo.content_filters():
         clean = frozenset(p for p in base_entries if p in work_paths and p not in work.dirty)
     result = _plan(work, tuple(layers), level, dirty=len(layers) > 1)
@@ -192,8 +194,13 @@ def _with_keys(p: Plan) -> Plan:
     for layer in p.layers:
         if layer.key is None:
             records = [_record_from_disk(e, cache) for e in layer.entries]
-            layer = LayerPlan(layer.kind, content_key(records, layer.deletions, p.level),
-                              layer.entries, layer.deletions, layer.base)
+            layer = LayerPlan(
+                layer.kind,
+                content_key(records, layer.deletions, p.level),
+                layer.entries,
+                layer.deletions,
+                layer.base,
+            )
         layers.append(layer)
     cache.save()
     return replace(p, layers=tuple(layers))
@@ -360,11 +367,9 @@ def _build_layer(
             tmp.close()
     key = layer.key or content_key(records, layer.deletions, p.level)
     manifest = _manifest(p, layer, key, records, sha256, compressed)
-    path = None
-    if out is not None:
-        path = _place(out, key, written, manifest)
+    placed = _place(out, key, written, manifest) if out is not None else None
     size = sum(r.size for r in records)
-    return LayerInfo(layer.kind, key, sha256, size, compressed, len(records), path, manifest)
+    return LayerInfo(layer.kind, key, sha256, size, compressed, len(records), placed, manifest)
 
 
 def _place(out: Path, key: str, written: list[Path], manifest: dict[str, object]) -> Path:
@@ -439,7 +444,8 @@ class _Source:
         return self._write_disk(entry, writer)
 
     def _write_blob(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
-        assert entry.oid is not None and self._plan.repo is not None
+        assert entry.oid is not None
+        assert self._plan.repo is not None
         if self._blobs is None:
             self._blobs = self._plan.repo.blobs()
         size, chunks = self._blobs.open(entry.oid)
@@ -458,7 +464,9 @@ class _Source:
             if not stat.S_ISREG(st.st_mode):
                 raise SelectionError(f"{entry.source} stopped being a regular file; retry")
             h = hashlib.sha256()
-            writer.add_file(entry.path, entry.mode, st.st_size, _hashing(_exact(f, st.st_size, entry), h))
+            writer.add_file(
+                entry.path, entry.mode, st.st_size, _hashing(_exact(f, st.st_size, entry), h)
+            )
         digest = h.hexdigest()
         if self._cache is not None:
             self._cache.put(entry.path, st, digest)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from gitrepo_helpers import commit_all, git, make_repo
 
 from konduktor import snapshot
 from konduktor.extract import LayerRef, extract
 from konduktor.selection import select
-from gitrepo_helpers import commit_all, git, make_repo
 
 FILES = {
     "README.md": "# demo\n",
@@ -53,9 +53,12 @@ def layer_bytes(info: snapshot.SnapshotInfo) -> list[bytes]:
 
 
 def members(path: Path) -> list[tarfile.TarInfo]:
-    with path.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            return list(tar)
+    with (
+        path.open("rb") as f,
+        zstandard.ZstdDecompressor().stream_reader(f) as reader,
+        tarfile.open(fileobj=reader, mode="r|") as tar,
+    ):
+        return list(tar)
 
 
 def tree(root: Path) -> dict[str, tuple[str, object]]:
@@ -95,7 +98,8 @@ def test_members_are_sorted_normalised_and_owned_by_nobody(repo: Path, tmp_path:
     found = members(info.layers[0].path)  # type: ignore[arg-type]
     names = [m.name for m in found]
     assert names == sorted(names, key=os.fsencode)
-    assert "src/train.py" in names and ".git" not in {n.split("/")[0] for n in names}
+    assert "src/train.py" in names
+    assert ".git" not in {n.split("/")[0] for n in names}
     for m in found:
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.isfile() or m.issym()
@@ -114,9 +118,11 @@ def test_manifest_describes_the_layer(repo: Path, tmp_path: Path) -> None:
     assert layer.path is not None
     manifest = json.loads(layer.path.with_name(layer.path.name[:-8] + ".json").read_text())
     assert manifest["format"] == snapshot.FORMAT_VERSION
-    assert manifest["kind"] == "base" and manifest["key"] == layer.key
+    assert manifest["kind"] == "base"
+    assert manifest["key"] == layer.key
     assert manifest["commit"] == git(repo, "rev-parse", "HEAD").decode().strip()
-    assert manifest["dirty"] is False and manifest["base"] is None
+    assert manifest["dirty"] is False
+    assert manifest["base"] is None
     assert manifest["sha256"] == hashlib.sha256(layer.path.read_bytes()).hexdigest()
     entries = {e["path"]: e for e in manifest["entries"]}
     assert entries["big.bin"]["sha256"] == hashlib.sha256(FILES["big.bin"]).hexdigest()  # type: ignore[arg-type]
@@ -184,9 +190,11 @@ def test_work_tree_file_edited_after_status_never_enters_the_base(
 def test_base_key_depends_on_commit_and_root_not_contents(repo: Path, tmp_path: Path) -> None:
     head = git(repo, "rev-parse", "HEAD").decode().strip()
     key = snapshot.keys(repo).layers[0]
-    assert key[0] == "base" and head in key[1]
+    assert key[0] == "base"
+    assert head in key[1]
     sub = snapshot.keys(repo / "src").layers[0][1]
-    assert head in sub and sub != key[1]
+    assert head in sub
+    assert sub != key[1]
     (repo / "README.md").write_text("dirty\n")
     assert snapshot.keys(repo).layers[0] == key
     assert snapshot.keys(repo, level=5).layers[0] != key
@@ -201,7 +209,8 @@ def test_base_key_is_the_same_in_every_clone(repo: Path, tmp_path: Path) -> None
 def test_overlay_key_follows_content_and_cache_sees_second_edit(repo: Path) -> None:
     (repo / "README.md").write_text("one\n")
     first = snapshot.keys(repo)
-    assert first.dirty and [k for k, _ in first.layers] == ["base", "overlay"]
+    assert first.dirty
+    assert [k for k, _ in first.layers] == ["base", "overlay"]
     assert snapshot.keys(repo) == first  # cached: nothing changed
     # Same git status output as before, different content: the key must change.
     (repo / "README.md").write_text("two\n")
@@ -223,7 +232,8 @@ def test_clean_work_tree_has_no_overlay_and_untracked_ignored_file_changes_nothi
 ) -> None:
     (repo / "model.ckpt").write_bytes(b"\0" * 100)
     result = snapshot.keys(repo)
-    assert not result.dirty and len(result.layers) == 1
+    assert not result.dirty
+    assert len(result.layers) == 1
 
 
 # -- overlays round trip ---------------------------------------------------------------------
@@ -249,7 +259,8 @@ def test_base_plus_overlay_reproduces_the_work_tree_selection(
 ) -> None:
     apply_change(repo, change)
     info = build(repo, tmp_path / "out")
-    assert info.dirty and [layer.kind for layer in info.layers] == ["base", "overlay"]
+    assert info.dirty
+    assert [layer.kind for layer in info.layers] == ["base", "overlay"]
     assert roundtrip(info, tmp_path / "dest") == expected_tree(repo)
 
 
@@ -301,17 +312,21 @@ def test_plain_directory_is_one_full_layer_round_trip(tmp_path: Path) -> None:
         (plain / rel).write_bytes(content if isinstance(content, bytes) else content.encode())
     os.symlink("README.md", plain / "link")
     info = build(plain, tmp_path / "out")
-    assert info.commit is None and [layer.kind for layer in info.layers] == ["full"]
+    assert info.commit is None
+    assert [layer.kind for layer in info.layers] == ["full"]
     assert info.layers[0].key.startswith("objects/")
     got = roundtrip(info, tmp_path / "dest")
     assert got == expected_tree(plain)
-    assert "x.log" not in got and "y.ckpt" not in got and "link" in got
+    assert "x.log" not in got
+    assert "y.ckpt" not in got
+    assert "link" in got
 
 
 def test_repository_without_commits_is_one_full_dirty_layer(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"a.py": "a\n"}, commit=False)
     info = build(repo, tmp_path / "out")
-    assert info.commit is None and info.dirty
+    assert info.commit is None
+    assert info.dirty
     assert [layer.kind for layer in info.layers] == ["full"]
     assert roundtrip(info, tmp_path / "dest") == {"a.py": ("f", b"a\n")}
 
@@ -350,7 +365,8 @@ def test_build_failure_leaves_no_output(
     monkeypatch.setattr(snapshot, "content_key", fail_late)
     with pytest.raises(KeyboardInterrupt):
         build(repo, out)
-    assert calls["n"] == 1 and real is not fail_late
+    assert calls["n"] == 1
+    assert real is not fail_late
     assert list(out.iterdir()) == []
 
 
