@@ -144,6 +144,12 @@ class Repo:
             obj = self.pygit.revparse_single(rev)
             commit = obj.peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
+            if self.pygit.head_is_unborn:
+                raise UsageError(
+                    f"--commit {rev!r} does not name a commit: the repository {self.pygit.path} "
+                    "has no commits yet; commit first, or leave out --commit to snapshot the "
+                    "work tree"
+                ) from exc
             raise UsageError(
                 f"--commit {rev!r} does not name a commit in {self.pygit.path}; "
                 "check it with `git rev-parse --verify`"

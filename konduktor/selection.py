@@ -334,12 +334,20 @@ def _explain_git(
     if status.deleted(path):
         return Verdict(path, False, "deleted in the work tree")
     change = status.changes.get(path)
+    if os.path.isdir(repo.root / path) and not os.path.islink(repo.root / path):
+        excluded, rule = chain.decide(path, is_dir=True)
+        if excluded:
+            return Verdict(path, False, str(rule))
+        ignored = _git_ignore_rule(repo, path)
+        if ignored is not None:
+            return Verdict(path, False, f"{ignored} (tracked files inside still ship)")
+        return Verdict(path, True, "directory")
     if path in tracked:
         base = "tracked"
     elif change is not None and change.untracked:
         base = "untracked"
     elif os.path.lexists(repo.root / path):
-        return Verdict(path, False, _git_ignore_rule(repo, path))
+        return Verdict(path, False, _git_ignore_rule(repo, path) or "not a file git lists")
     else:
         return Verdict(path, False, "not found")
     excluded, rule = chain.decide(path)
@@ -348,11 +356,13 @@ def _explain_git(
     return Verdict(path, True, str(rule) if rule else base)
 
 
-def _git_ignore_rule(repo: Repo, path: str) -> str:
-    """The .gitignore (or exclude) rule that keeps an untracked path out, as file:line:pattern."""
+def _git_ignore_rule(repo: Repo, path: str) -> str | None:
+    """The .gitignore (or exclude) rule that ignores *path*, as file:line:pattern, if any."""
     try:
         out = run_git(["check-ignore", "-v", "-z", "--stdin"], repo.root, stdin=os.fsencode(path))
-    except GitError:  # exit 1: not ignored (e.g. a directory git does not list)
-        return "not a file git lists"
+    except GitError:  # exit 1: not ignored
+        return None
     source, line, pattern, _ = out.split(b"\0", 3)
+    if pattern.startswith(b"!"):  # -v also reports a re-include that decided "not ignored"
+        return None
     return f"{os.fsdecode(source)}:{line.decode()}:{os.fsdecode(pattern)}"

@@ -1,0 +1,196 @@
+"""The command line: exit codes, one-line errors, outputs, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gitrepo_helpers import git, make_repo
+
+from konduktor.cli import cli, main
+
+
+@pytest.fixture(autouse=True)
+def konduktor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(
+        tmp_path,
+        {"a.py": "a\n", "secret.env": "x\n", "sub/b.py": "b\n", ".konduktorignore": "*.env\n"},
+    )
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    """Run main() the way the console script does; return (exit code, stdout, stderr)."""
+    with CliRunner().isolation() as (stdout, stderr, _):
+        with pytest.raises(SystemExit) as exited:
+            main([str(a) for a in args])
+        out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def run_konduktor(
+    *args: str | Path, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*prefix, sys.executable, "-m", "konduktor", *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def test_help_explains_every_command() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for command in ("ls-files", "snapshot", "extract"):
+        assert command in out
+    code, out, _ = run("snapshot", "--help")
+    assert code == 0 and "--commit" in out and "--out" in out
+
+
+def test_ls_files_lists_the_selection_nul_separated(repo: Path) -> None:
+    code, out, _ = run("ls-files", repo)
+    assert code == 0
+    assert out.splitlines() == [".konduktorignore", "a.py", "sub/b.py"]
+    result = CliRunner().invoke(cli, ["ls-files", "-z", str(repo / "sub")])
+    assert result.stdout_bytes == b"b.py\0"
+
+
+def test_ls_files_why_names_the_rule(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo)
+    code, out, _ = run("ls-files", "--why", "secret.env", "a.py", "missing.txt")
+    assert code == 0
+    assert out.splitlines() == [
+        "secret.env\texcluded\t.konduktorignore:1:*.env",
+        "a.py\tships\ttracked",
+        "missing.txt\texcluded\tnot found",
+    ]
+
+
+def test_ls_files_why_without_paths_is_a_usage_error() -> None:
+    code, _, err = run("ls-files", "--why")
+    assert code == 2 and "needs at least one PATH" in err
+
+
+def test_snapshot_json_shape(repo: Path, tmp_path: Path) -> None:
+    (repo / "a.py").write_text("changed\n")
+    code, out, err = run("snapshot", repo, "--out", tmp_path / "out", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["commit"] == git(repo, "rev-parse", "HEAD").decode().strip()
+    assert data["dirty"] is True
+    assert [layer["kind"] for layer in data["layers"]] == ["base", "overlay"]
+    for layer in data["layers"]:
+        assert set(layer) >= {"kind", "key", "sha256", "bytes", "files", "path"}
+        assert Path(layer["path"]).is_file()
+    assert data["layers"][1]["files"] == 1
+
+
+def test_snapshot_table_and_extract_round_trip(repo: Path, tmp_path: Path) -> None:
+    code, out, _ = run("snapshot", repo, "--out", tmp_path / "out")
+    assert code == 0
+    assert "base" in out and "(clean)" in out and "wrote" in out
+    layer = next((tmp_path / "out").glob("*.tar.zst"))
+    code, out, err = run("extract", layer, tmp_path / "dest")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dest").rglob("*") if p.is_file()) == [
+        ".konduktorignore",
+        "a.py",
+        "b.py",
+    ]
+    code, _, err = run("extract", layer, tmp_path / "dest")
+    assert code == 2 and "--replace" in err
+    code, _, _ = run("extract", layer, tmp_path / "dest", "--replace")
+    assert code == 0
+
+
+def test_extract_refuses_a_tampered_layer(repo: Path, tmp_path: Path) -> None:
+    run("snapshot", repo, "--out", tmp_path / "out")
+    layer = next((tmp_path / "out").glob("*.tar.zst"))
+    data = bytearray(layer.read_bytes())
+    data[-10] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    code, _, err = run("extract", layer, tmp_path / "dest")
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("snapshot", "{tmp}/nope"), "does not exist"),
+        (("snapshot", "{tmp}/file.txt"), "is not a directory"),
+        (("ls-files", "{tmp}/nope"), "does not exist"),
+        (("snapshot", "{repo}", "--commit", "no-such-rev"), "does not name a commit"),
+        (("ls-files", "{repo}", "--commit", "no-such-rev"), "does not name a commit"),
+        (("snapshot", "{empty}", "--commit", "HEAD"), "does not name a commit"),
+        (("snapshot", "{tmp}/plain", "--commit", "HEAD"), "needs a git repository"),
+    ],
+    ids=["missing", "not-a-dir", "ls-missing", "bad-rev", "ls-bad-rev", "no-commits", "no-git"],
+)
+def test_bad_input_is_one_clear_line_exit_1_and_leaves_nothing(
+    repo: Path, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "plain").mkdir()
+    empty = make_repo(tmp_path, {"x": "x"}, commit=False, name="empty")
+    out = tmp_path / "out"
+    filled = [a.format(tmp=tmp_path, repo=repo, empty=empty) for a in args]
+    code, stdout, err = run(*filled, "--out", out) if args[0] == "snapshot" else run(*filled)
+    assert code == 1, (stdout, err)
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def _unprivileged() -> tuple[str, ...]:
+    """A prefix that makes root subject to file permissions, as an ordinary user is."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return ("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}")
+
+
+def test_unreadable_file_fails_cleanly_without_partial_output(repo: Path, tmp_path: Path) -> None:
+    (repo / "locked.py").write_text("secret\n")
+    (repo / "locked.py").chmod(0o000)
+    out = tmp_path / "out"
+    done = run_konduktor("snapshot", repo, "--out", out, prefix=_unprivileged())
+    assert done.returncode == 1, done.stderr
+    assert "locked.py" in done.stderr and "Permission denied" in done.stderr
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_unexpected_error_is_short_and_points_to_verbose(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from konduktor import snapshot
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(snapshot, "build", boom)
+    code, _, err = run("snapshot", repo)
+    assert code == 3 and "kaboom" in err and "-v" in err and "Traceback" not in err
+
+
+def test_usage_error_exits_2() -> None:
+    code, _, err = run("snapshot", "--level", "99")
+    assert code == 2 and "99" in err
+
+
+def test_warnings_reach_stderr(repo: Path, tmp_path: Path) -> None:
+    (repo / ".konduktorignore").write_text("*.env   # secrets\n")
+    code, _, err = run("ls-files", repo)
+    assert code == 0
+    assert "warning: .konduktorignore:1:" in err and "did you mean '*.env'" in err
