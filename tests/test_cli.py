@@ -52,7 +52,9 @@ def test_help_explains_every_command() -> None:
     for command in ("ls-files", "snapshot", "extract"):
         assert command in out
     code, out, _ = run("snapshot", "--help")
-    assert code == 0 and "--commit" in out and "--out" in out
+    assert code == 0
+    assert "--commit" in out
+    assert "--out" in out
 
 
 def test_ls_files_lists_the_selection_nul_separated(repo: Path) -> None:
@@ -76,7 +78,8 @@ def test_ls_files_why_names_the_rule(repo: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_ls_files_why_without_paths_is_a_usage_error() -> None:
     code, _, err = run("ls-files", "--why")
-    assert code == 2 and "needs at least one PATH" in err
+    assert code == 2
+    assert "needs at least one PATH" in err
 
 
 def test_snapshot_json_shape(repo: Path, tmp_path: Path) -> None:
@@ -96,7 +99,9 @@ def test_snapshot_json_shape(repo: Path, tmp_path: Path) -> None:
 def test_snapshot_table_and_extract_round_trip(repo: Path, tmp_path: Path) -> None:
     code, out, _ = run("snapshot", repo, "--out", tmp_path / "out")
     assert code == 0
-    assert "base" in out and "(clean)" in out and "wrote" in out
+    assert "base" in out
+    assert "(clean)" in out
+    assert "wrote" in out
     layer = next((tmp_path / "out").glob("*.tar.zst"))
     code, out, err = run("extract", layer, tmp_path / "dest")
     assert code == 0, err
@@ -106,7 +111,8 @@ def test_snapshot_table_and_extract_round_trip(repo: Path, tmp_path: Path) -> No
         "b.py",
     ]
     code, _, err = run("extract", layer, tmp_path / "dest")
-    assert code == 2 and "--replace" in err
+    assert code == 2
+    assert "--replace" in err
     code, _, _ = run("extract", layer, tmp_path / "dest", "--replace")
     assert code == 0
 
@@ -118,7 +124,9 @@ def test_extract_refuses_a_tampered_layer(repo: Path, tmp_path: Path) -> None:
     data[-10] ^= 0xFF
     layer.write_bytes(bytes(data))
     code, _, err = run("extract", layer, tmp_path / "dest")
-    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert code == 1
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
     assert not (tmp_path / "dest").exists()
 
 
@@ -145,8 +153,10 @@ def test_bad_input_is_one_clear_line_exit_1_and_leaves_nothing(
     filled = [a.format(tmp=tmp_path, repo=repo, empty=empty) for a in args]
     code, stdout, err = run(*filled, "--out", out) if args[0] == "snapshot" else run(*filled)
     assert code == 1, (stdout, err)
-    assert err.startswith("error: ") and message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ")
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -166,8 +176,10 @@ def test_unreadable_file_fails_cleanly_without_partial_output(repo: Path, tmp_pa
     out = tmp_path / "out"
     done = run_konduktor("snapshot", repo, "--out", out, prefix=_unprivileged())
     assert done.returncode == 1, done.stderr
-    assert "locked.py" in done.stderr and "Permission denied" in done.stderr
-    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert "locked.py" in done.stderr
+    assert "Permission denied" in done.stderr
+    assert done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
     assert list(out.iterdir()) == []
 
 
@@ -181,16 +193,21 @@ def test_unexpected_error_is_short_and_points_to_verbose(
 
     monkeypatch.setattr(snapshot, "build", boom)
     code, _, err = run("snapshot", repo)
-    assert code == 3 and "kaboom" in err and "-v" in err and "Traceback" not in err
+    assert code == 3
+    assert "kaboom" in err
+    assert "-v" in err
+    assert "Traceback" not in err
 
 
 def test_usage_error_exits_2() -> None:
     code, _, err = run("snapshot", "--level", "99")
-    assert code == 2 and "99" in err
+    assert code == 2
+    assert "99" in err
 
 
 def test_warnings_reach_stderr(repo: Path, tmp_path: Path) -> None:
     (repo / ".konduktorignore").write_text("*.env   # secrets\n")
     code, _, err = run("ls-files", repo)
     assert code == 0
-    assert "warning: .konduktorignore:1:" in err and "did you mean '*.env'" in err
+    assert "warning: .konduktorignore:1:" in err
+    assert "did you mean '*.env'" in err
