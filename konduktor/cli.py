@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -124,11 +125,35 @@ def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_js
     """
     from konduktor import snapshot as snap
 
-    info = snap.build(path, commit=commit, out=out, level=level)
+    with _progress("snapshot") as progress:
+        info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
     if as_json:
         click.echo(json.dumps(_snapshot_json(info), indent=2))
         return
     _print_snapshot(info)
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A (done, total) callback drawing a progress bar on stderr, when that is a terminal."""
+    ctx = click.get_current_context()
+    if not sys.stderr.isatty() or ctx.find_root().params.get("quiet"):
+        yield None
+        return
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 def _snapshot_json(info: Any) -> dict[str, object]:

@@ -44,7 +44,8 @@ _IN_MEMORY = 8 << 20  # files up to this size are read whole; larger ones stream
 _CHUNK = 1 << 20
 
 Kind = Literal["base", "overlay", "full"]
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]
+"""Called after each file with (files done, files in all layers)."""
 
 
 @dataclass(frozen=True)
@@ -332,8 +333,9 @@ def build(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    tick = _counter(sum(len(layer.entries) for layer in p.layers), progress)
     try:
-        layers = tuple(_build_layer(p, layer, out, written, progress) for layer in p.layers)
+        layers = tuple(_build_layer(p, layer, out, written, tick) for layer in p.layers)
     except BaseException:
         for path in written:
             with contextlib.suppress(FileNotFoundError):
@@ -343,8 +345,20 @@ def build(
     return SnapshotInfo(p.root, p.commit, p.dirty, layers, p.warnings, seconds)
 
 
+def _counter(total: int, progress: Progress | None) -> Callable[[], None]:
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return tick
+
+
 def _build_layer(
-    p: Plan, layer: LayerPlan, out: Path | None, written: list[Path], progress: Progress | None
+    p: Plan, layer: LayerPlan, out: Path | None, written: list[Path], tick: Callable[[], None]
 ) -> LayerInfo:
     tmp: BinaryIO | None = None
     if out is not None:
@@ -358,7 +372,7 @@ def _build_layer(
         with _Source(p, cache) as source:
             for path in layer.deletions:
                 writer.add_whiteout(path)
-            records = [source.write(entry, writer, progress) for entry in layer.entries]
+            records = [source.write(entry, writer, tick) for entry in layer.entries]
         sha256, compressed = writer.finish()
         if cache is not None:
             cache.save()
@@ -423,14 +437,13 @@ class _Source:
         if self._blobs is not None:
             self._blobs.close()
 
-    def write(self, entry: Entry, writer: LayerWriter, progress: Progress | None) -> Record:
+    def write(self, entry: Entry, writer: LayerWriter, tick: Callable[[], None]) -> Record:
+        tick()
         if entry.kind == "symlink":
             assert entry.target is not None
             writer.add_symlink(entry.path, entry.target)
             return Record(entry.path, 0o120000, 0, target=entry.target)
         size, digest = self._write_file(entry, writer)
-        if progress is not None:
-            progress(size)
         return Record(entry.path, entry.mode, size, digest)
 
     def _write_file(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
