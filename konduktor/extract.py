@@ -14,15 +14,21 @@ Layers may come from a shared bucket, so they are treated as hostile:
 * a member may not leave the staging directory: absolute names, ``..``
   components and NUL bytes are refused, and nothing is ever written or deleted
   through a symlink, not even one that points back inside the tree;
-* only regular files, symlinks and directories are extracted; hard links,
-  devices, FIFOs, contiguous and sparse files are refused;
+* only regular files (type ``0``, or the old ``NUL`` type), symlinks and
+  directories are extracted; hard links, devices, FIFOs, contiguous and sparse
+  files are refused;
 * modes become 0o755 (any exec bit) or 0o644 for files and 0o755 for
   directories, so setuid/setgid/sticky bits never arrive; owners and mtimes
   are not restored.
 
 Empty and ``.`` components inside a name (``./a//b``) are dropped: they name
-the same path and every writer emits them. A name that is nothing but such
-components (``.``, ``""``, ``./``) is refused, since it would name the root.
+the same path, and ``tar -C dir .`` writes names like that. A name made only of
+such components (``.``, ``""``, ``./``) is refused, since it would name the root.
+
+Paths are checked with ``lstat`` component by component rather than through
+directory file descriptors: the staging directory is mode 0o700 until the swap,
+so no other user can swap a component for a link between check and use.
+POSIX only (``O_NOFOLLOW``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import zstandard
 
@@ -51,6 +57,7 @@ _CHUNK = 1 << 20
 _WHITEOUT = ".wh."
 # A tar ends with two zero blocks; tarfile stops quietly without them.
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+_Kind = Literal["file", "symlink", "dir"]
 _REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _REFUSED_TYPES = {
     tarfile.LNKTYPE: "hard links",
@@ -204,10 +211,11 @@ def _apply_layer(layer: Path, root: Path) -> int:
 def _check_complete(reader: BinaryIO, end: int, layer: Path) -> None:
     """Refuse a layer whose tar lacks its end-of-archive marker.
 
-    A zstd frame without a checksum decodes a cut file without complaint, and
-    tarfile stops quietly when data ends on a member boundary: only the missing
-    end marker tells that members were lost. Reading to the end also decodes any
-    frames after the tar, so corruption there is reported too.
+    zstandard's stream reader returns what a cut frame holds without complaint
+    (a frame checksum is never reached), and tarfile stops quietly when data ends
+    on a member boundary: only the missing end marker tells that members were lost.
+    Reading to the end also decodes any frames after the tar, so corruption there
+    is reported too.
     """
     while reader.read(_CHUNK):
         pass
@@ -219,6 +227,7 @@ def _check_complete(reader: BinaryIO, end: int, layer: Path) -> None:
 
 
 def _apply_members(tar: tarfile.TarFile, layer: Path, root: Path) -> int:
+    """Apply every member in archive order; return how many paths whiteouts deleted."""
     deleted = 0
     content_seen = False
     for member in _members(tar):
@@ -292,7 +301,7 @@ def _split(name: str) -> list[str]:
     return parts
 
 
-def _kind(member: tarfile.TarInfo) -> str:
+def _kind(member: tarfile.TarInfo) -> _Kind:
     # tarfile.isreg() also accepts contiguous and sparse files: test the type itself.
     if member.sparse is not None:
         raise _Refused("GNU sparse files are not allowed")
@@ -307,7 +316,7 @@ def _kind(member: tarfile.TarInfo) -> str:
 
 
 def _apply_entry(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, kind: str, parts: list[str], root: Path
+    tar: tarfile.TarFile, member: tarfile.TarInfo, kind: _Kind, parts: list[str], root: Path
 ) -> None:
     path = _make_parents(root, parts[:-1]) / parts[-1]
     if kind == "dir":
@@ -320,7 +329,7 @@ def _apply_entry(
         _write_file(tar, member, path)
 
 
-def _apply_whiteout(member: tarfile.TarInfo, kind: str, parts: list[str], root: Path) -> int:
+def _apply_whiteout(member: tarfile.TarInfo, kind: _Kind, parts: list[str], root: Path) -> int:
     """Delete what a whiteout names; return 1 if something was there, else 0."""
     target = parts[-1][len(_WHITEOUT) :]
     if kind != "file" or member.size != 0:
