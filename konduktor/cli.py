@@ -85,10 +85,16 @@ def ls_files(paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, 
     if len(paths) > 1:
         raise click.UsageError("give one PATH to list (or use --why to explain several paths)")
     sel = selection.select(paths[0] if paths else Path("."), commit=commit)
+    _warn(sel.warnings)
     out = sys.stdout.buffer
     for path in sel.paths():
         out.write(os.fsencode(path) + end.encode())
     out.flush()
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for message in warnings:
+        logging.getLogger("konduktor").warning("%s", message)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -127,6 +133,7 @@ def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_js
 
     with _progress("snapshot") as progress:
         info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
+    _warn(info.warnings)
     if as_json:
         click.echo(json.dumps(_snapshot_json(info), indent=2))
         return

@@ -189,7 +189,10 @@ class IgnoreChain:
         return sorted(unused, key=lambda r: (r.source, r.line))
 
     def unused_warnings(self, paths: Iterable[str]) -> list[str]:
-        return [f"{rule}: pattern matches nothing" for rule in self.unused(paths)]
+        return [
+            f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
+            for rule in self.unused(paths)
+        ]
 
 
 def _parents(path: str) -> Iterator[str]:

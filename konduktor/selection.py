@@ -102,7 +102,7 @@ class _Collector:
         self.warnings: list[str] = []
 
     def warn(self, message: str) -> None:
-        log.warning("%s", message)
+        log.debug("%s", message)  # callers show Selection.warnings once, however they combine
         self.warnings.append(message)
 
     def add_from_disk(self, rel: str) -> None:
