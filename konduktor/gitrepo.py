@@ -83,7 +83,6 @@ class Status:
     """
 
     changes: dict[str, Change] = field(default_factory=dict)
-    submodules: set[str] = field(default_factory=set)  # submodules with any change
     head: str | None = None  # the commit HEAD points at, None before the first commit
     raw: bytes = b""  # git's output, a fingerprint of the index and work tree against HEAD
 
@@ -131,12 +130,6 @@ class Repo:
         return ["--", f":(top,literal){self.prefix}"] if self.prefix else []
 
     # -- revisions ---------------------------------------------------------------------------
-
-    def head(self) -> str | None:
-        """The commit HEAD points at, None in a repository without commits."""
-        if self.pygit.head_is_unborn:
-            return None
-        return str(self.pygit.head.target)
 
     def resolve(self, rev: str) -> str:
         """The commit id that *rev* names, or UsageError saying it does not resolve."""
@@ -284,8 +277,6 @@ class Repo:
                 if kind == b"u":  # unmerged: stage 2 ("ours") stands for HEAD and the index
                     modes = [fields[4].decode(), fields[4].decode(), fields[6].decode()]
                 self._add_change(status, fields[-1], *modes)
-                if fields[2].startswith(b"S"):
-                    status.submodules.add(self._rel(os.fsdecode(fields[-1])) or "")
                 if kind == b"2":  # a rename's origin: in HEAD, gone from the index
                     self._add_change(status, next(records), modes[0], "000000", "000000")
         return status

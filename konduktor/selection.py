@@ -46,10 +46,6 @@ class Entry:
         return 0o755 if self.executable else 0o644
 
 
-def sort_key(path: str) -> bytes:
-    return os.fsencode(path)
-
-
 @dataclass(frozen=True)
 class Selection:
     root: Path
@@ -133,7 +129,7 @@ class _Collector:
             self.warn(message)
 
     def result(self, **kwargs: object) -> Selection:
-        entries = sorted(self.entries, key=lambda e: sort_key(e.path))
+        entries = sorted(self.entries, key=lambda e: os.fsencode(e.path))
         return Selection(self.root, tuple(entries), tuple(self.warnings), **kwargs)  # type: ignore[arg-type]
 
 
