@@ -26,10 +26,6 @@ _USTAR_MAX_SIZE = 0o77777777777
 _FLUSH_AT = 1 << 20
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 def _pax_record(key: str, value: bytes) -> bytes:
     body = b" " + key.encode() + b"=" + value + b"\n"
     length = len(body) + 1
@@ -38,26 +34,22 @@ def _pax_record(key: str, value: bytes) -> bytes:
     return str(length).encode() + body
 
 
+_ZEROS = b"0000000\0"
+_TAIL = b"ustar\x0000" + b"\0" * 64 + _ZEROS * 2 + b"\0" * 167  # magic .. padding
+_PADDING = [b"\0" * n for n in range(BLOCK)]
+
+
 def _header(name: bytes, size: int, mode: int, typeflag: bytes, linkname: bytes = b"") -> bytes:
-    header = bytearray(BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(0, 8)
-    header[116:124] = _octal(0, 8)
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(0, 12)
-    header[148:156] = b" " * 8
-    header[156:157] = typeflag
-    header[157 : 157 + len(linkname)] = linkname
-    header[257:265] = b"ustar\x0000"
-    header[329:337] = _octal(0, 8)
-    header[337:345] = _octal(0, 8)
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    """A ustar header block: name, mode, uid/gid 0, size, mtime 0, type, link, no owners."""
+    head = name.ljust(100, b"\0") + b"%07o\0" % mode + _ZEROS * 2 + b"%011o\0" % size
+    head += b"00000000000\0"  # mtime
+    tail = typeflag + linkname.ljust(100, b"\0") + _TAIL
+    checksum = sum(head) + sum(tail) + 8 * ord(" ")  # the checksum field counts as spaces
+    return head + b"%06o\0 " % checksum + tail
 
 
 def _padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
+    return _PADDING[-size % BLOCK]
 
 
 def member_header(path: str, size: int, mode: int, target: str | None = None) -> bytes:
@@ -123,13 +115,21 @@ class LayerWriter:
         self._buffer += data
         self.tar_bytes += len(data)
         if len(self._buffer) >= _FLUSH_AT:
-            self._zstd.write(self._buffer)
-            self._buffer.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        self._zstd.write(self._buffer)
+        self._buffer.clear()
 
     def add_file(self, path: str, mode: int, size: int, chunks: Iterable[bytes]) -> None:
         self.write(member_header(path, size, mode))
         for chunk in chunks:
-            self.write(chunk)
+            if len(chunk) < _FLUSH_AT:
+                self.write(chunk)
+            else:  # large chunks go to zstd as they are, without a copy into the buffer
+                self._flush()
+                self._zstd.write(chunk)
+                self.tar_bytes += len(chunk)
         self.write(_padding(size))
 
     def add_symlink(self, path: str, target: str) -> None:
@@ -143,7 +143,6 @@ class LayerWriter:
     def finish(self) -> tuple[str, int]:
         """End the tar, flush zstd; return (sha256, compressed size)."""
         self.write(b"\0" * (2 * BLOCK))
-        self._zstd.write(self._buffer)
-        self._buffer.clear()
+        self._flush()
         self._zstd.flush(zstandard.FLUSH_FRAME)
         return self._sink.sha256.hexdigest(), self._sink.size

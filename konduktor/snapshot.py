@@ -427,6 +427,7 @@ class _Source:
 
     def __init__(self, p: Plan, cache: HashCache | None) -> None:
         self._plan = p
+        self._root = str(p.root)
         self._cache = cache
         self._blobs: BlobReader | None = None
 
@@ -449,7 +450,7 @@ class _Source:
     def _write_file(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
         if entry.oid is not None:
             if entry.path in self._plan.clean_paths:
-                data = _read_verified(self._plan.root / entry.path, entry.oid)
+                data = _read_verified(f"{self._root}/{entry.path}", entry.oid)
                 if data is not None:
                     writer.add_file(entry.path, entry.mode, len(data), (data,))
                     return len(data), hashlib.sha256(data).hexdigest()
@@ -505,7 +506,7 @@ def _exact(f: BinaryIO, size: int, entry: Entry) -> Iterator[bytes]:
         raise SelectionError(f"{entry.source} changed while it was being read; run again")
 
 
-def _read_verified(path: Path, oid: str) -> bytes | None:
+def _read_verified(path: str, oid: str) -> bytes | None:
     """The file's bytes if they are exactly git object *oid* (checked by hashing), else None.
 
     A clean work tree holds the commit's bytes, and reading them from disk is several
@@ -514,13 +515,17 @@ def _read_verified(path: Path, oid: str) -> bytes | None:
     must never slip in.
     """
     try:
-        with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size > _IN_MEMORY:
-                return None
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
-    algo = hashlib.sha1 if len(oid) == 40 else hashlib.sha256
-    h = algo(b"blob %d\0" % len(data))
+    try:
+        size = os.fstat(fd).st_size
+        if size > _IN_MEMORY:
+            return None
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    h = hashlib.sha1() if len(oid) == 40 else hashlib.sha256()
+    h.update(b"blob %d\0" % len(data))
     h.update(data)
     return data if h.hexdigest() == oid else None
