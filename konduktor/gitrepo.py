@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,7 @@ class Status:
     changes: dict[str, Change] = field(default_factory=dict)
     head: str | None = None  # the commit HEAD points at, None before the first commit
     raw: bytes = b""  # git's output, a fingerprint of the index and work tree against HEAD
+    started_ns: int = 0  # wall clock when git started looking: later changes are not in it
 
     def deleted(self, path: str) -> bool:
         change = self.changes.get(path)
@@ -168,16 +171,11 @@ class Repo:
         return run_git(args, self.workdir or Path(self.pygit.path))
 
     def _listing(self, out: bytes) -> Iterator[IndexEntry]:
-        """Parse `<mode> <type|oid> ... <oid|stage>\t<path>` records (ls-files -s, ls-tree)."""
-        for record in out.split(b"\0"):
-            if not record:
-                continue
-            meta, _, path = record.partition(b"\t")
-            fields = meta.split(b" ")
+        """Parse `ls-files --stage -z` and `ls-tree -z` records."""
+        for mode, oid, path in _LISTING.findall(out):
             rel = self._rel(os.fsdecode(path))
             if rel is not None:
-                oid = fields[1] if len(fields[1]) >= 40 else fields[2]
-                yield IndexEntry(rel, int(fields[0], 8), oid.decode())
+                yield IndexEntry(rel, int(mode, 8), oid.decode())
 
     def index_entries(self) -> Iterator[IndexEntry]:
         """Index entries under the sync root (stage 0, or the first stage of a conflict)."""
@@ -251,6 +249,7 @@ class Repo:
 
     def status(self) -> Status:
         """git's view of the work tree under the sync root, compared with HEAD."""
+        started_ns = time.time_ns()
         out = self._git(
             "status",
             "--porcelain=v2",
@@ -260,7 +259,7 @@ class Repo:
             "--ignore-submodules=none",
             *self._pathspec(),
         )
-        status = Status(raw=out)
+        status = Status(raw=out, started_ns=started_ns)
         records = iter(out.split(b"\0"))
         for record in records:
             kind = record[:1]
@@ -286,6 +285,9 @@ class Repo:
         if rel is not None:
             status.changes[rel] = Change(int(head, 8), int(index, 8), int(work, 8))
 
+
+# `<mode> <oid> <stage>\t<path>` (ls-files --stage) or `<mode> <type> <oid>\t<path>` (ls-tree)
+_LISTING = re.compile(rb"(\d+) (?:[a-z]+ )?([0-9a-f]{40,64})(?: \d)?\t([^\0]*)\0")
 
 # Fields before the path in `git status --porcelain=v2` records: ordinary, rename, unmerged.
 _FIELDS = {b"1": 8, b"2": 9, b"u": 10}

@@ -54,6 +54,7 @@ class Selection:
     commit: str | None = None  # the commit the selection was taken from, or HEAD of the work tree
     repo: Repo | None = field(default=None, compare=False, repr=False)
     dirty: frozenset[str] = frozenset()  # work tree: paths that differ from HEAD per git
+    checked_ns: int = 0  # work tree: when git started checking which files are clean
 
     def paths(self) -> list[str]:
         return [e.path for e in self.entries]
@@ -134,7 +135,7 @@ class _Collector:
 
 
 def _has_git_component(path: str) -> bool:
-    return ".git" in path.split("/")
+    return ".git" in path and ".git" in path.split("/")
 
 
 # -- git work tree ---------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
         elif not _has_git_component(path) and not chain.excludes(path):
             out.add_from_disk(path)
     out.ignore_warnings(chain, tracked + others)
-    return out.result(commit=status.head, repo=repo, dirty=frozenset(changes.keys() | lfs))
+    dirty = frozenset(changes.keys() | lfs)
+    return out.result(commit=status.head, repo=repo, dirty=dirty, checked_ns=status.started_ns)
 
 
 def _add_submodule(repo: Repo, path: str, chain: IgnoreChain, out: _Collector) -> None:
@@ -257,7 +259,7 @@ def _from_commit(repo: Repo, commit: str) -> Selection:
             out.add_link(entry.path, os.fsdecode(repo.blob(entry.oid)), oid=entry.oid)
         else:
             out.entries.append(Entry(entry.path, "file", entry.mode == MODE_EXEC, oid=entry.oid))
-    out.ignore_warnings(chain, [e.path for e in entries])
+    out.warnings.extend(chain.warnings)  # patterns matching nothing: told for the work tree
     return out.result(commit=commit, repo=repo)
 
 

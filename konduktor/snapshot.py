@@ -42,6 +42,7 @@ FORMAT_VERSION = 1
 DEFAULT_LEVEL = 3
 _IN_MEMORY = 8 << 20  # files up to this size are read whole; larger ones stream
 _CHUNK = 1 << 20
+_CLOCK_MARGIN_NS = 2_000_000_000  # ctime granularity and clock steps between git and us
 
 Kind = Literal["base", "overlay", "full"]
 Progress = Callable[[int, int], None]
@@ -87,6 +88,7 @@ class Plan:
     level: int
     repo: Repo | None = field(default=None, repr=False, compare=False)
     clean_paths: frozenset[str] = field(default=frozenset(), repr=False)  # base files on disk
+    clean_before_ns: int = 0  # a clean path whose ctime is older is trusted without hashing
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,9 @@ def _plan_layers(work: Selection, level: int) -> Plan:
     if not work.repo.content_filters():
         clean = frozenset(p for p in base_entries if p in work_paths and p not in work.dirty)
     result = _plan(work, tuple(layers), level, dirty=len(layers) > 1)
-    return replace(result, clean_paths=clean)  # the work tree's warnings say what ships
+    # The work tree's warnings say what ships; the base's would repeat them.
+    before = work.checked_ns - _CLOCK_MARGIN_NS
+    return replace(result, clean_paths=clean, clean_before_ns=before)
 
 
 def _differs(work: Entry, base: Entry | None) -> bool:
@@ -450,7 +454,8 @@ class _Source:
     def _write_file(self, entry: Entry, writer: LayerWriter) -> tuple[int, str]:
         if entry.oid is not None:
             if entry.path in self._plan.clean_paths:
-                data = _read_verified(f"{self._root}/{entry.path}", entry.oid)
+                path = f"{self._root}/{entry.path}"
+                data = _read_verified(path, entry.oid, self._plan.clean_before_ns)
                 if data is not None:
                     writer.add_file(entry.path, entry.mode, len(data), (data,))
                     return len(data), hashlib.sha256(data).hexdigest()
@@ -506,23 +511,27 @@ def _exact(f: BinaryIO, size: int, entry: Entry) -> Iterator[bytes]:
         raise SelectionError(f"{entry.source} changed while it was being read; run again")
 
 
-def _read_verified(path: str, oid: str) -> bytes | None:
-    """The file's bytes if they are exactly git object *oid* (checked by hashing), else None.
+def _read_verified(path: str, oid: str, trusted_before_ns: int) -> bytes | None:
+    """The file's bytes if they are exactly git object *oid*, else None.
 
     A clean work tree holds the commit's bytes, and reading them from disk is several
-    times faster than inflating them from packs. The object id is checked anyway: a base
-    layer is stored under its commit forever, so a file edited since `git status` ran
-    must never slip in.
+    times faster than inflating them from packs. But a base layer is stored under its
+    commit forever, so a file edited after `git status` found it clean must never slip
+    in: git's verdict is trusted only for a file whose ctime (which every write and
+    chmod moves, and no tool can set back) is older than the moment git started
+    looking; any other file is checked by hashing it as git would.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        if size > _IN_MEMORY:
+        st = os.fstat(fd)
+        if st.st_size > _IN_MEMORY:
             return None
-        data = os.read(fd, size + 1)
+        data = os.read(fd, st.st_size + 1)
+        if st.st_ctime_ns < trusted_before_ns and os.fstat(fd).st_ctime_ns == st.st_ctime_ns:
+            return data if len(data) == st.st_size else None
     finally:
         os.close(fd)
     h = hashlib.sha1() if len(oid) == 40 else hashlib.sha256()
