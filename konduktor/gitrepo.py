@@ -9,6 +9,7 @@ Everything else (index, trees, blobs, history) is read through pygit2.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import posixpath
@@ -196,24 +197,11 @@ class Repo:
     def blob(self, oid: str) -> bytes:
         return self.pygit[oid].read_raw()
 
+    @functools.cached_property
     def _attributes_text(self) -> bytes:
-        """Every .gitattributes in the index plus info/attributes, concatenated."""
-        listed = self._git("ls-files", "-z", "--", ":(top,glob)**/.gitattributes")
-        chunks = (
-            [
-                self.blob(e.oid)
-                for e in self._listing(
-                    self._git(
-                        "ls-files",
-                        "--stage",
-                        "-z",
-                        *[os.fsdecode(p) for p in listed.split(b"\0") if p],
-                    )
-                )
-            ]
-            if listed
-            else []
-        )
+        """Every .gitattributes in the index (anywhere in the repository) and info/attributes."""
+        out = self._git("ls-files", "--stage", "-z", "--", ":(top,glob)**/.gitattributes")
+        chunks = [self.blob(oid.decode()) for _, oid, _ in _LISTING.findall(out)]
         info = Path(self.pygit.path) / "info" / "attributes"
         if info.exists():
             chunks.append(info.read_bytes())
@@ -221,7 +209,7 @@ class Repo:
 
     def uses_lfs(self) -> bool:
         """Whether any attributes route files through git-lfs."""
-        return b"filter=lfs" in self._attributes_text()
+        return b"filter=lfs" in self._attributes_text
 
     def content_filters(self) -> bool:
         """Whether work-tree bytes may differ from blob bytes (autocrlf, eol, filters, ...)."""
@@ -231,7 +219,7 @@ class Repo:
             autocrlf = "false"
         if autocrlf.lower() not in ("false", "0", "no", "off"):
             return True
-        text = self._attributes_text()
+        text = self._attributes_text
         words = (b"filter", b"text", b"eol", b"ident", b"working-tree-encoding", b"crlf")
         return any(w in text for w in words)
 

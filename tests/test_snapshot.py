@@ -384,3 +384,18 @@ def test_commit_selection_reads_no_work_tree(repo: Path, tmp_path: Path) -> None
     got = roundtrip(info, tmp_path / "dest")
     assert got["big.bin"] == ("f", FILES["big.bin"])
     assert got["src/train.py"][0] == "x"
+
+
+def test_eol_conversion_keeps_the_base_equal_to_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With checkout filters the work tree's bytes differ from the blobs: read git objects."""
+    monkeypatch.setattr(snapshot, "_CLOCK_MARGIN_NS", -(10**12))  # trust every fresh file
+    repo = make_repo(tmp_path, {".gitattributes": "*.txt text eol=crlf\n", "a.txt": "one\ntwo\n"})
+    (repo / "a.txt").unlink()
+    git(repo, "checkout", "--", "a.txt")
+    assert (repo / "a.txt").read_bytes() == b"one\r\ntwo\r\n"
+    from_clean = build(repo, tmp_path / "clean")
+    from_tree = build(repo, tmp_path / "tree", commit="HEAD")
+    assert [layer.kind for layer in from_clean.layers] == ["base"]
+    assert layer_bytes(from_clean) == layer_bytes(from_tree)
