@@ -121,7 +121,19 @@ def _relative(path: Path, root: Path) -> str:
     help="zstd compression level.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_json: bool) -> None:
+@click.option(
+    "--upload", is_flag=True, help="Upload the layers the store lacks (see `konduktor store`)."
+)
+@click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
+def snapshot(
+    path: Path,
+    commit: str | None,
+    out: Path | None,
+    level: int | None,
+    as_json: bool,
+    upload: bool,
+    store_url: str | None,
+) -> None:
     """Build the layers that would ship PATH (default: the current directory).
 
     In a git work tree: a base layer of HEAD's files, plus an overlay with
@@ -129,8 +141,16 @@ def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_js
     Outside git: one full layer. Prints files, bytes, compressed size, keys,
     digests and time.
     """
+    from konduktor import config
     from konduktor import snapshot as snap
 
+    cfg = config.load()
+    level = level or cfg.compression_level
+    if upload:
+        if out is not None:
+            raise click.UsageError("--out and --upload do not go together")
+        _upload(path, commit, level, as_json, _open_store(cfg, store_url))
+        return
     with _progress("snapshot") as progress:
         info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
     _warn(info.warnings)
@@ -138,6 +158,163 @@ def snapshot(path: Path, commit: str | None, out: Path | None, level: int, as_js
         click.echo(json.dumps(_snapshot_json(info), indent=2))
         return
     _print_snapshot(info)
+
+
+def _open_store(cfg: Any, url: str | None) -> Any:
+    from konduktor.storage import open_store
+
+    default_url, options = cfg.store_url()
+    return open_store(url or default_url, options)
+
+
+def _upload(path: Path, commit: str | None, level: int, as_json: bool, store: Any) -> None:
+    from konduktor import remote
+
+    result = remote.upload(path, store, commit=commit, level=level, progress=_byte_bar)
+    if result.info is not None:
+        _warn(result.info.warnings)
+    if as_json:
+        data: dict[str, object] = {"commit": result.commit, "dirty": result.dirty}
+        if result.info is not None:
+            data["layers"] = _snapshot_json(result.info)["layers"]
+        data.update(
+            store=store.url,
+            keys=list(result.keys),
+            uploaded=list(result.uploaded),
+            uploaded_bytes=result.uploaded_bytes,
+            reused=list(result.reused),
+        )
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key in result.keys:
+        click.echo(f"{'uploaded' if key in result.uploaded else 'reused  '}  {store.url}/v1/{key}")
+    click.echo(f"uploaded {_size(result.uploaded_bytes)}, reused {len(result.reused)} layer(s)")
+
+
+def _byte_bar(label: str, total: int) -> Callable[[int], None] | None:
+    """A progress bar for one transfer over a few MB, on a terminal and without --quiet."""
+    ctx = click.get_current_context()
+    if total < 4_000_000 or not sys.stderr.isatty() or ctx.find_root().params.get("quiet"):
+        return None
+    bar: Any = click.progressbar(length=total, label=label[-40:], file=sys.stderr)
+    bar.__enter__()
+
+    def update(n: int) -> None:
+        bar.update(n)
+        if bar.pos >= total:
+            bar.__exit__(None, None, None)
+
+    return update
+
+
+@cli.group()
+def store() -> None:
+    """Inspect and clean the object store (jobs.bucket in ~/.konduktor/config.yaml)."""
+
+
+@store.command("ls")
+@click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, one per line.")
+def store_ls(store_url: str | None, as_json: bool) -> None:
+    """List stored layers with their commit, size and when they were last used."""
+    from konduktor import config, remote
+
+    target = _open_store(config.load(), store_url)
+    now = _now()
+    for layer in remote.layers(target):
+        age = now - layer.last_used
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "key": layer.key,
+                        "kind": layer.kind,
+                        "commit": layer.commit,
+                        "bytes": layer.size,
+                        "last_used": layer.last_used.isoformat(),
+                        "age_seconds": int(age.total_seconds()),
+                    }
+                )
+            )
+        else:
+            commit = (layer.commit or "-")[:12]
+            click.echo(
+                f"{layer.kind:<8} {commit:<12} {_size(layer.size):>9}  {_age(age):>5}  {layer.key}"
+            )
+
+
+@store.command("gc")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    help="Delete layers not used for this long: 30d, 12h, 2w (at least 1h).",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+@click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
+def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
+    """Delete layers that no upload or launch used within AGE.
+
+    Every upload and launch refreshes a last-used marker of each layer it uses
+    before it submits anything, so a layer about to be used is never deleted.
+    """
+    from konduktor import config, remote
+
+    target = _open_store(config.load(), store_url)
+    victims = remote.gc(target, remote.parse_age(older_than), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for layer in victims:
+        click.echo(
+            f"{verb} {layer.key} ({_size(layer.size)}, unused for {_age(_now() - layer.last_used)})"
+        )
+    click.echo(f"{verb} {len(victims)} layer(s), {_size(sum(v.size for v in victims))}")
+
+
+@cli.command()
+@click.argument("cloud", type=click.Choice(["s3", "gs", "file"]))
+@click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
+def check(cloud: str, store_url: str | None) -> None:
+    """Check that the CLOUD store works: identity, bucket, write/read/delete."""
+    from konduktor import config, remote
+
+    cfg = config.load()
+    url = store_url or _cloud_url(cfg, cloud)
+    target = _open_store(cfg, url)
+    click.echo(f"store {target.url}")
+    results = remote.check(target)
+    for result in results:
+        click.echo(f"  {'ok  ' if result.ok else 'FAIL'}  {result.step}: {result.detail}")
+    if not all(r.ok for r in results):
+        raise _Failed(f"the {cloud} store {target.url} does not work; fix what failed above")
+
+
+class _Failed(KonduktorError):
+    pass
+
+
+def _cloud_url(cfg: Any, cloud: str) -> str:
+    url: str = cfg.store_url()[0]
+    if url.startswith(f"{cloud}://"):
+        return url
+    if cloud == "file":
+        return url if url.startswith("file://") else f"file://{Path.home() / '.konduktor/store'}"
+    import dataclasses
+
+    return str(dataclasses.replace(cfg, bucket=None, allowed_clouds=(cloud,)).store_url()[0])
+
+
+def _now() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _age(delta: Any) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @contextlib.contextmanager

@@ -8,7 +8,13 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── UsageError        bad arguments or paths given by the user
     ├── GitError          a git command or repository read failed
     ├── SelectionError    a file could not be read while selecting or archiving
-    └── ExtractError      a layer is corrupt, tampered with or hostile
+    ├── ExtractError      a layer is corrupt, tampered with or hostile
+    ├── ConfigError       ~/.konduktor/config.yaml is invalid
+    └── StorageError      an object store operation failed
+        ├── NotFoundError          the object or bucket does not exist
+        ├── PermissionDeniedError  the credentials may not do this
+        ├── ConflictError          a key holds different content than the one being written
+        └── TransientError         the store stayed unreachable after retries
 """
 
 from __future__ import annotations
@@ -32,3 +38,27 @@ class SelectionError(KonduktorError):
 
 class ExtractError(KonduktorError):
     """A layer failed verification or holds a member that may not be extracted."""
+
+
+class ConfigError(KonduktorError):
+    """The configuration file is invalid."""
+
+
+class StorageError(KonduktorError):
+    """An object store operation failed."""
+
+
+class NotFoundError(StorageError):
+    """The object, or the bucket, does not exist."""
+
+
+class PermissionDeniedError(StorageError):
+    """The credentials in use may not do this."""
+
+
+class ConflictError(StorageError):
+    """A key already holds content other than what is being written (keys are immutable)."""
+
+
+class TransientError(StorageError):
+    """The store could not be reached, or kept failing, after retries."""

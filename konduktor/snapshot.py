@@ -25,7 +25,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -334,19 +334,30 @@ def build(
     """Build the layers of *root* (optionally written into directory *out*)."""
     started = time.monotonic()
     p = plan(root, commit=commit, level=level, hash_files=False)
+    layers = build_layers(p, p.layers, out=out, progress=progress)
+    seconds = time.monotonic() - started
+    return SnapshotInfo(p.root, p.commit, p.dirty, layers, p.warnings, seconds)
+
+
+def build_layers(
+    p: Plan,
+    layers: Sequence[LayerPlan],
+    *,
+    out: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[LayerInfo, ...]:
+    """Build some layers of a plan; on any failure no file of them is left in *out*."""
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    tick = _counter(sum(len(layer.entries) for layer in p.layers), progress)
+    tick = _counter(sum(len(layer.entries) for layer in layers), progress)
     try:
-        layers = tuple(_build_layer(p, layer, out, written, tick) for layer in p.layers)
+        return tuple(_build_layer(p, layer, out, written, tick) for layer in layers)
     except BaseException:
         for path in written:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         raise
-    seconds = time.monotonic() - started
-    return SnapshotInfo(p.root, p.commit, p.dirty, layers, p.warnings, seconds)
 
 
 def _counter(total: int, progress: Progress | None) -> Callable[[], None]:

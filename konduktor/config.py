@@ -1,0 +1,184 @@
+"""``~/.konduktor/config.yaml`` (``KONDUKTOR_CONFIG`` overrides the path).
+
+Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
+``sync:`` section of our own::
+
+    allowed_clouds: [s3]            # or [gs]
+    jobs:
+      bucket: s3://my-bucket/code   # s3://, gs:// or file://
+    sync:
+      compression_level: 3
+      soft_limit_mb: 1000           # warn above this snapshot size
+      hard_limit_mb: 10000          # refuse above it
+      presign_seconds: 3600         # lifetime of presigned URLs handed to pods
+      store:
+        endpoint_url: http://127.0.0.1:9000   # S3-compatible stores, emulators
+        region: eu-west-1
+        profile: work                # AWS profile
+        retry_mode: standard         # or adaptive
+        max_attempts: 5
+
+Which store: ``jobs.bucket`` when set; else, with a cloud allowed, a per-user
+bucket ``konduktor-filemounts-<user>-<hash>`` created on first use, like
+Konduktor's; else the local directory store ``file://~/.konduktor/store``.
+Other top-level keys belong to Konduktor and are left alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from konduktor.cache import atomic_write, konduktor_home
+from konduktor.errors import ConfigError
+from konduktor.storage import StoreOptions, parse_url
+
+CLOUDS = ("s3", "gs")
+_STORE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "endpoint_url": str,
+    "region": str,
+    "profile": str,
+    "retry_mode": str,
+    "max_attempts": int,
+}
+_SYNC_KEYS: dict[str, type | tuple[type, ...]] = {
+    "compression_level": int,
+    "soft_limit_mb": (int, float),
+    "hard_limit_mb": (int, float),
+    "presign_seconds": int,
+    "store": dict,
+}
+_TOP_KEYS = ("allowed_clouds", "jobs", "sync")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None  # the file read, None when there is none
+    allowed_clouds: tuple[str, ...] = ()
+    bucket: str | None = None
+    compression_level: int = 3
+    soft_limit_mb: float = 1000
+    hard_limit_mb: float = 10000
+    presign_seconds: int = 3600
+    store: StoreOptions = field(default_factory=StoreOptions)
+
+    def store_url(self) -> tuple[str, StoreOptions]:
+        """The store to use and its options (see the module docstring for the rule)."""
+        if self.bucket:
+            return self.bucket, self.store
+        if self.allowed_clouds:
+            scheme = self.allowed_clouds[0]
+            url = f"{scheme}://konduktor-filemounts-{_user()}-{_user_hash()}"
+            return url, StoreOptions(**{**self.store.__dict__, "create_bucket": True})
+        return f"file://{konduktor_home() / 'store'}", self.store
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("KONDUKTOR_CONFIG") or konduktor_home() / "config.yaml")
+
+
+def load(path: Path | None = None) -> Config:
+    """Read and validate the config file; a missing file means all defaults."""
+    path = path or config_path()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return Config(path=None)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys, not {_kind(data)}")
+    return _validate(path, data)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> Config:
+    for key in data:
+        close = difflib.get_close_matches(str(key), _TOP_KEYS, n=1, cutoff=0.8)
+        if close and close[0] != key:
+            raise ConfigError(f"{path}: unknown key {key!r}; did you mean {close[0]!r}?")
+    clouds = _clouds(path, data.get("allowed_clouds", []))
+    jobs = _mapping(path, "jobs", data.get("jobs", {}))
+    bucket = jobs.get("bucket")
+    if bucket is not None:
+        if not isinstance(bucket, str):
+            raise ConfigError(f"{path}: jobs.bucket must be a URL such as s3://bucket/prefix")
+        try:
+            parse_url(bucket)
+        except Exception as exc:
+            raise ConfigError(f"{path}: jobs.bucket: {exc}") from exc
+    sync = _section(path, "sync", data.get("sync", {}), _SYNC_KEYS)
+    store = _section(path, "sync.store", sync.pop("store", {}), _STORE_KEYS)
+    if store.get("retry_mode", "standard") not in ("standard", "adaptive"):
+        raise ConfigError(f"{path}: sync.store.retry_mode must be standard or adaptive")
+    level = sync.get("compression_level", 3)
+    if not 1 <= level <= 22:
+        raise ConfigError(f"{path}: sync.compression_level must be between 1 and 22")
+    return Config(path, clouds, bucket, store=StoreOptions(**store), **sync)
+
+
+def _clouds(path: Path, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: allowed_clouds must be a list such as [s3]")
+    for cloud in value:
+        if cloud not in CLOUDS:
+            hint = difflib.get_close_matches(cloud, CLOUDS, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f"; use one of {list(CLOUDS)}"
+            raise ConfigError(f"{path}: allowed_clouds: unknown cloud {cloud!r}{extra}")
+    return tuple(value)
+
+
+def _mapping(path: Path, where: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where} must be a mapping, not {_kind(value)}")
+    return dict(value)
+
+
+def _section(
+    path: Path, where: str, value: object, schema: dict[str, type | tuple[type, ...]]
+) -> dict[str, Any]:
+    section = _mapping(path, where, value)
+    for key, item in section.items():
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), schema, n=1)
+            hint = f"did you mean {where}.{close[0]}?" if close else f"known: {', '.join(schema)}"
+            raise ConfigError(f"{path}: unknown key {where}.{key}; {hint}")
+        if not isinstance(item, schema[key]) or isinstance(item, bool):
+            raise ConfigError(f"{path}: {where}.{key} must be {_type_name(schema[key])}")
+    return section
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+def _user() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "user"
+    return re.sub(r"[^a-z0-9-]", "-", name.lower())[:20].strip("-") or "user"
+
+
+def _user_hash() -> str:
+    """A random id kept in ~/.konduktor/user_hash, so the default bucket name is stable."""
+    path = konduktor_home() / "user_hash"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_hex(4)
+        atomic_write(path, value.encode())
+        return value

@@ -1,0 +1,82 @@
+"""The object store protocol every backend implements, and what it returns.
+
+Keys are '/'-separated paths relative to the store's URL (bucket and prefix).
+Objects are immutable: a key is written once ("create-only"), carries its
+sha256 and size as metadata, and is verified after the upload. A put that
+finds the key already there with the same sha256 succeeds without uploading
+(two launches racing on one key both succeed); a different sha256 is a
+ConflictError. No partial object is ever visible: a failed or interrupted
+upload leaves the key absent.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes transferred since the previous call."""
+
+SHA256 = "sha256"  # metadata keys every object carries
+SIZE = "size"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None  # from the object's metadata; None for objects konduktor did not write
+    modified: datetime.datetime  # timezone-aware, UTC
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    key: str
+    size: int
+    uploaded: bool  # False: the key already held this content
+
+
+class Store(Protocol):
+    """An object store under one URL (``file://``, ``s3://`` or ``gs://``)."""
+
+    url: str  # the canonical URL of the store's root, e.g. s3://bucket/prefix
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's size and metadata, or None when the key does not exist."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        metadata: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> PutResult:
+        """Create *key* from the file *path* (whose sha256 the caller computed), create-only."""
+        ...
+
+    def get(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
+        """Download *key* into *dest* atomically; NotFoundError when it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with *prefix*, in key order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete *key*; deleting a key that does not exist is not an error."""
+        ...
+
+    def mark(self, key: str) -> None:
+        """Create or replace the small marker object *key* (its modified time says when)."""
+        ...
+
+    def signed_url(self, key: str, expires_seconds: int) -> str | None:
+        """An HTTPS URL a pod can GET without credentials, or None if the store cannot sign."""
+        ...

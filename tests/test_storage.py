@@ -1,0 +1,241 @@
+"""One conformance suite, run on every backend: file://, S3 (moto server), GCS (fake-gcs-server)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
+from konduktor.storage import Store, StoreOptions, open_store, parse_url
+
+BACKENDS = ["file"]
+StoreFactory = Callable[..., tuple[str, StoreOptions]]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        return open_store(f"file://{tmp_path}/store")
+    make: StoreFactory = request.getfixturevalue(f"{request.param}_store_factory")
+    url, options = make("team/prefix")
+    return open_store(url, options)
+
+
+def write(path: Path, data: bytes) -> tuple[Path, str]:
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def big_file(path: Path, mib: int) -> tuple[Path, str]:
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(mib):
+            chunk = i.to_bytes(4, "big") + block[4:]
+            f.write(chunk)
+            digest.update(chunk)
+    return path, digest.hexdigest()
+
+
+def test_round_trip_carries_sha256_and_size(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"hello layer\n")
+    result = store.put("v1/objects/ab/abc.tar.zst", src, sha256=digest)
+    assert result.uploaded
+    assert result.size == 12
+    info = store.stat("v1/objects/ab/abc.tar.zst")
+    assert info is not None
+    assert (info.size, info.sha256) == (12, digest)
+    assert info.metadata["size"] == "12"
+    assert info.modified.tzinfo is not None
+    got = store.get("v1/objects/ab/abc.tar.zst", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == b"hello layer\n"
+    assert got.sha256 == digest
+
+
+def test_missing_key_stat_is_none_and_get_is_not_found(store: Store, tmp_path: Path) -> None:
+    assert store.stat("v1/nope") is None
+    with pytest.raises(NotFoundError):
+        store.get("v1/nope", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_put_same_content_again_uploads_nothing(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"same")
+    assert store.put("k", src, sha256=digest).uploaded
+    again = store.put("k", src, sha256=digest)
+    assert not again.uploaded
+    assert again.size == 4
+
+
+def test_create_only_refuses_different_content(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"one")
+    store.put("k", src, sha256=digest)
+    other, other_digest = write(tmp_path / "b", b"two")
+    with pytest.raises(ConflictError):
+        store.put("k", other, sha256=other_digest)
+    store.get("k", tmp_path / "c")
+    assert (tmp_path / "c").read_bytes() == b"one"
+
+
+def test_two_threads_putting_one_key_both_succeed(store: Store, tmp_path: Path) -> None:
+    src, digest = big_file(tmp_path / "a", 3)
+    results, errors = [], []
+
+    def put() -> None:
+        try:
+            results.append(store.put("race/key", src, sha256=digest))
+        except Exception as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 2
+    store.get("race/key", tmp_path / "out")
+    assert hashlib.sha256((tmp_path / "out").read_bytes()).hexdigest() == digest
+
+
+def test_list_by_prefix_is_sorted_and_relative(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    for key in ("v1/b/2", "v1/a/1", "v1/a/3", "v2/z"):
+        store.put(key, src, sha256=digest)
+    assert [i.key for i in store.list("v1/a/")] == ["v1/a/1", "v1/a/3"]
+    assert [i.key for i in store.list("v1/")] == ["v1/a/1", "v1/a/3", "v1/b/2"]
+    assert [i.key for i in store.list("nothing/")] == []
+    assert all(i.size == 1 for i in store.list(""))
+
+
+def test_delete_removes_and_is_idempotent(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("d/k", src, sha256=digest)
+    store.delete("d/k")
+    assert store.stat("d/k") is None
+    store.delete("d/k")
+    assert list(store.list("d/")) == []
+
+
+def test_extra_metadata_is_kept(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("m", src, sha256=digest, metadata={"commit": "abc123", "kind": "base"})
+    info = store.stat("m")
+    assert info is not None
+    assert info.metadata["commit"] == "abc123"
+    assert info.metadata["kind"] == "base"
+
+
+def test_empty_object_round_trip(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"")
+    store.put("empty", src, sha256=digest)
+    store.get("empty", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == b""
+
+
+def test_progress_reports_every_byte(store: Store, tmp_path: Path) -> None:
+    src, digest = big_file(tmp_path / "a", 9)
+    sent: list[int] = []
+    store.put("p", src, sha256=digest, progress=sent.append)
+    assert sum(sent) == 9 << 20
+    got: list[int] = []
+    store.get("p", tmp_path / "b", progress=got.append)
+    assert sum(got) == 9 << 20
+
+
+def test_large_object_round_trip(store: Store, tmp_path: Path) -> None:
+    src, digest = big_file(tmp_path / "big", 64)
+    assert store.put("big/layer.tar.zst", src, sha256=digest).uploaded
+    info = store.stat("big/layer.tar.zst")
+    assert info is not None
+    assert (info.size, info.sha256) == (64 << 20, digest)
+    store.get("big/layer.tar.zst", tmp_path / "back")
+    assert (tmp_path / "back").stat().st_size == 64 << 20
+    src.unlink()
+    assert hashlib.sha256((tmp_path / "back").read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("mib", [1, 20], ids=["small", "chunked"])
+def test_interrupted_upload_leaves_nothing_visible(store: Store, tmp_path: Path, mib: int) -> None:
+    src, digest = big_file(tmp_path / "a", mib)
+    seen = {"bytes": 0}
+
+    def interrupt(n: int) -> None:
+        seen["bytes"] += n
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put("half/key", src, sha256=digest, progress=interrupt)
+    assert store.stat("half/key") is None
+    assert [i.key for i in store.list("half/")] == []
+    assert store.put("half/key", src, sha256=digest).uploaded  # and it can be retried
+
+
+def test_mark_creates_and_refreshes(store: Store) -> None:
+    store.mark("used/x")
+    first = store.stat("used/x")
+    assert first is not None
+    time.sleep(1.1)
+    store.mark("used/x")
+    second = store.stat("used/x")
+    assert second is not None
+    assert second.modified > first.modified
+
+
+def test_nested_keys_do_not_clash_with_prefixes(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("a/b", src, sha256=digest)
+    store.put("a/bc", src, sha256=digest)
+    assert [i.key for i in store.list("a/b")] == ["a/b", "a/bc"]
+    assert [i.key for i in store.list("a/b/")] == []
+
+
+def test_get_overwrites_destination_atomically(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"new")
+    store.put("k", src, sha256=digest)
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"old content")
+    store.get("k", dest)
+    assert dest.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dest")) == []
+
+
+def test_signed_url_is_none_or_https_like(store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("s", src, sha256=digest)
+    url = store.signed_url("s", 600)
+    if store.url.startswith("file://"):
+        assert url is None
+    elif url is not None:
+        assert url.startswith("http")
+
+
+def test_store_url_is_canonical(store: Store) -> None:
+    assert "://" in store.url
+    assert not store.url.endswith("/")
+
+
+def test_missing_bucket_or_directory_is_a_clear_error(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Per backend: the store names itself and what to do."""
+    (tmp_path / "file").write_text("not a directory")
+    src, digest = write(tmp_path / "a", b"x")
+    local = open_store(f"file://{tmp_path}/file/store")
+    with pytest.raises(StorageError, match="file://"):
+        local.put("k", src, sha256=digest)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://host/x", "s3://", "s3://Bad_Bucket/x", "gs://a/b?x=1", "file://host/path", "nope"],
+)
+def test_bad_store_urls_are_usage_errors(url: str) -> None:
+    with pytest.raises(UsageError, match="store URL"):
+        parse_url(url)
