@@ -129,7 +129,8 @@ def _clouds(path: Path, value: object) -> tuple[str, ...]:
         raise ConfigError(f"{path}: allowed_clouds must be a list such as [s3]")
     for cloud in value:
         if cloud not in CLOUDS:
-            hint = difflib.get_close_matches(cloud, CLOUDS, n=1)
+            alias = {"aws": "s3", "gcs": "gs", "gcp": "gs", "google": "gs"}.get(cloud.lower())
+            hint = [alias] if alias else difflib.get_close_matches(cloud, CLOUDS, n=1, cutoff=0.5)
             extra = f"; did you mean {hint[0]!r}?" if hint else f"; use one of {list(CLOUDS)}"
             raise ConfigError(f"{path}: allowed_clouds: unknown cloud {cloud!r}{extra}")
     return tuple(value)

@@ -128,7 +128,7 @@ def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -
     """Delete layers not used within *older_than*; return them."""
     if older_than < MIN_GC_AGE:
         raise UsageError("--older-than must be at least 1h, so layers in use are never deleted")
-    cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
+    cutoff = _utcnow() - older_than
     victims = [layer for layer in layers(store) if layer.last_used < cutoff]
     if not dry_run:
         for layer in victims:
@@ -136,6 +136,10 @@ def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -
             store.delete(USED_PREFIX + layer.key)
             log.debug("deleted %s", layer.key)
     return victims
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def parse_age(text: str) -> datetime.timedelta:

@@ -1,0 +1,89 @@
+"""~/.konduktor/config.yaml: Konduktor's keys, our sync section, did-you-mean errors, the store rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from konduktor import config
+from konduktor.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
+    monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
+    return tmp_path / "khome"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_means_the_local_store(home: Path) -> None:
+    cfg = config.load()
+    assert cfg.path is None
+    url, options = cfg.store_url()
+    assert url == f"file://{home / 'store'}"
+    assert not options.create_bucket
+
+
+def test_konduktor_keys_and_sync_section(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "allowed_clouds: [s3]\n"
+        "jobs:\n  bucket: s3://team-bucket/code\n"
+        "kubernetes:\n  pod_config: {}\n"  # Konduktor's own keys are left alone
+        "sync:\n  compression_level: 5\n  soft_limit_mb: 10\n  hard_limit_mb: 20\n"
+        "  presign_seconds: 600\n"
+        "  store:\n    endpoint_url: http://127.0.0.1:9000\n    region: eu-west-1\n"
+        "    retry_mode: adaptive\n    max_attempts: 3\n",
+    )
+    cfg = config.load(path)
+    assert cfg.compression_level == 5
+    assert (cfg.soft_limit_mb, cfg.hard_limit_mb, cfg.presign_seconds) == (10, 20, 600)
+    url, options = cfg.store_url()
+    assert url == "s3://team-bucket/code"
+    assert options.endpoint_url == "http://127.0.0.1:9000"
+    assert (options.region, options.retry_mode, options.max_attempts) == ("eu-west-1", "adaptive", 3)
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "jobs:\n  bucket: gs://elsewhere\n")
+    monkeypatch.setenv("KONDUKTOR_CONFIG", str(path))
+    assert config.load().store_url()[0] == "gs://elsewhere"
+
+
+def test_allowed_cloud_without_bucket_uses_a_stable_per_user_bucket(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "allowed_clouds: [gs]\n"))
+    url, options = cfg.store_url()
+    assert url.startswith("gs://konduktor-filemounts-")
+    assert options.create_bucket
+    assert cfg.store_url()[0] == url
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alowed_clouds: [s3]\n", "did you mean 'allowed_clouds'"),
+        ("sync:\n  compresion_level: 3\n", "did you mean sync.compression_level"),
+        ("sync:\n  store:\n    endpoint: x\n", "did you mean sync.store.endpoint_url"),
+        ("allowed_clouds: [s4]\n", "did you mean 's3'"),
+        ("allowed_clouds: s3\n", "must be a list"),
+        ("jobs:\n  bucket: ftp://x\n", "unknown scheme"),
+        ("jobs:\n  bucket: s3://Bad_Name\n", "malformed"),
+        ("sync:\n  compression_level: fast\n", "must be an integer"),
+        ("sync:\n  compression_level: 40\n", "between 1 and 22"),
+        ("sync:\n  store:\n    retry_mode: legacy\n", "standard or adaptive"),
+        ("- just\n- a list\n", "mapping"),
+        ("sync: [1\n", "cannot read"),
+    ],
+)
+def test_invalid_config_names_file_key_and_fix(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=str(path)) as raised:
+        config.load(path)
+    assert message in str(raised.value)

@@ -1,0 +1,205 @@
+"""Snapshots in a store: upload only what is missing, list, and the garbage-collection rule."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import pytest
+from gitrepo_helpers import make_repo
+from test_cli import run
+
+from konduktor import remote
+from konduktor.errors import UsageError
+from konduktor.storage import Store, StoreOptions, open_store
+
+BACKENDS = ["file", "s3"]
+
+
+@pytest.fixture(autouse=True)
+def konduktor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
+    monkeypatch.setenv("KONDUKTOR_CONFIG", str(tmp_path / "no-config.yaml"))
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, StoreOptions]:
+    if request.param == "file":
+        return f"file://{tmp_path}/store", StoreOptions()
+    make = request.getfixturevalue(f"{request.param}_store_factory")
+    url, options = make("code")
+    return str(url), options
+
+
+@pytest.fixture
+def store(store_url: tuple[str, StoreOptions]) -> Store:
+    return open_store(*store_url)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path, {"train.py": "print(1)\n", "data/x.csv": "a,b\n" * 1000})
+
+
+def objects(store: Store) -> dict[str, int]:
+    return {i.key: i.size for i in store.list("v1/") if not i.key.startswith("v1/used/")}
+
+
+def test_second_upload_uploads_nothing(repo: Path, store: Store) -> None:
+    first = remote.upload(repo, store)
+    assert first.uploaded == first.keys
+    assert first.uploaded_bytes > 0
+    before = objects(store)
+    second = remote.upload(repo, store)
+    assert second.uploaded == ()
+    assert second.uploaded_bytes == 0
+    assert second.reused == first.keys
+    assert second.info is None  # nothing was even built
+    assert objects(store) == before
+
+
+def test_after_an_edit_only_the_overlay_is_uploaded(repo: Path, store: Store) -> None:
+    first = remote.upload(repo, store)
+    (repo / "train.py").write_text("print(2)\n")
+    second = remote.upload(repo, store)
+    assert len(second.keys) == 2
+    assert second.reused == first.keys
+    assert second.uploaded == second.keys[1:]
+    assert second.keys[1].startswith("objects/")
+    stored = {k: v for k, v in objects(store).items() if k == "v1/" + second.keys[1]}
+    assert stored == {"v1/" + second.keys[1]: second.uploaded_bytes}
+
+
+def test_uploaded_layer_carries_sha256_and_provenance(repo: Path, store: Store) -> None:
+    result = remote.upload(repo, store)
+    assert result.info is not None
+    layer = result.info.layers[0]
+    info = store.stat("v1/" + layer.key)
+    assert info is not None
+    assert info.sha256 == layer.sha256
+    assert info.size == layer.compressed_bytes
+    assert info.metadata["kind"] == "base"
+    assert info.metadata["commit"] == result.commit
+
+
+def test_store_ls_lists_layers_with_commit_and_last_use(repo: Path, store: Store) -> None:
+    (repo / "new.py").write_text("x\n")
+    result = remote.upload(repo, store)
+    found = {layer.key: layer for layer in remote.layers(store)}
+    assert set(found) == set(result.keys)
+    base, overlay = (found[k] for k in result.keys)
+    assert (base.kind, base.commit) == ("base", result.commit)
+    assert (overlay.kind, overlay.commit) == ("overlay", result.commit)
+    age = datetime.datetime.now(datetime.timezone.utc) - base.last_used
+    assert age < datetime.timedelta(minutes=5)
+
+
+def test_gc_spares_recently_used_layers_and_deletes_stale_ones(
+    repo: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = remote.upload(repo, store)
+    assert remote.gc(store, datetime.timedelta(days=30)) == []
+    assert set(objects(store)) == {"v1/" + k for k in result.keys}
+    # Thirty-one days later, nobody has used these layers:
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=31)
+    monkeypatch.setattr(remote, "_utcnow", lambda: later)
+    doomed = remote.gc(store, datetime.timedelta(days=30), dry_run=True)
+    assert {layer.key for layer in doomed} == set(result.keys)
+    assert set(objects(store)) == {"v1/" + k for k in result.keys}  # dry run deleted nothing
+    remote.gc(store, datetime.timedelta(days=30))
+    assert objects(store) == {}
+    assert list(store.list(remote.USED_PREFIX)) == []
+
+
+def test_a_fresh_marker_spares_an_old_layer(repo: Path, tmp_path: Path) -> None:
+    """The rule: a launch refreshes each layer's marker before it submits; gc goes by it."""
+    store = open_store(f"file://{tmp_path}/s")
+    result = remote.upload(repo, store)
+    old = (datetime.datetime.now() - datetime.timedelta(days=90)).timestamp()
+    for path in (tmp_path / "s").rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))  # everything, markers included, is 90 days old
+    assert {layer.key for layer in remote.gc(store, remote.parse_age("30d"), dry_run=True)} == set(
+        result.keys
+    )
+    remote.upload(repo, store)  # what a launch does before it submits: refresh the markers
+    assert remote.gc(store, remote.parse_age("30d")) == []
+    assert set(objects(store)) == {"v1/" + k for k in result.keys}
+
+
+def test_gc_refuses_a_cutoff_shorter_than_an_hour(store: Store) -> None:
+    with pytest.raises(UsageError, match="at least 1h"):
+        remote.gc(store, datetime.timedelta(minutes=59))
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"), [("30d", 43200), ("12h", 720), ("90m", 90), ("2w", 20160)]
+)
+def test_parse_age(text: str, minutes: int) -> None:
+    assert remote.parse_age(text) == datetime.timedelta(minutes=minutes)
+
+
+def test_parse_age_rejects_nonsense() -> None:
+    with pytest.raises(UsageError, match="30d"):
+        remote.parse_age("a month")
+
+
+def test_cli_upload_twice_reports_bytes_and_reuse(
+    repo: Path, store_url: tuple[str, StoreOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, options = store_url
+    if options.endpoint_url:
+        config = Path(str(repo) + "-config.yaml")
+        config.write_text(f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n")
+        monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    code, out, err = run("snapshot", repo, "--upload", "--store", url, "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["uploaded_bytes"] > 0
+    assert first["reused"] == []
+    code, out, err = run("snapshot", repo, "--upload", "--store", url)
+    assert code == 0, err
+    assert "uploaded 0 B, reused 1 layer(s)" in out
+
+
+def test_cli_check_file_store(tmp_path: Path) -> None:
+    code, out, _ = run("check", "file", "--store", f"file://{tmp_path}/s")
+    assert code == 0
+    for step in ("identity", "bucket reachable", "write", "read", "delete"):
+        assert f"ok    {step}" in out
+
+
+def test_cli_check_reports_failure_with_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file, not a directory")
+    code, out, err = run("check", "file", "--store", f"file://{tmp_path}/f/s")
+    assert code == 1
+    assert "FAIL  write" in out
+    assert err.startswith("error: ")
+
+
+def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/s"
+    run("snapshot", repo, "--upload", "--store", url)
+    code, out, _ = run("store", "ls", "--store", url, "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["kind"] for row in rows] == ["base"]
+    code, out, _ = run("store", "gc", "--older-than", "30d", "--dry-run", "--store", url)
+    assert code == 0
+    assert "would delete 0 layer(s)" in out
+    code, _, err = run("store", "gc", "--older-than", "5m", "--store", url)
+    assert code == 1
+    assert "at least 1h" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("ftp://x/y", "unknown scheme"), ("s3://Bad_Bucket", "malformed")],
+)
+def test_cli_bad_store_url_is_one_line(repo: Path, url: str, message: str) -> None:
+    code, _, err = run("snapshot", repo, "--upload", "--store", url)
+    assert code == 1
+    assert message in err
+    assert err.count("\n") == 1
