@@ -48,7 +48,11 @@ def test_konduktor_keys_and_sync_section(tmp_path: Path) -> None:
     url, options = cfg.store_url()
     assert url == "s3://team-bucket/code"
     assert options.endpoint_url == "http://127.0.0.1:9000"
-    assert (options.region, options.retry_mode, options.max_attempts) == ("eu-west-1", "adaptive", 3)
+    assert (options.region, options.retry_mode, options.max_attempts) == (
+        "eu-west-1",
+        "adaptive",
+        3,
+    )
 
 
 def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
