@@ -1,4 +1,4 @@
-"""~/.konduktor/config.yaml: Konduktor's keys, our sync section, did-you-mean errors, the store rule."""
+"""~/.konduktor/config.yaml: Konduktor keys, our sync section, did-you-mean, the store rule."""
 
 from __future__ import annotations
 
