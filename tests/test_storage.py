@@ -239,3 +239,15 @@ def test_missing_bucket_or_directory_is_a_clear_error(
 def test_bad_store_urls_are_usage_errors(url: str) -> None:
     with pytest.raises(UsageError, match="store URL"):
         parse_url(url)
+
+
+def test_local_interrupted_upload_leaves_no_metadata(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/s")
+    src, digest = write(tmp_path / "a", b"x" * 10)
+
+    def interrupt(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put("k/v", src, sha256=digest, progress=interrupt)
+    assert [p.name for p in (tmp_path / "s" / "k").iterdir()] == []

@@ -69,12 +69,17 @@ class LocalStore:
         if existing is not None:
             return _same(self.url, existing, sha256)
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
+        meta_path = target.with_name(target.name + _META)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target.with_name(target.name + _META), json.dumps(meta).encode())
+            atomic_write(meta_path, json.dumps(meta).encode())
             created = self._create(target, path, progress)
-        except OSError as exc:
-            raise _translate(self.url, exc) from exc
+        except BaseException as exc:
+            if not target.exists():  # no object: its metadata must not linger either
+                meta_path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _translate(self.url, exc) from exc
+            raise
         if not created:  # another writer won the race
             found = self.stat(key)
             assert found is not None
