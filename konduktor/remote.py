@@ -116,7 +116,9 @@ def layers(store: Store) -> Iterator[StoredLayer]:
     """The layers in the store, with when each was last used."""
     used = {i.key[len(USED_PREFIX) :]: i.modified for i in store.list(USED_PREFIX)}
     for prefix in _LAYER_PREFIXES:
-        for info in store.list(prefix):
+        for listed in store.list(prefix):
+            # Some stores list no metadata: ask for it (one request per layer).
+            info = listed if listed.metadata else store.stat(listed.key) or listed
             key = info.key[len(VERSION_PREFIX) :]
             kind = "base" if key.startswith("bases/") else info.metadata.get("kind", "layer")
             commit = key.split("/")[2] if kind == "base" else info.metadata.get("commit")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3_server import s3_server, s3_store_factory  # noqa: F401  (fixtures)
 
 GLOBAL_CONFIG = """\
 [user]

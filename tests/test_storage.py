@@ -14,7 +14,7 @@ import pytest
 from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store, parse_url
 
-BACKENDS = ["file"]
+BACKENDS = ["file", "s3"]
 StoreFactory = Callable[..., tuple[str, StoreOptions]]
 
 
