@@ -65,14 +65,10 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run an SDK call, turning its exceptions into konduktor's (creating the bucket once
-        when the config asks for a per-user bucket)."""
+        """Run an SDK call, turning its exceptions into konduktor's."""
         try:
             return fn()
         except botocore.exceptions.ClientError as exc:
-            if _code(exc) == "NoSuchBucket" and not self._bucket_checked:
-                self._create_bucket()
-                return self._call(what, fn)
             raise self._translate(what, exc) from exc
         except botocore.exceptions.NoCredentialsError as exc:
             raise PermissionDeniedError(
@@ -91,8 +87,16 @@ class S3Store:
                 "the network and sync.store.endpoint_url"
             ) from exc
 
-    def _create_bucket(self) -> None:
+    def _ensure_bucket(self) -> None:
+        """Create the per-user default bucket on first use (only when the config asks)."""
+        if self._bucket_checked:
+            return
         self._bucket_checked = True
+        try:
+            self._call("find the bucket", lambda: self._client.head_bucket(Bucket=self.bucket))
+            return
+        except NotFoundError:  # HEAD says a bare 404
+            pass
         region = self._client.meta.region_name
         args: dict[str, Any] = {"Bucket": self.bucket}
         if region and region != "us-east-1":
@@ -103,7 +107,7 @@ class S3Store:
         code = _code(exc)
         if code == "NoSuchBucket":
             return NotFoundError(
-                f"bucket {self.bucket} does not exist (store {self.url}); create it or fix "
+                f"{self.url}: bucket {self.bucket} does not exist; create it or fix "
                 "jobs.bucket in ~/.konduktor/config.yaml"
             )
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -148,6 +152,7 @@ class S3Store:
         progress: Progress | None = None,
     ) -> PutResult:
         size = path.stat().st_size
+        self._ensure_bucket()
         existing = self.stat(key)
         if existing is not None:
             return self._same(existing, sha256)
@@ -301,6 +306,7 @@ class S3Store:
         )
 
     def mark(self, key: str) -> None:
+        self._ensure_bucket()
         now = datetime.datetime.now(datetime.timezone.utc).isoformat().encode()
         self._call(
             "write a marker",
