@@ -63,7 +63,11 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("aws") is None:
         sys.exit("the AWS CLI is not installed: pip install awscli")
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

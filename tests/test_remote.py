@@ -15,7 +15,7 @@ from konduktor import remote
 from konduktor.errors import UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
-BACKENDS = ["file", "s3"]
+BACKENDS = ["file", "s3", "gcs"]
 
 
 @pytest.fixture(autouse=True)

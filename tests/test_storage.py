@@ -14,7 +14,7 @@ import pytest
 from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store, parse_url
 
-BACKENDS = ["file", "s3"]
+BACKENDS = ["file", "s3", "gcs"]
 StoreFactory = Callable[..., tuple[str, StoreOptions]]
 
 

@@ -12,10 +12,12 @@ upload leaves the key absent.
 from __future__ import annotations
 
 import datetime
+import io
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 Progress = Callable[[int], None]
 """Called with the number of bytes transferred since the previous call."""
@@ -80,3 +82,39 @@ class Store(Protocol):
     def signed_url(self, key: str, expires_seconds: int) -> str | None:
         """An HTTPS URL a pod can GET without credentials, or None if the store cannot sign."""
         ...
+
+
+class ReportingReader(io.RawIOBase):
+    """A readable file that reports each byte once, as it is first read: a request body is
+    progress-tracked while it streams (SDKs read bodies more than once, for checksums and
+    retries), and an exception raised by the callback aborts the request."""
+
+    def __init__(self, f: BinaryIO, progress: Progress | None) -> None:
+        self._f = f
+        self._progress = progress
+        self._reported = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        position = self._f.tell()
+        if self._progress is not None and position > self._reported:
+            self._progress(position - self._reported)
+            self._reported = position
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
