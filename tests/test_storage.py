@@ -221,17 +221,6 @@ def test_store_url_is_canonical(store: Store) -> None:
     assert not store.url.endswith("/")
 
 
-def test_missing_bucket_or_directory_is_a_clear_error(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    """Per backend: the store names itself and what to do."""
-    (tmp_path / "file").write_text("not a directory")
-    src, digest = write(tmp_path / "a", b"x")
-    local = open_store(f"file://{tmp_path}/file/store")
-    with pytest.raises(StorageError, match="file://"):
-        local.put("k", src, sha256=digest)
-
-
 @pytest.mark.parametrize(
     "url",
     ["ftp://host/x", "s3://", "s3://Bad_Bucket/x", "gs://a/b?x=1", "file://host/path", "nope"],
@@ -251,3 +240,29 @@ def test_local_interrupted_upload_leaves_no_metadata(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         store.put("k/v", src, sha256=digest, progress=interrupt)
     assert [p.name for p in (tmp_path / "s" / "k").iterdir()] == []
+
+
+def test_get_verifies_content_against_its_sha256(store: Store, tmp_path: Path) -> None:
+    src, _ = write(tmp_path / "a", b"real content")
+    store.put("lying", src, sha256="0" * 64)  # metadata that does not match the bytes
+    with pytest.raises(StorageError, match="sha256"):
+        store.get("lying", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(params=BACKENDS)
+def missing_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A store whose bucket (or directory) cannot exist."""
+    if request.param == "file":
+        (tmp_path / "file").write_text("not a directory")
+        return open_store(f"file://{tmp_path}/file/store")
+    make: StoreFactory = request.getfixturevalue(f"{request.param}_store_factory")
+    url, options = make("x", create_bucket=False)
+    return open_store(url, options)
+
+
+def test_missing_bucket_names_the_store(missing_store: Store, tmp_path: Path) -> None:
+    src, digest = write(tmp_path / "a", b"x")
+    with pytest.raises(StorageError) as raised:
+        missing_store.put("k", src, sha256=digest)
+    assert missing_store.url in str(raised.value)
