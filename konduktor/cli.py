@@ -276,10 +276,11 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
 def check(cloud: str, store_url: str | None) -> None:
     """Check that the CLOUD store works: identity, bucket, write/read/delete."""
     from konduktor import config, remote
+    from konduktor.storage import open_store
 
     cfg = config.load()
-    url = store_url or _cloud_url(cfg, cloud)
-    target = _open_store(cfg, url)
+    url, options = cfg.store_url(cloud)
+    target = open_store(store_url or url, options)
     click.echo(f"store {target.url}")
     results = remote.check(target)
     for result in results:
@@ -290,17 +291,6 @@ def check(cloud: str, store_url: str | None) -> None:
 
 class _Failed(KonduktorError):
     pass
-
-
-def _cloud_url(cfg: Any, cloud: str) -> str:
-    url: str = cfg.store_url()[0]
-    if url.startswith(f"{cloud}://"):
-        return url
-    if cloud == "file":
-        return url if url.startswith("file://") else f"file://{Path.home() / '.konduktor/store'}"
-    import dataclasses
-
-    return str(dataclasses.replace(cfg, bucket=None, allowed_clouds=(cloud,)).store_url()[0])
 
 
 def _now() -> Any:

@@ -70,15 +70,16 @@ class Config:
     presign_seconds: int = 3600
     store: StoreOptions = field(default_factory=StoreOptions)
 
-    def store_url(self) -> tuple[str, StoreOptions]:
-        """The store to use and its options (see the module docstring for the rule)."""
-        if self.bucket:
+    def store_url(self, cloud: str | None = None) -> tuple[str, StoreOptions]:
+        """The store to use and its options (see the module docstring for the rule);
+        with *cloud* (s3, gs or file), the store of that kind this config would use."""
+        if self.bucket and (cloud is None or self.bucket.startswith(f"{cloud}://")):
             return self.bucket, self.store
-        if self.allowed_clouds:
-            scheme = self.allowed_clouds[0]
-            url = f"{scheme}://konduktor-filemounts-{_user()}-{_user_hash()}"
-            return url, StoreOptions(**{**self.store.__dict__, "create_bucket": True})
-        return f"file://{konduktor_home() / 'store'}", self.store
+        scheme = cloud or (self.allowed_clouds[0] if self.allowed_clouds else "file")
+        if scheme == "file":
+            return f"file://{konduktor_home() / 'store'}", self.store
+        url = f"{scheme}://konduktor-filemounts-{_user()}-{_user_hash()}"
+        return url, StoreOptions(**{**self.store.__dict__, "create_bucket": True})
 
 
 def config_path() -> Path:

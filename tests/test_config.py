@@ -91,3 +91,12 @@ def test_invalid_config_names_file_key_and_fix(tmp_path: Path, text: str, messag
     with pytest.raises(ConfigError, match=str(path)) as raised:
         config.load(path)
     assert message in str(raised.value)
+
+
+def test_store_for_a_cloud_prefers_the_matching_bucket(tmp_path: Path, home: Path) -> None:
+    cfg = config.load(write(tmp_path, "jobs:\n  bucket: s3://team\n"))
+    assert cfg.store_url("s3")[0] == "s3://team"
+    url, options = cfg.store_url("gs")
+    assert url.startswith("gs://konduktor-filemounts-")
+    assert options.create_bucket
+    assert cfg.store_url("file")[0] == f"file://{home / 'store'}"
