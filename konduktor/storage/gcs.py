@@ -45,6 +45,7 @@ from konduktor.storage.base import (
 )
 
 CHUNK_SIZE = 16 << 20  # resumable upload chunk (a multiple of 256 KiB)
+RESUMABLE_THRESHOLD = 8 << 20
 T = TypeVar("T")
 
 
@@ -138,7 +139,10 @@ class GCSStore:
         existing = self.stat(key)
         if existing is not None:
             return self._same(existing, sha256)
-        blob = self._bucket.blob(self._key(key), chunk_size=CHUNK_SIZE)
+        # Resumable (chunked) only when large: single-request uploads are cheaper, and
+        # they are where emulators enforce the create-only precondition too.
+        chunk = CHUNK_SIZE if size > RESUMABLE_THRESHOLD else None
+        blob = self._bucket.blob(self._key(key), chunk_size=chunk)
         blob.metadata = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
         try:
             with path.open("rb") as f:

@@ -1,0 +1,66 @@
+"""GCS create-only writes, shown on fake-gcs-server (which enforces if_generation_match=0 on
+single-request uploads, not on resumable ones)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from konduktor.errors import ConflictError
+from konduktor.storage import StoreOptions, open_store
+from konduktor.storage import gcs as gcs_module
+
+Factory = Callable[..., tuple[str, StoreOptions]]
+
+
+def test_a_racing_writer_gets_412_and_both_succeed(
+    gcs_store_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, options = gcs_store_factory()
+    (tmp_path / "a").write_bytes(b"layer")
+    digest = hashlib.sha256(b"layer").hexdigest()
+    open_store(url, options).put("k", tmp_path / "a", sha256=digest)  # the rival got there
+    store = open_store(url, options)
+    real_stat = gcs_module.GCSStore.stat
+    calls = {"n": 0}
+
+    def miss_first(self: gcs_module.GCSStore, key: str) -> object:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_stat(self, key)
+
+    monkeypatch.setattr(gcs_module.GCSStore, "stat", miss_first)
+    result = store.put("k", tmp_path / "a", sha256=digest)
+    assert not result.uploaded  # the server refused the second create (412)
+    assert calls["n"] == 2
+
+
+def test_a_racing_writer_with_other_content_is_a_conflict(
+    gcs_store_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, options = gcs_store_factory()
+    (tmp_path / "a").write_bytes(b"one")
+    (tmp_path / "b").write_bytes(b"two")
+    open_store(url, options).put("k", tmp_path / "a", sha256=hashlib.sha256(b"one").hexdigest())
+    real_stat = gcs_module.GCSStore.stat
+    calls = {"n": 0}
+
+    def miss_first(self: gcs_module.GCSStore, key: str) -> object:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_stat(self, key)
+
+    monkeypatch.setattr(gcs_module.GCSStore, "stat", miss_first)
+    with pytest.raises(ConflictError):
+        open_store(url, options).put("k", tmp_path / "b", sha256=hashlib.sha256(b"two").hexdigest())
+    back = tmp_path / "back"
+    open_store(url, options).get("k", back)
+    assert back.read_bytes() == b"one"
+
+
+def test_signed_urls_need_a_signing_credential(gcs_store_factory: Factory) -> None:
+    """Anonymous emulator credentials cannot sign: the store says so with None, and the pod
+    fetches with its mounted credentials instead (the launch issue)."""
+    url, options = gcs_store_factory()
+    assert open_store(url, options).signed_url("k", 600) is None
