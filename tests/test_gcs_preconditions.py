@@ -1,4 +1,4 @@
-"""GCS create-only writes, shown on fake-gcs-server (which enforces if_generation_match=0 on
+"""GCS specifics on fake-gcs-server: create-only races (enforced by the emulator on
 single-request uploads, not on resumable ones)."""
 
 from __future__ import annotations
@@ -64,3 +64,20 @@ def test_signed_urls_need_a_signing_credential(gcs_store_factory: Factory) -> No
     fetches with its mounted credentials instead (the launch issue)."""
     url, options = gcs_store_factory()
     assert open_store(url, options).signed_url("k", 600) is None
+
+
+def test_refused_endpoint_fails_in_bounded_time_as_transient() -> None:
+    import socket
+    import time
+
+    from konduktor.errors import TransientError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = StoreOptions(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2)
+    store = open_store("gs://some-bucket/x", options)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match=r"gs://some-bucket/x: cannot reach"):
+        store.stat("k")
+    assert time.monotonic() - started < 60  # a deadline, never endless retries
