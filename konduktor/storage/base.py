@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from konduktor.errors import ConflictError
+
 Progress = Callable[[int], None]
 """Called with the number of bytes transferred since the previous call."""
 
@@ -118,3 +120,13 @@ class ReportingReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def already_there(url: str, existing: ObjectInfo, sha256: str) -> PutResult:
+    """The result of putting a key that exists: fine with the same content, else a conflict."""
+    if existing.sha256 != sha256:
+        raise ConflictError(
+            f"{url}/{existing.key} already holds other content (sha256 {existing.sha256}, "
+            f"not {sha256}); keys are immutable, so the store is inconsistent: delete that object"
+        )
+    return PutResult(existing.key, existing.size, uploaded=False)

@@ -28,7 +28,6 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from konduktor.errors import (
-    ConflictError,
     NotFoundError,
     PermissionDeniedError,
     StorageError,
@@ -42,6 +41,7 @@ from konduktor.storage.base import (
     Progress,
     PutResult,
     ReportingReader,
+    already_there,
 )
 
 CHUNK_SIZE = 16 << 20  # resumable upload chunk (a multiple of 256 KiB)
@@ -138,7 +138,7 @@ class GCSStore:
         self._ensure_bucket()
         existing = self.stat(key)
         if existing is not None:
-            return self._same(existing, sha256)
+            return already_there(self.url, existing, sha256)
         # Resumable (chunked) only when large: single-request uploads are cheaper, and
         # they are where emulators enforce the create-only precondition too.
         chunk = CHUNK_SIZE if size > RESUMABLE_THRESHOLD else None
@@ -153,7 +153,7 @@ class GCSStore:
             found = self.stat(key)  # someone else created it first
             if found is None:
                 raise
-            return self._same(found, sha256)
+            return already_there(self.url, found, sha256)
         info = self.stat(key)
         if info is None or info.size != size or info.sha256 != sha256:
             raise StorageError(f"{self.url}/{key} did not land intact; upload again")
@@ -168,14 +168,6 @@ class GCSStore:
             retry=self._retry,
             timeout=self._timeout,
         )
-
-    def _same(self, existing: ObjectInfo, sha256: str) -> PutResult:
-        if existing.sha256 != sha256:
-            raise ConflictError(
-                f"{self.url}/{existing.key} already holds other content (sha256 "
-                f"{existing.sha256}); keys are immutable: delete that object"
-            )
-        return PutResult(existing.key, existing.size, uploaded=False)
 
     def get(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
         info = self.stat(key)

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from konduktor.cache import atomic_write
-from konduktor.errors import ConflictError, NotFoundError, PermissionDeniedError, StorageError
-from konduktor.storage.base import SHA256, SIZE, ObjectInfo, Progress, PutResult
+from konduktor.errors import NotFoundError, PermissionDeniedError, StorageError
+from konduktor.storage.base import SHA256, SIZE, ObjectInfo, Progress, PutResult, already_there
 
 _META = ".meta.json"
 _CHUNK = 1 << 20
@@ -67,7 +67,7 @@ class LocalStore:
         size = path.stat().st_size
         existing = self.stat(key)
         if existing is not None:
-            return _same(self.url, existing, sha256)
+            return already_there(self.url, existing, sha256)
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
         meta_path = target.with_name(target.name + _META)
         try:
@@ -83,7 +83,7 @@ class LocalStore:
         if not created:  # another writer won the race
             found = self.stat(key)
             assert found is not None
-            return _same(self.url, found, sha256)
+            return already_there(self.url, found, sha256)
         return PutResult(key, size, uploaded=True)
 
     def _create(self, target: Path, source: Path, progress: Progress | None) -> bool:
@@ -153,15 +153,6 @@ class LocalStore:
 
     def signed_url(self, key: str, expires_seconds: int) -> str | None:
         return None  # the pod copies from the path itself
-
-
-def _same(url: str, existing: ObjectInfo, sha256: str) -> PutResult:
-    if existing.sha256 != sha256:
-        raise ConflictError(
-            f"{url}/{existing.key} already holds different content (sha256 {existing.sha256}); "
-            "keys are immutable, so the store is inconsistent: delete that object"
-        )
-    return PutResult(existing.key, existing.size, uploaded=False)
 
 
 def _translate(url: str, exc: OSError) -> StorageError:

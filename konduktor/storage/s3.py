@@ -45,6 +45,7 @@ from konduktor.storage.base import (
     Progress,
     PutResult,
     ReportingReader,
+    already_there,
 )
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ class S3Store:
         for _ in range(RACE_ATTEMPTS):
             existing = self.stat(key)
             if existing is not None:
-                return self._same(existing, sha256)
+                return already_there(self.url, existing, sha256)
             try:
                 self._upload(key, path, size, meta, progress)
             except _KeyTaken:
@@ -285,14 +286,6 @@ class S3Store:
             self._put_single(key, path, meta, progress)
         else:
             self._put_multipart(key, path, size, meta, progress)
-
-    def _same(self, existing: ObjectInfo, sha256: str) -> PutResult:
-        if existing.sha256 != sha256:
-            raise ConflictError(
-                f"{self.url}/{existing.key} already holds other content (sha256 "
-                f"{existing.sha256}, not {sha256}); keys are immutable: delete that object"
-            )
-        return PutResult(existing.key, existing.size, uploaded=False)
 
     def _verify(self, key: str, size: int, sha256: str) -> None:
         info = self.stat(key)
