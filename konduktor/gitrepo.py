@@ -9,8 +9,10 @@ Everything else (index, trees, blobs, history) is read through pygit2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
 import os
 import posixpath
 import re
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pygit2
 
+from konduktor.cache import atomic_write, konduktor_home
 from konduktor.errors import GitError, UsageError
 
 MODE_LINK = 0o120000
@@ -156,15 +159,19 @@ class Repo:
     def repo_id(self, commit: str) -> str:
         """A stable id from the root commit(s) reachable from *commit*: same in every clone.
 
-        A shallow clone cannot see the real roots; its id comes from the shallow
-        boundary, so it shares no base layers with full clones.
+        Finding the roots walks the whole history (`git rev-list`, seconds on the largest
+        repositories), so the answer is cached per commit. A shallow clone cannot see the
+        real roots: its id comes from the shallow boundary, so it shares no base layers with
+        full clones.
         """
-        walker = self.pygit.walk(commit, pygit2.enums.SortMode.TOPOLOGICAL)
-        roots = sorted(str(c.id) for c in walker if not c.parent_ids)
-        if self.pygit.is_shallow:
-            shallow = (Path(self.pygit.path) / "shallow").read_text().split()
-            roots = sorted(set(roots) | set(shallow))
-        return hashlib.sha256("\n".join(roots).encode()).hexdigest()[:16]
+        cache = _RepoIdCache()
+        found = cache.get(commit)
+        if found is None:
+            out = self._git("rev-list", "--max-parents=0", commit, "--")
+            roots = sorted(set(out.decode().split()))
+            found = hashlib.sha256("\n".join(roots).encode()).hexdigest()[:16]
+            cache.put(commit, found)
+        return found
 
     # -- index and trees ---------------------------------------------------------------------
 
@@ -272,6 +279,28 @@ class Repo:
         rel = self._rel(os.fsdecode(path))
         if rel is not None:
             status.changes[rel] = Change(int(head, 8), int(index, 8), int(work, 8))
+
+
+class _RepoIdCache:
+    """commit -> repo id, for the most recent commits (commit ids are unique everywhere)."""
+
+    _KEEP = 1000
+
+    def __init__(self) -> None:
+        self.path = konduktor_home() / "cache" / "repo-ids.json"
+        try:
+            self.ids: dict[str, str] = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            self.ids = {}
+
+    def get(self, commit: str) -> str | None:
+        return self.ids.get(commit)
+
+    def put(self, commit: str, repo_id: str) -> None:
+        self.ids[commit] = repo_id
+        kept = dict(list(self.ids.items())[-self._KEEP :])
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+            atomic_write(self.path, json.dumps(kept).encode())
 
 
 # `<mode> <oid> <stage>\t<path>` (ls-files --stage) or `<mode> <type> <oid>\t<path>` (ls-tree)

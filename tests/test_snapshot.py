@@ -399,3 +399,23 @@ def test_eol_conversion_keeps_the_base_equal_to_the_commit(
     from_tree = build(repo, tmp_path / "tree", commit="HEAD")
     assert [layer.kind for layer in from_clean.layers] == ["base"]
     assert layer_bytes(from_clean) == layer_bytes(from_tree)
+
+
+def test_repo_id_is_cached_per_commit_and_shallow_clones_differ(
+    repo: Path, tmp_path: Path, konduktor_home: Path
+) -> None:
+    from konduktor.gitrepo import Repo
+
+    commit_all(repo, "second")
+    head = git(repo, "rev-parse", "HEAD").decode().strip()
+    full = Repo.discover(repo)
+    assert full is not None
+    repo_id = full.repo_id(head)
+    cached = json.loads((konduktor_home / "cache" / "repo-ids.json").read_text())
+    assert cached == {head: repo_id}
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
+    (konduktor_home / "cache" / "repo-ids.json").unlink()
+    other = Repo.discover(shallow)
+    assert other is not None
+    assert other.repo_id(head) != repo_id  # documented: the boundary stands in for the roots
