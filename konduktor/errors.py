@@ -10,6 +10,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── SelectionError    a file could not be read while selecting or archiving
     ├── ExtractError      a layer is corrupt, tampered with or hostile
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
+    ├── TaskError         a task file is invalid
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
         ├── PermissionDeniedError  the credentials may not do this
@@ -42,6 +43,10 @@ class ExtractError(KonduktorError):
 
 class ConfigError(KonduktorError):
     """The configuration file is invalid."""
+
+
+class TaskError(KonduktorError):
+    """A task file is invalid; the message names the file, the key path and the fix."""
 
 
 class StorageError(KonduktorError):

@@ -1,0 +1,173 @@
+"""Task files: Konduktor's shape, overrides, ${VAR}, and one clear message per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from konduktor.errors import TaskError
+from konduktor.task import Overrides, load
+
+QUICKSTART = """\
+name: single-file-upload
+num_nodes: 1
+workdir: .
+file_mounts:
+  ~/test_dir: ./test_dir
+  ~/static_path.txt: ./static_path.txt
+  /data/ref: s3://bucket/ref
+resources:
+  cpus: 1
+  memory: 1
+  accelerators: H100:8
+  image_id: ubuntu
+  labels:
+    kueue.x-k8s.io/queue-name: user-queue
+    maxRunDurationSeconds: "600"
+envs: {KEY: value, N: 3}
+run: |
+  ls -lah
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "test_dir").mkdir()
+    (tmp_path / "static_path.txt").write_text("x")
+    return tmp_path
+
+
+def write(project: Path, text: str) -> Path:
+    path = project / "task.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_quickstart_shape_loads(project: Path) -> None:
+    task = load(write(project, QUICKSTART))
+    assert task.name == "single-file-upload"
+    assert task.num_nodes == 1
+    assert task.workdir == project.resolve()
+    kinds = {m.target: m.kind for m in task.file_mounts}
+    assert kinds == {"~/test_dir": "dir", "~/static_path.txt": "file", "/data/ref": "bucket"}
+    assert (task.resources.cpus, task.resources.memory) == (1.0, 1.0)
+    assert task.resources.accelerators == "H100:8"
+    assert task.resources.labels == {
+        "kueue.x-k8s.io/queue-name": "user-queue",
+        "maxRunDurationSeconds": "600",
+    }
+    assert task.envs == {"KEY": "value", "N": "3"}
+    assert task.run == "ls -lah\n"
+
+
+def test_the_shipped_quickstart_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+    text = QUICKSTART.replace("  /data/ref: s3://bucket/ref\n", "")
+    path = example / "task.test.yaml"
+    path.write_text(text)
+    try:
+        assert load(path).workdir == example
+    finally:
+        path.unlink()
+
+
+def test_overrides_and_env_substitution(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "data-v2").mkdir()
+    (project / "vars.env").write_text("# comment\nexport VERSION=v2\n")
+    monkeypatch.setenv("FROM_SHELL", "yes")
+    path = write(project, "workdir: ./data-${VERSION}\nenvs: {VERSION: v1}\nrun: echo\n")
+    task = load(
+        path,
+        Overrides(
+            name="renamed",
+            num_nodes=4,
+            cpus="8",
+            memory="32",
+            gpus="A100:2",
+            image_id="img",
+            envs=["EXTRA=1", "FROM_SHELL"],
+            env_file=project / "vars.env",
+        ),
+    )
+    assert task.workdir == (project / "data-v2").resolve()
+    assert (task.name, task.num_nodes) == ("renamed", 4)
+    assert (task.resources.cpus, task.resources.memory) == (8.0, 32.0)
+    assert (task.resources.accelerators, task.resources.image_id) == ("A100:2", "img")
+    assert task.envs == {"VERSION": "v2", "EXTRA": "1", "FROM_SHELL": "yes"}
+
+
+def test_default_name_comes_from_the_file(project: Path) -> None:
+    path = project / "My Task.yaml"
+    path.write_text("run: echo\n")
+    assert load(path).name == "my-task"
+
+
+BAD = [
+    ("malformed-yaml", "run: [echo\n", "not valid YAML"),
+    ("not-a-mapping", "- run\n", "mapping of keys"),
+    ("unknown-key", "run: echo\nfile_mount: {}\n", "did you mean `file_mounts`"),
+    ("unknown-resource", "run: echo\nresources: {gpu: 1}\n", "resources.gpu"),
+    ("typo-accelerators", "run: echo\nresources: {acelerators: H100}\n", "`accelerators`"),
+    ("missing-run", "name: x\n", "`run` is missing"),
+    ("empty-run", "run: '  '\n", "run:"),
+    ("run-not-string", "run: [a, b]\n", "run:"),
+    ("invalid-name", "name: My_Job\nrun: echo\n", "name: 'My_Job'"),
+    ("name-too-long", f"name: {'a' * 60}\nrun: echo\n", "at most 58"),
+    ("num-nodes-zero", "num_nodes: 0\nrun: echo\n", "num_nodes: 0"),
+    ("num-nodes-string", "num_nodes: two\nrun: echo\n", "num_nodes"),
+    ("memory-with-unit", "run: echo\nresources: {memory: 16G}\n", "resources.memory: '16G'"),
+    ("cpus-negative-text", "run: echo\nresources: {cpus: many}\n", "resources.cpus"),
+    ("bad-accelerators", "run: echo\nresources: {accelerators: 'H100:x'}\n", "TYPE:COUNT"),
+    ("labels-not-mapping", "run: echo\nresources: {labels: [a]}\n", "resources.labels"),
+    ("envs-not-mapping", "run: echo\nenvs: [A]\n", "envs"),
+    ("env-without-value", "run: echo\nenvs: {TOKEN: null}\n", "--env TOKEN=V"),
+    ("missing-workdir", "workdir: ./nope\nrun: echo\n", "workdir: "),
+    ("workdir-is-file", "workdir: ./static_path.txt\nrun: echo\n", "not a directory"),
+    ("unknown-var", "workdir: ./${NOPE}\nrun: echo\n", "${NOPE} is not in envs"),
+    ("missing-mount-source", "file_mounts: {~/x: ./missing}\nrun: echo\n", "does not exist"),
+    (
+        "mount-onto-workdir",
+        "file_mounts: {~/konduktor_workdir: ./test_dir}\nrun: echo\n",
+        "collides with the workdir",
+    ),
+    (
+        "mount-inside-workdir",
+        "file_mounts: {~/konduktor_workdir/x: ./test_dir}\nrun: echo\n",
+        "collides",
+    ),
+    ("mount-above-workdir", "file_mounts: {'~': ./test_dir}\nrun: echo\n", "collides"),
+    ("bucket-as-target", "file_mounts: {'s3://b/x': ./test_dir}\nrun: echo\n", "not a URL"),
+    (
+        "relative-target",
+        "file_mounts: {data: ./test_dir}\nrun: echo\n",
+        "absolute or start with ~/",
+    ),
+    ("ftp-source", "file_mounts: {/d: 'ftp://h/x'}\nrun: echo\n", "only s3:// and gs://"),
+    ("mount-source-empty", "file_mounts: {/d: ''}\nrun: echo\n", "file_mounts./d"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_task_files_name_file_key_and_fix(project: Path, text: str, message: str) -> None:
+    path = write(project, text)
+    with pytest.raises(TaskError) as raised:
+        load(path)
+    assert str(raised.value).startswith(str(path))
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_missing_task_file(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="does not exist"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_env_override_from_an_unset_variable(project: Path) -> None:
+    with pytest.raises(TaskError, match="--env NOT_SET_ANYWHERE: not set"):
+        load(write(project, "run: echo\n"), Overrides(envs=["NOT_SET_ANYWHERE"]))
+
+
+def test_resources_list_is_reported_not_crashed_on(project: Path) -> None:
+    with pytest.raises(TaskError, match="resources"):
+        load(write(project, "run: echo\nresources: [a]\n"), Overrides(cpus="2"))
