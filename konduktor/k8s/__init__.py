@@ -1,0 +1,1 @@
+"""Kubernetes: the JobSet a task becomes (pure rendering); submission comes with launch."""

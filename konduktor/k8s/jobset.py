@@ -1,0 +1,130 @@
+"""A task rendered as a JobSet (``jobset.x-k8s.io/v1alpha2``) in Konduktor's shape.
+
+Pure: task and launch facts in, a manifest dict out. One replicated job
+``workers`` runs ``num_nodes`` indexed pods; requests equal limits; the
+task's ``resources.labels`` go onto the JobSet (Kueue reads its queue there);
+provenance (commit, dirty flag, layer digests, tool version) rides in
+annotations and env vars.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from konduktor import __version__
+from konduktor.task import Task
+
+API_VERSION = "jobset.x-k8s.io/v1alpha2"
+CONTAINER = "konduktor-container"
+CREDENTIALS_VOLUME = "konduktor-credentials"
+CREDENTIALS_PATH = "/run/konduktor/credentials"
+MAX_RUN_ANNOTATION = "kueue.x-k8s.io/maxRunDurationSeconds"
+DEFAULT_MAX_RUN_SECONDS = 604800
+_COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def job_name(task: Task) -> str:
+    """``<name>-<4 hex>``: unique per launch, at most 63 characters."""
+    return f"{task.name}-{secrets.token_hex(2)}"
+
+
+def render(
+    task: Task,
+    *,
+    name: str,
+    command: str,
+    secret_name: str,
+    provenance: Mapping[str, str],
+) -> dict[str, Any]:
+    """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``."""
+    labels = dict(task.resources.labels)
+    max_run = labels.pop("maxRunDurationSeconds", str(DEFAULT_MAX_RUN_SECONDS))
+    annotations = {MAX_RUN_ANNOTATION: max_run, "konduktor.dev/version": __version__}
+    annotations.update({f"konduktor.dev/{k}": v for k, v in provenance.items()})
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "JobSet",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {
+            "network": {"enableDNSHostnames": True},
+            "replicatedJobs": [
+                {
+                    "name": "workers",
+                    "replicas": 1,
+                    "template": _job(task, name, command, secret_name, provenance),
+                }
+            ],
+        },
+    }
+
+
+def _job(
+    task: Task, name: str, command: str, secret_name: str, provenance: Mapping[str, str]
+) -> dict[str, Any]:
+    return {
+        "spec": {
+            "parallelism": task.num_nodes,
+            "completions": task.num_nodes,
+            "completionMode": "Indexed",
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"konduktor.dev/job": name}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [_container(task, name, command, provenance)],
+                    "volumes": [
+                        {
+                            "name": CREDENTIALS_VOLUME,
+                            "secret": {"secretName": secret_name, "optional": True},
+                        }
+                    ],
+                },
+            },
+        }
+    }
+
+
+def _container(
+    task: Task, name: str, command: str, provenance: Mapping[str, str]
+) -> dict[str, Any]:
+    resources = _resources(task)
+    return {
+        "name": CONTAINER,
+        "image": task.resources.image_id,
+        "command": ["/bin/sh", "-c", command],
+        "env": _env(task, name, provenance),
+        "resources": {"requests": resources, "limits": dict(resources)},
+        "volumeMounts": [
+            {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_PATH, "readOnly": True}
+        ],
+    }
+
+
+def _resources(task: Task) -> dict[str, str]:
+    out = {}
+    if task.resources.cpus is not None:
+        out["cpu"] = f"{task.resources.cpus:g}"
+    if task.resources.memory is not None:
+        out["memory"] = f"{task.resources.memory:g}Gi"
+    if task.resources.accelerators:
+        _, _, count = task.resources.accelerators.partition(":")
+        out["nvidia.com/gpu"] = count or "1"
+    return out
+
+
+def _env(task: Task, name: str, provenance: Mapping[str, str]) -> list[dict[str, Any]]:
+    hosts = ",".join(f"{name}-workers-0-{i}.{name}" for i in range(task.num_nodes))
+    env: list[dict[str, Any]] = [
+        {"name": "NUM_NODES", "value": str(task.num_nodes)},
+        {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": _COMPLETION_INDEX}}},
+        {"name": "MASTER_ADDR", "value": f"{name}-workers-0-0.{name}"},
+        {"name": "NODE_HOST_IPS", "value": hosts},
+    ]
+    env += [
+        {"name": "KONDUKTOR_" + k.upper().replace("-", "_"), "value": v}
+        for k, v in provenance.items()
+    ]
+    env += [{"name": k, "value": v} for k, v in task.envs.items()]
+    return env
