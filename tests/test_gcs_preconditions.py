@@ -16,6 +16,19 @@ from konduktor.storage import gcs as gcs_module
 Factory = Callable[..., tuple[str, StoreOptions]]
 
 
+def miss_first_stat(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Make the first stat() miss, as if a rival created the key just after it."""
+    real_stat = gcs_module.GCSStore.stat
+    calls = {"n": 0}
+
+    def stat(self: gcs_module.GCSStore, key: str) -> object:
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_stat(self, key)
+
+    monkeypatch.setattr(gcs_module.GCSStore, "stat", stat)
+    return calls
+
+
 def test_a_racing_writer_gets_412_and_both_succeed(
     gcs_store_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -24,14 +37,7 @@ def test_a_racing_writer_gets_412_and_both_succeed(
     digest = hashlib.sha256(b"layer").hexdigest()
     open_store(url, options).put("k", tmp_path / "a", sha256=digest)  # the rival got there
     store = open_store(url, options)
-    real_stat = gcs_module.GCSStore.stat
-    calls = {"n": 0}
-
-    def miss_first(self: gcs_module.GCSStore, key: str) -> object:
-        calls["n"] += 1
-        return None if calls["n"] == 1 else real_stat(self, key)
-
-    monkeypatch.setattr(gcs_module.GCSStore, "stat", miss_first)
+    calls = miss_first_stat(monkeypatch)
     result = store.put("k", tmp_path / "a", sha256=digest)
     assert not result.uploaded  # the server refused the second create (412)
     assert calls["n"] == 2
@@ -44,14 +50,7 @@ def test_a_racing_writer_with_other_content_is_a_conflict(
     (tmp_path / "a").write_bytes(b"one")
     (tmp_path / "b").write_bytes(b"two")
     open_store(url, options).put("k", tmp_path / "a", sha256=hashlib.sha256(b"one").hexdigest())
-    real_stat = gcs_module.GCSStore.stat
-    calls = {"n": 0}
-
-    def miss_first(self: gcs_module.GCSStore, key: str) -> object:
-        calls["n"] += 1
-        return None if calls["n"] == 1 else real_stat(self, key)
-
-    monkeypatch.setattr(gcs_module.GCSStore, "stat", miss_first)
+    miss_first_stat(monkeypatch)
     with pytest.raises(ConflictError):
         open_store(url, options).put("k", tmp_path / "b", sha256=hashlib.sha256(b"two").hexdigest())
     back = tmp_path / "back"
