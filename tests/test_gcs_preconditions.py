@@ -80,3 +80,18 @@ def test_refused_endpoint_fails_in_bounded_time_as_transient() -> None:
     with pytest.raises(TransientError, match=r"gs://some-bucket/x: cannot reach"):
         store.stat("k")
     assert time.monotonic() - started < 60  # a deadline, never endless retries
+
+
+def test_check_creates_the_per_user_bucket_first(gcs_store_factory: Factory) -> None:
+    from konduktor import remote
+
+    url, options = gcs_store_factory(create_bucket=False)
+    store = open_store(url, StoreOptions(**{**options.__dict__, "create_bucket": True}))
+    results = remote.check(store)
+    assert [r.step for r in results if r.ok] == [
+        "identity",
+        "bucket reachable",
+        "write",
+        "read",
+        "delete",
+    ]

@@ -515,3 +515,11 @@ def test_cli_check_s3(
     assert code == 0
     assert "ok    identity: arn:aws" in out
     assert "ok    delete" in out
+
+
+def test_check_creates_the_per_user_bucket_first(s3_store_factory: Factory) -> None:
+    from konduktor import remote
+
+    url, options = s3_store_factory(create_bucket=False)
+    store = open_store(url, StoreOptions(**{**options.__dict__, "create_bucket": True}))
+    assert all(r.ok for r in remote.check(store))

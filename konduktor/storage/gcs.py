@@ -115,6 +115,7 @@ class GCSStore:
     # -- Store ----------------------------------------------------------------------------
 
     def stat(self, key: str) -> ObjectInfo | None:
+        self._ensure_bucket()
         blob = self._call(
             "read object metadata",
             lambda: self._bucket.get_blob(self._key(key), retry=self._retry, timeout=self._timeout),
@@ -194,6 +195,7 @@ class GCSStore:
         return info
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._ensure_bucket()
         blobs = self._call(
             "list objects",
             lambda: list(
