@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from storage_helpers import put_concurrently
 
 from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store, parse_url
@@ -85,19 +85,7 @@ def test_create_only_refuses_different_content(store: Store, tmp_path: Path) -> 
 
 def test_two_threads_putting_one_key_both_succeed(store: Store, tmp_path: Path) -> None:
     src, digest = big_file(tmp_path / "a", 3)
-    results, errors = [], []
-
-    def put() -> None:
-        try:
-            results.append(store.put("race/key", src, sha256=digest))
-        except Exception as exc:  # collected and asserted on below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = put_concurrently(store, "race/key", src, digest)
     assert errors == []
     assert len(results) == 2
     store.get("race/key", tmp_path / "out")

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gcs_server import GCSStoreFactory, emulator_client
 from google.cloud import storage
 from google.oauth2 import service_account
+from storage_helpers import put_concurrently
 
 from konduktor.errors import (
     ConflictError,
@@ -236,19 +237,7 @@ def test_two_writers_past_the_metadata_check_both_succeed(
             waited.add(threading.get_ident())
             both_reading.wait()
 
-    results, errors = [], []
-
-    def put() -> None:
-        try:
-            results.append(store.put("race", tmp_path / "a", sha256=digest, progress=in_step))
-        except Exception as exc:  # asserted on below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = put_concurrently(store, "race", tmp_path / "a", digest, progress=in_step)
     assert errors == []
     uploaded = sorted(r.uploaded for r in results)
     assert uploaded == ([False, True] if mib == 1 else [True, True])

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+from storage_helpers import put_concurrently
 from test_cli import run
 
 from konduktor.errors import (
@@ -140,19 +141,7 @@ def test_two_writers_past_the_head_check_both_succeed(
 
     monkeypatch.setattr(S3Store, "stat", stat_in_step)
     monkeypatch.setattr(S3Store, "_upload", upload_in_turn)
-    results, errors = [], []
-
-    def put() -> None:
-        try:
-            results.append(store.put("race", tmp_path / "a", sha256=digest))
-        except Exception as exc:  # asserted on below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = put_concurrently(store, "race", tmp_path / "a", digest)
     assert errors == []
     assert sorted(r.uploaded for r in results) == [False, True]
     assert pending_uploads(url, options) == []
