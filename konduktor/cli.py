@@ -293,6 +293,150 @@ class _Failed(KonduktorError):
     pass
 
 
+@cli.command()
+@click.argument("task_file", metavar="TASK", type=click.Path(path_type=Path))
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Run the pod's startup script on this machine, in a sandbox HOME under "
+    "~/.konduktor/local/<job>, instead of submitting; exit with the task's code.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Upload and submit nothing: print the plan (and -o yaml)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["yaml", "json"]),
+    help="With --dry-run: print the JobSet that would be submitted.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["tarball"]),
+    default="tarball",
+    show_default=True,
+    help="How the code reaches the pod: a snapshot tarball from the store.",
+)
+@click.option("--name", help="Override the task's name.")
+@click.option("--num-nodes", type=click.IntRange(min=1), help="Override num_nodes.")
+@click.option("--cpus", help="Override resources.cpus (vCPUs).")
+@click.option("--memory", help="Override resources.memory (GiB).")
+@click.option("--gpus", help="Override resources.accelerators, e.g. H100:8.")
+@click.option("--image-id", help="Override resources.image_id.")
+@click.option("--env", "envs", multiple=True, metavar="K[=V]", help="Set an env var (repeatable).")
+@click.option("--env-file", type=click.Path(path_type=Path), help="Read KEY=VALUE lines.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("-d", "--detach", is_flag=True, help="Do not wait: with --local, run in background.")
+@click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use.")
+@click.option("--context", "kube_context", help="Kubeconfig context (default: the current one).")
+@click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
+def launch(
+    task_file: Path,
+    local: bool,
+    dry_run: bool,
+    output: str | None,
+    mode: str,
+    name: str | None,
+    num_nodes: int | None,
+    cpus: str | None,
+    memory: str | None,
+    gpus: str | None,
+    image_id: str | None,
+    envs: tuple[str, ...],
+    env_file: Path | None,
+    yes: bool,
+    detach: bool,
+    kubeconfig: Path | None,
+    kube_context: str | None,
+    store_url: str | None,
+) -> int:
+    """Launch TASK (a Konduktor task YAML) as a JobSet on the current Kubernetes context.
+
+    In order, stopping at the first failure: validate the task and config;
+    snapshot the workdir and local file mounts (summary; hard size limit);
+    upload only the layers the store lacks; write the launch plan; submit.
+    The pod's startup script fetches, verifies and places the files, then
+    runs `run:` in ~/konduktor_workdir.
+    """
+    from konduktor import config, launch as launching
+    from konduktor import task as tasks
+    from konduktor.k8s import jobset
+
+    if output and not dry_run:
+        raise click.UsageError("-o/--output goes with --dry-run")
+    if local and dry_run:
+        raise click.UsageError("--local and --dry-run do not go together")
+    overrides = tasks.Overrides(name, num_nodes, cpus, memory, gpus, image_id, envs, env_file)
+    task = tasks.load(task_file, overrides)
+    cfg = config.load()
+    cluster = None
+    if not (local or dry_run):
+        from konduktor.k8s import submit
+
+        cluster = submit.connect(kubeconfig, kube_context)
+    store = _open_store(cfg, store_url)
+    prepared = launching.prepare(task, cfg, jobset.job_name(task))
+    _warn(prepared.warnings)
+    _print_summary(prepared)
+    if dry_run:
+        return _dry_run(prepared, store, cfg, output)
+    if not yes and sys.stdin.isatty() and not click.confirm("launch?", default=True, err=True):
+        raise click.Abort
+    synced = launching.sync(prepared, store, cfg, progress=_byte_bar)
+    sent = f"{len(synced.uploaded)} object(s), {_size(synced.uploaded_bytes)} sent"
+    click.echo(
+        f"upload: {sent if synced.uploaded else 'nothing to send'}; "
+        f"{len(synced.reused)} object(s) already in {store.url}",
+        err=True,
+    )
+    if cluster is None:
+        click.echo(f"running {prepared.job} in {launching.local_home(prepared.job)}", err=True)
+        return launching.run_local(synced.plan, task, detach=detach)
+    launching.submit(cluster, task, synced.plan)
+    click.echo(
+        f"submitted JobSet {prepared.job} (context {cluster.context}, namespace "
+        f"{cluster.namespace}); follow it with: kubectl logs -f -l "
+        f"jobset.sigs.k8s.io/jobset-name={prepared.job} -n {cluster.namespace}",
+        err=True,
+    )
+    click.echo(prepared.job)
+    return 0
+
+
+def _print_summary(prepared: Any) -> None:
+    click.echo(
+        f"job {prepared.job}: {prepared.files} file(s), {_size(prepared.bytes)} to ship",
+        err=True,
+    )
+    for path, size in prepared.largest()[:3]:
+        click.echo(f"  {_size(size):>9}  {path}", err=True)
+    for warning in prepared.size_warnings:
+        logging.getLogger("konduktor").warning(warning)
+
+
+def _dry_run(prepared: Any, store: Any, cfg: Any, output: str | None) -> int:
+    from konduktor import launch as launching
+
+    plan, missing = launching.dry_plan(prepared, store, cfg)
+    if output:
+        manifest = launching.manifest(prepared.task, plan)
+        if output == "json":
+            click.echo(json.dumps(manifest, indent=2))
+        else:
+            import yaml
+
+            click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+    layers = [la for tree in plan.trees for la in tree.layers]
+    for layer in layers:
+        state = "to upload" if layer.key in missing else "in store "
+        click.echo(f"  {state}  {layer.kind:8} {store.url}/{layer.key}", err=True)
+    for f in plan.files:
+        state = "to upload" if f.key in missing else "in store "
+        click.echo(f"  {state}  {'file':8} {f.target} <- {f.source}", err=True)
+    click.echo("dry run: nothing uploaded, nothing submitted", err=True)
+    return 0
+
+
 def _now() -> Any:
     import datetime
 
@@ -426,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one handler maps every failure to a message and an exit code."""
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="konduktor", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="konduktor", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -448,4 +592,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             err=True,
         )
         sys.exit(EXIT_UNEXPECTED)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

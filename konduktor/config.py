@@ -17,6 +17,12 @@ Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
         profile: work                # AWS profile
         retry_mode: standard         # or adaptive
         max_attempts: 5
+    hooks:                          # the pre-push hook (`konduktor hooks install`)
+      strict: false                 # true: a failed snapshot blocks the push
+      timeout: 60                   # seconds the hook may take; then it gives up
+      background: false             # true: snapshot after the push returns (log in
+                                    # ~/.konduktor/logs/pre-push.log); not with strict
+      sync_roots: [train/, tools/]  # besides the repository root, relative to it
 
 Which store: ``jobs.bucket`` when set; else, with a cloud allowed, a per-user
 bucket ``konduktor-filemounts-<user>-<hash>`` created on first use, like
@@ -29,6 +35,7 @@ from __future__ import annotations
 import difflib
 import getpass
 import os
+import posixpath
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -56,7 +63,23 @@ _SYNC_KEYS: dict[str, type | tuple[type, ...]] = {
     "presign_seconds": int,
     "store": dict,
 }
-_TOP_KEYS = ("allowed_clouds", "jobs", "sync")
+_HOOKS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "strict": bool,
+    "timeout": (int, float),
+    "background": bool,
+    "sync_roots": list,
+}
+_TOP_KEYS = ("allowed_clouds", "jobs", "sync", "hooks")
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """The ``hooks:`` section: how the pre-push hook behaves."""
+
+    strict: bool = False
+    timeout: float = 60.0
+    background: bool = False
+    sync_roots: tuple[str, ...] = ()  # normalised, relative to the repository root
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class Config:
     hard_limit_mb: float = 10000
     presign_seconds: int = 3600
     store: StoreOptions = field(default_factory=StoreOptions)
+    hooks: HookSettings = field(default_factory=HookSettings)
 
     def store_url(self, cloud: str | None = None) -> tuple[str, StoreOptions]:
         """The store to use and its options (see the module docstring for the rule);
@@ -78,7 +102,7 @@ class Config:
         scheme = cloud or (self.allowed_clouds[0] if self.allowed_clouds else "file")
         if scheme == "file":
             return f"file://{konduktor_home() / 'store'}", self.store
-        url = f"{scheme}://konduktor-filemounts-{_user()}-{_user_hash()}"
+        url = f"{scheme}://konduktor-filemounts-{user()}-{_user_hash()}"
         return url, StoreOptions(**{**self.store.__dict__, "create_bucket": True})
 
 
@@ -122,7 +146,32 @@ def _validate(path: Path, data: dict[str, Any]) -> Config:
     level = sync.get("compression_level", 3)
     if not 1 <= level <= 22:
         raise ConfigError(f"{path}: sync.compression_level must be between 1 and 22")
-    return Config(path, clouds, bucket, store=StoreOptions(**store), **sync)
+    hooks = _hooks(path, data.get("hooks", {}))
+    return Config(path, clouds, bucket, store=StoreOptions(**store), hooks=hooks, **sync)
+
+
+def _hooks(path: Path, value: object) -> HookSettings:
+    section = _section(path, "hooks", value, _HOOKS_KEYS)
+    if section.get("timeout", 1) <= 0:
+        raise ConfigError(f"{path}: hooks.timeout must be a number of seconds above 0")
+    if section.get("strict") and section.get("background"):
+        raise ConfigError(
+            f"{path}: hooks.strict and hooks.background exclude each other (a snapshot "
+            "taken after the push cannot block it); set one of them to false"
+        )
+    roots = tuple(_sync_root(path, root) for root in section.pop("sync_roots", []))
+    return HookSettings(**section, sync_roots=tuple(dict.fromkeys(roots)))
+
+
+def _sync_root(path: Path, value: object) -> str:
+    """A directory relative to the repository root, normalised ("train/" -> "train")."""
+    normal = posixpath.normpath(value) if isinstance(value, str) and value else ""
+    if not normal or normal.startswith("/") or normal.split("/")[0] == "..":
+        raise ConfigError(
+            f"{path}: hooks.sync_roots: {value!r} must be a directory relative to the "
+            "repository root, such as train/"
+        )
+    return normal
 
 
 def _clouds(path: Path, value: object) -> tuple[str, ...]:
@@ -152,13 +201,21 @@ def _section(
             close = difflib.get_close_matches(str(key), schema, n=1)
             hint = f"did you mean {where}.{close[0]}?" if close else f"known: {', '.join(schema)}"
             raise ConfigError(f"{path}: unknown key {where}.{key}; {hint}")
-        if not isinstance(item, schema[key]) or isinstance(item, bool):
+        wrong_bool = isinstance(item, bool) and schema[key] is not bool  # bool is an int
+        if not isinstance(item, schema[key]) or wrong_bool:
             raise ConfigError(f"{path}: {where}.{key} must be {_type_name(schema[key])}")
     return section
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a mapping",
+        bool: "true or false",
+        list: "a list",
+    }
     kinds = expected if isinstance(expected, tuple) else (expected,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -167,7 +224,8 @@ def _kind(value: object) -> str:
     return "nothing" if value is None else f"a {type(value).__name__}"
 
 
-def _user() -> str:
+def user() -> str:
+    """The login name, made safe for bucket and Kubernetes object names."""
     try:
         name = getpass.getuser()
     except (KeyError, OSError):

@@ -38,9 +38,18 @@ MIN_GC_AGE = datetime.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
+class LayerObject:
+    key: str  # without the v1/ prefix
+    kind: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class UploadResult:
     info: snapshot.SnapshotInfo | None  # the layers built, None when nothing was missing
     keys: tuple[str, ...]  # every layer key of the snapshot, base first
+    objects: tuple[LayerObject, ...]  # the same layers as stored: digest and size
     uploaded: tuple[str, ...]
     reused: tuple[str, ...]
     uploaded_bytes: int
@@ -57,8 +66,21 @@ def upload(
     progress: Callable[[str, int], Progress | None] | None = None,
 ) -> UploadResult:
     """Put the layers of *root* that *store* lacks; build only those; mark all as used."""
-    p = snapshot.plan(root, commit=commit, level=level)
-    missing = [layer for layer in p.layers if store.stat(_key(layer.key)) is None]
+    return upload_plan(snapshot.plan(root, commit=commit, level=level), store, progress=progress)
+
+
+def upload_plan(
+    p: snapshot.Plan,
+    store: Store,
+    *,
+    progress: Callable[[str, int], Progress | None] | None = None,
+) -> UploadResult:
+    """:func:`upload` for a snapshot plan made already."""
+    found = {layer.key: store.stat(_key(layer.key)) for layer in p.layers}
+    missing = [layer for layer in p.layers if found[layer.key] is None]
+    objects = {
+        key: (info.sha256 or "", info.size) for key, info in found.items() if info is not None
+    }
     uploaded_bytes = 0
     info = None
     if missing:
@@ -75,6 +97,7 @@ def upload(
                     progress=bar,
                 )
                 uploaded_bytes += layer.compressed_bytes if result.uploaded else 0
+                objects[layer.key] = (layer.sha256, layer.compressed_bytes)
             info = snapshot.SnapshotInfo(p.root, p.commit, p.dirty, built, p.warnings, 0.0)
     keys = tuple(str(layer.key) for layer in p.layers)
     for key in keys:
@@ -83,6 +106,7 @@ def upload(
     return UploadResult(
         info,
         keys,
+        tuple(LayerObject(str(la.key), la.kind, *objects[la.key]) for la in p.layers),
         tuple(k for k in keys if k in built_keys),
         tuple(k for k in keys if k not in built_keys),
         uploaded_bytes,

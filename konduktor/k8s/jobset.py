@@ -25,6 +25,13 @@ DEFAULT_MAX_RUN_SECONDS = 604800
 _COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
+def secret_name() -> str:
+    """The per-user Secret holding cloud credentials (written by `konduktor check s3|gs`)."""
+    from konduktor.config import user
+
+    return f"konduktor-credentials-{user()}"
+
+
 def job_name(task: Task) -> str:
     """``<name>-<4 hex>``: unique per launch, at most 63 characters."""
     return f"{task.name}-{secrets.token_hex(2)}"

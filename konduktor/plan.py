@@ -1,0 +1,108 @@
+"""The launch plan: everything a pod needs to fetch, verify and place, as one JSON file.
+
+The launcher writes it to the store (``v1/plans/<job>.json``) before it submits;
+the pod startup script is rendered from it (:func:`konduktor.pod.render`). Keys are
+relative to the store URL; ``https`` is a presigned URL when the store can sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str  # e.g. v1/bases/<repo>/<commit>/<root>.tar.zst
+    kind: str  # base, overlay or full
+    sha256: str  # of the compressed bytes
+    size: int
+    https: str | None = None
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A directory in the pod made from layers: the workdir or a directory mount."""
+
+    target: str  # ~/konduktor_workdir, ~/test_dir, /data/x
+    source: str  # the local directory it was taken from
+    commit: str | None
+    dirty: bool
+    layers: tuple[Layer, ...]
+
+    @property
+    def id(self) -> str:
+        """Names this tree's content: what a restarted container compares to skip work."""
+        keys = "\n".join(layer.key for layer in self.layers)
+        return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class File:
+    """A single local file mounted at *target*; its object is content-addressed."""
+
+    target: str
+    source: str
+    key: str  # v1/objects/<xx>/<sha256>
+    sha256: str
+    size: int
+    mode: int  # permission bits, kept from the local file (a 0600 key stays 0600)
+    https: str | None = None
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A bucket URL mounted as is: fetched by the pod with its own credentials."""
+
+    target: str
+    url: str
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    job: str
+    store: str  # the store URL; object URLs are f"{store}/{key}"
+    run: str
+    trees: tuple[Tree, ...] = ()
+    files: tuple[File, ...] = ()
+    buckets: tuple[Bucket, ...] = ()
+    endpoint_url: str | None = None  # S3-compatible store or GCS emulator
+    region: str | None = None
+    tool: str = ""
+    format: int = field(default=FORMAT)
+
+    @property
+    def workdir(self) -> Tree | None:
+        from konduktor.task import WORKDIR_TARGET
+
+        return next((t for t in self.trees if t.target == WORKDIR_TARGET), None)
+
+    def provenance(self) -> dict[str, str]:
+        """Commit, dirty flag and snapshot id of the workdir, and every layer's digest."""
+        work = self.workdir
+        digests = [layer.sha256 for tree in self.trees for layer in tree.layers]
+        digests += [f.sha256 for f in self.files]
+        return {
+            "git-commit": (work.commit or "") if work else "",
+            "git-dirty": str(bool(work and work.dirty)).lower(),
+            "snapshot": work.id if work else "",
+            "layers": ",".join(digests),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> LaunchPlan:
+        data: dict[str, Any] = json.loads(text)
+        data["trees"] = tuple(
+            Tree(**{**t, "layers": tuple(Layer(**la) for la in t["layers"])})
+            for t in data.get("trees", ())
+        )
+        data["files"] = tuple(File(**f) for f in data.get("files", ()))
+        data["buckets"] = tuple(Bucket(**b) for b in data.get("buckets", ()))
+        return cls(**data)

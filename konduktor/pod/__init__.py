@@ -1,0 +1,73 @@
+"""The pod startup script (DESIGN §7), rendered from a launch plan: plan in, text out.
+
+``startup.sh`` holds the fixed functions; :func:`render` appends the calls that
+the plan dictates, every value quoted for ``sh``. The script exits with
+:data:`SYNC_FAILED` and one ``konduktor: sync failed: ...`` line on stderr when
+anything before ``run:`` fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from importlib import resources
+
+from konduktor.plan import LaunchPlan
+
+SYNC_FAILED = 97
+_TEMPLATE = resources.files(__package__).joinpath("startup.sh")
+
+
+def render(plan: LaunchPlan) -> str:
+    """The whole script for *plan*; pure (the same plan gives the same text)."""
+    q = shlex.quote
+    lines = [_TEMPLATE.read_text(), "# --- from the launch plan ---"]
+    if plan.endpoint_url:
+        lines.append(f"export K_ENDPOINT={q(plan.endpoint_url)}")
+    if plan.region:
+        lines.append(f"export K_REGION={q(plan.region)}")
+    lines.append("k_start")
+    for tree in sorted(plan.trees, key=lambda t: t.target.count("/")):
+        lines.append(f"k_tree {_path(tree.target)} {_mark(tree.id, tree.target)}")
+        lines += [
+            f"k_layer {q(_url(plan, layer.key))} {q(layer.https or '')} {layer.sha256}"
+            for layer in tree.layers
+        ]
+        lines.append("k_place")
+    for f in plan.files:
+        url = _url(plan, f.key)
+        lines.append(
+            f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}"
+        )
+    for b in plan.buckets:
+        lines.append(f"k_bucket {_path(b.target)} {q(b.url)} {_mark(b.url, b.target)}")
+    provenance = plan.provenance()
+    lines.append(
+        f"export KONDUKTOR_GIT_COMMIT={q(provenance['git-commit'])}"
+        f" KONDUKTOR_GIT_DIRTY={provenance['git-dirty']}"
+        f" KONDUKTOR_SNAPSHOT={q(provenance['snapshot'])}"
+    )
+    end = "KONDUKTOR_RUN_" + hashlib.sha256(plan.run.encode()).hexdigest()[:12]
+    run = plan.run if plan.run.endswith("\n") else plan.run + "\n"
+    lines.append(f"cat >\"$K_STATE/run.sh\" <<'{end}' || k_fail \"cannot write $K_STATE/run.sh\"")
+    lines.append(run + end)
+    lines.append('k_run "$K_STATE/run.sh"')
+    return "\n".join(lines) + "\n"
+
+
+def _path(target: str) -> str:
+    """*target* for sh: ``~`` is the container user's $HOME, expanded in the pod."""
+    if target == "~":
+        return '"$HOME"'
+    if target.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(target[2:])
+    return shlex.quote(target)
+
+
+def _url(plan: LaunchPlan, key: str) -> str:
+    return f"{plan.store.rstrip('/')}/{key}"
+
+
+def _mark(content: str, target: str) -> str:
+    """A file name saying: this content was placed at this target."""
+    return hashlib.sha256(f"{content}\0{target}".encode()).hexdigest()[:24]
