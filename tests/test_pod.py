@@ -1,0 +1,373 @@
+"""The pod startup script, run for real by `sh` (dash) in sandbox HOMEs.
+
+PATH is cut down to a directory of chosen tools, to mimic images: coreutils and
+tar only; plus curl and zstd; python3 with zstandard but no zstd; wget instead of
+curl; the aws CLI with credentials from the mounted Secret. Layers come from a
+real store: a local directory, the local S3 server, the GCS emulator.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import zstandard
+from gitrepo_helpers import commit_all, git
+
+from konduktor import launch, pod
+from konduktor.config import Config
+from konduktor.extract import sha256_file
+from konduktor.plan import LaunchPlan, Layer, Tree
+from konduktor.storage import StoreOptions, open_store
+from konduktor.task import load
+
+RUN = 'echo "run started in $PWD" >>"$HOME/runs.log"\ncat greeting.txt\n'
+
+
+def _coreutils() -> list[Path]:
+    """Every program of Debian's coreutils package (what any image has)."""
+    listed = subprocess.run(["dpkg", "-L", "coreutils"], capture_output=True, text=True)
+    paths = [Path(line) for line in listed.stdout.splitlines() if "/bin/" in line]
+    return [p for p in paths if p.is_file() and os.access(p, os.X_OK)]
+
+
+def toolbox(tmp_path: Path, *tools: str) -> str:
+    """A PATH holding coreutils, tar and sh, plus *tools* (python3 and aws are wrapped so
+    that their own installation, with its packages, is what runs)."""
+    bin_dir = tmp_path / ("bin-" + "-".join(tools or ("bare",)))
+    bin_dir.mkdir()
+    for program in [*_coreutils(), Path(shutil.which("tar") or "tar")]:
+        (bin_dir / program.name).symlink_to(program)
+    (bin_dir / "sh").symlink_to("/bin/sh")
+    for tool in tools:
+        if tool == "python3":
+            _wrapper(bin_dir / "python3", sys.executable)
+        elif tool == "aws":
+            _wrapper(bin_dir / "aws", _which("aws"))
+        else:
+            (bin_dir / tool).symlink_to(_which(tool))
+    return str(bin_dir)
+
+
+def _which(name: str) -> str:
+    """*name* from this Python's environment (tox, a venv), else from PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is needed for this test; install it (see .ci/run)")
+    return found
+
+
+def _wrapper(path: Path, target: str) -> None:
+    path.write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A repository with a base commit and dirty changes (modified, added, deleted), a
+    plain directory and a private key to mount, and a task file using them."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "greeting.txt").write_text("hello from the base\n")
+    (repo / "src" / "train.py").write_text("print('train')\n")
+    (repo / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "old.txt").write_text("deleted in the work tree\n")
+    (repo / "link").symlink_to("src/train.py")
+    git(repo, "init", "-q")
+    commit_all(repo)
+    (repo / "greeting.txt").write_text("hello from the work tree\n")
+    (repo / "old.txt").unlink()
+    (repo / "new.txt").write_text("untracked and shipped\n")
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "table.csv").write_text("a,b\n1,2\n")
+    key = tmp_path / "id_test"
+    key.write_text("-----BEGIN TEST KEY-----\n")
+    key.chmod(0o600)
+    (repo / "task.yaml").write_text(
+        "name: pod-test\nworkdir: .\nfile_mounts:\n"
+        f"  ~/data: {data}\n  ~/.ssh/id_test: {key}\n"
+        f"run: |\n" + "".join(f"  {line}\n" for line in RUN.splitlines())
+    )
+    return repo
+
+
+def make_plan(project: Path, url: str, options: StoreOptions | None = None) -> LaunchPlan:
+    task = load(project / "task.yaml")
+    cfg = Config(path=None, store=options or StoreOptions())
+    store = open_store(url, options)
+    return launch.sync(launch.prepare(task, cfg, "pod-test-0000"), store, cfg).plan
+
+
+def unsigned(plan: LaunchPlan) -> LaunchPlan:
+    """*plan* without presigned URLs: the pod must fetch with credentials."""
+    trees = tuple(
+        replace(t, layers=tuple(replace(la, https=None) for la in t.layers)) for t in plan.trees
+    )
+    return replace(plan, trees=trees, files=tuple(replace(f, https=None) for f in plan.files))
+
+
+def run_script(
+    plan: LaunchPlan, home: Path, path: str, credentials: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    home.mkdir(exist_ok=True)
+    script = home.parent / f"{home.name}-startup.sh"
+    script.write_text(pod.render(plan))
+    env = {
+        "HOME": str(home),
+        "PATH": path,
+        "KONDUKTOR_CREDENTIALS_DIR": str(credentials or home.parent / "no-secret"),
+    }
+    return subprocess.run(
+        ["/bin/sh", str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def tree(root: Path) -> dict[str, tuple[str, int, str]]:
+    """path -> (kind, exec bits, content or link target), for comparing directories."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.split("/")[0] == ".git":
+            continue
+        if path.is_symlink():
+            out[rel] = ("link", 0, os.readlink(path))
+        elif path.is_file():
+            out[rel] = ("file", path.stat().st_mode & 0o111, path.read_text())
+    return out
+
+
+def assert_placed(project: Path, home: Path, result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from the work tree\n"
+    expected = tree(project)
+    assert tree(home / "konduktor_workdir") == expected
+    assert "old.txt" not in expected
+    assert tree(home / "data") == {"sub/table.csv": ("file", 0, "a,b\n1,2\n")}
+    key = home / ".ssh" / "id_test"
+    assert key.read_text() == "-----BEGIN TEST KEY-----\n"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (home / "runs.log").read_text() == f"run started in {home}/konduktor_workdir\n"
+
+
+def assert_sync_failed(result: subprocess.CompletedProcess[str], home: Path, *words: str) -> None:
+    assert result.returncode == pod.SYNC_FAILED, result.stderr
+    failures = [line for line in result.stderr.splitlines() if "sync failed" in line]
+    assert len(failures) == 1, result.stderr
+    for word in words:
+        assert word in failures[0]
+    assert not (home / "runs.log").exists(), "run: started after a failed sync"
+    assert not list(home.glob(".konduktor-stage.*")), "a staging directory was left behind"
+
+
+# -- file:// -----------------------------------------------------------------------------------
+
+
+def test_file_store_with_zstd(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, "zstd")))
+
+
+def test_coreutils_and_tar_only_names_what_is_missing(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path))
+    assert_sync_failed(result, home, "no zstd", "python3", "apt-get install zstd")
+    assert not (home / "konduktor_workdir").exists()
+
+
+def test_a_restarted_container_applies_nothing_twice(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    path = toolbox(tmp_path, "zstd")
+    assert run_script(plan, home, path).returncode == 0
+    (home / "konduktor_workdir" / "written-by-run.txt").write_text("kept\n")
+    again = run_script(plan, home, path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already in place") == 2  # the workdir and ~/data
+    assert (home / "konduktor_workdir" / "written-by-run.txt").read_text() == "kept\n"
+    assert (home / "runs.log").read_text().count("run started") == 2
+
+
+def test_a_corrupted_object_is_refused_by_name(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    layer = plan.trees[0].layers[0]
+    stored = tmp_path / "store" / layer.key
+    stored.chmod(0o644)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "zstd"))
+    assert_sync_failed(result, home, "corrupt", layer.key, layer.sha256)
+    assert not (home / "konduktor_workdir").exists()
+
+
+def test_the_task_exit_code_is_the_scripts(project: Path, tmp_path: Path) -> None:
+    plan = replace(make_plan(project, f"file://{tmp_path}/store"), run="exit 7\n")
+    result = run_script(plan, tmp_path / "home", toolbox(tmp_path, "zstd"))
+    assert result.returncode == 7
+
+
+def test_run_uses_bash_when_the_image_has_it(project: Path, tmp_path: Path) -> None:
+    plan = replace(make_plan(project, f"file://{tmp_path}/store"), run='echo "[${BASH_VERSION:-}]"')
+    with_bash = run_script(plan, tmp_path / "home", toolbox(tmp_path, "zstd", "bash"))
+    without = run_script(plan, tmp_path / "home2", toolbox(tmp_path, "zstd"))
+    assert with_bash.stdout.strip() not in ("", "[]")
+    assert without.stdout.strip() == "[]"
+
+
+def test_provenance_is_exported(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    plan = replace(plan, run='echo "$KONDUKTOR_GIT_COMMIT $KONDUKTOR_GIT_DIRTY $KONDUKTOR_SNAPSHOT"')
+    result = run_script(plan, tmp_path / "home", toolbox(tmp_path, "zstd"))
+    commit = git(project, "rev-parse", "HEAD").decode().strip()
+    assert result.stdout.split() == [commit, "true", plan.trees[0].id]
+
+
+# -- hostile layers ------------------------------------------------------------------------------
+
+
+def _layer(store: Path, name: str, members: list[tuple[str, bytes | None, str | None]]) -> Layer:
+    """A layer of (name, content, symlink target) members, written into a file:// store."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member, content, target in members:
+            info = tarfile.TarInfo(member)
+            if target is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tar.addfile(info)
+            else:
+                info.size = len(content or b"")
+                tar.addfile(info, io.BytesIO(content or b""))
+    path = store / "v1" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    return Layer(f"v1/{name}", "full", sha256_file(path), path.stat().st_size)
+
+
+@pytest.mark.parametrize(
+    ("layers", "words"),
+    [
+        ([[("../escaped", b"x", None)]], ["../escaped", "leave the destination"]),
+        ([[("/abs/escaped", b"x", None)]], ["/abs/escaped", "leave the destination"]),
+        (
+            [[("d", None, "{outside}")], [("d/escaped", b"x", None)]],
+            ["d is a symlink", "write through"],
+        ),
+    ],
+    ids=["dotdot", "absolute", "through-symlink"],
+)
+def test_hostile_layers_write_nothing_outside(
+    tmp_path: Path, layers: list[list[tuple[str, bytes | None, str | None]]], words: list[str]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = tmp_path / "store"
+    refs = tuple(
+        _layer(
+            store,
+            f"objects/{i}.tar.zst",
+            [(m, c, t.format(outside=outside) if t else None) for m, c, t in members],
+        )
+        for i, members in enumerate(layers)
+    )
+    plan = LaunchPlan(
+        job="hostile",
+        store=f"file://{store}",
+        run="echo ran",
+        trees=(Tree("~/konduktor_workdir", "/src", None, False, refs),),
+    )
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "zstd"))
+    assert_sync_failed(result, home, *words)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escaped").exists()
+    assert not (home / "konduktor_workdir").exists()
+
+
+def test_the_rendered_script_is_clean_under_shellcheck(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    script = tmp_path / "startup.sh"
+    script.write_text(pod.render(plan))
+    result = subprocess.run(
+        [_which("shellcheck"), "--shell=dash", "--severity=info", str(script)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_render_is_pure(project: Path, tmp_path: Path) -> None:
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    assert pod.render(plan) == pod.render(LaunchPlan.from_json(plan.to_json()))
+
+
+# -- S3: presigned URLs and the aws CLI ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [("curl", "zstd"), ("python3",), ("wget", "zstd")],
+    ids=["curl-zstd", "python3-zstandard", "wget-zstd"],
+)
+def test_s3_presigned(project: Path, tmp_path: Path, s3_store_factory, tools: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    url, options = s3_store_factory()
+    plan = make_plan(project, url, options)
+    assert all(la.https and la.https.startswith("http") for t in plan.trees for la in t.layers)
+    home = tmp_path / "home"
+    assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, *tools)))
+
+
+def test_s3_coreutils_and_tar_only_names_the_fetchers(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+    url, options = s3_store_factory()
+    plan = make_plan(project, url, options)
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path))
+    assert_sync_failed(result, home, "curl", "wget", "python3", "aws")
+
+
+def test_s3_with_the_aws_cli_and_mounted_credentials(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+    url, options = s3_store_factory()
+    plan = unsigned(make_plan(project, url, options))
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "aws-credentials").write_text(
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    (secret / "aws-config").write_text("[default]\nregion = us-east-1\n")
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "aws", "zstd"), credentials=secret)
+    assert_placed(project, home, result)
+    for name in ("credentials", "config"):
+        assert stat.S_IMODE((home / ".aws" / name).stat().st_mode) == 0o600
+    assert "testing" not in result.stderr + result.stdout
+
+
+def test_s3_unsigned_without_credentials_fails_clearly(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+    url, options = s3_store_factory()
+    plan = unsigned(make_plan(project, url, options))
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "curl", "zstd"))
+    assert_sync_failed(result, home, "cannot fetch", url)
+
+
+# -- GCS ----------------------------------------------------------------------------------------
+
+
+def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_factory) -> None:  # type: ignore[no-untyped-def]
+    url, options = gcs_store_factory()
+    plan = make_plan(project, url, options)
+    assert plan.endpoint_url == options.endpoint_url
+    home = tmp_path / "home"
+    assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, "python3")))
