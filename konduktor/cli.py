@@ -273,9 +273,18 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
 @cli.command()
 @click.argument("cloud", type=click.Choice(["s3", "gs", "file"]))
 @click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
-def check(cloud: str, store_url: str | None) -> None:
-    """Check that the CLOUD store works: identity, bucket, write/read/delete."""
+@click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use.")
+@click.option("--context", "kube_context", help="Kubeconfig context (default: the current one).")
+def check(
+    cloud: str, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
+) -> None:
+    """Check that the CLOUD store works: identity, bucket, write/read/delete.
+
+    When a Kubernetes context exists, also write your s3/gs credentials into the
+    Secret konduktor-credentials-<user>-<cloud> that launched pods mount.
+    """
     from konduktor import config, remote
+    from konduktor.k8s import submit
     from konduktor.storage import open_store
 
     cfg = config.load()
@@ -287,6 +296,10 @@ def check(cloud: str, store_url: str | None) -> None:
         click.echo(f"  {'ok  ' if result.ok else 'FAIL'}  {result.step}: {result.detail}")
     if not all(r.ok for r in results):
         raise _Failed(f"the {cloud} store {target.url} does not work; fix what failed above")
+    if cloud != "file" and submit.current_context(kubeconfig, kube_context) is not None:
+        from konduktor.k8s import secrets
+
+        click.echo(secrets.write(submit.connect(kubeconfig, kube_context), cloud))
 
 
 class _Failed(KonduktorError):
@@ -358,7 +371,8 @@ def launch(
     The pod's startup script fetches, verifies and places the files, then
     runs `run:` in ~/konduktor_workdir.
     """
-    from konduktor import config, launch as launching
+    from konduktor import config
+    from konduktor import launch as launching
     from konduktor import task as tasks
     from konduktor.k8s import jobset
 
@@ -423,9 +437,9 @@ def _dry_run(prepared: Any, store: Any, cfg: Any, output: str | None) -> int:
         if output == "json":
             click.echo(json.dumps(manifest, indent=2))
         else:
-            import yaml
+            from konduktor.k8s import jobset
 
-            click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+            click.echo(jobset.to_yaml(manifest), nl=False)
     layers = [la for tree in plan.trees for la in tree.layers]
     for layer in layers:
         state = "to upload" if layer.key in missing else "in store "
@@ -564,6 +578,116 @@ def _expected_sha256(layer: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise click.UsageError(f"cannot read the manifest {manifest}: {exc}") from exc
     return str(digest)
+
+
+@cli.group()
+def hooks() -> None:
+    """Snapshot pushed commits from git's pre-push hook, so that launches upload nothing.
+
+    Settings: the hooks: section of ~/.konduktor/config.yaml (strict, timeout,
+    background, sync_roots).
+    """
+
+
+@hooks.command("install")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rewrite konduktor's hook; chain a foreign hook even if an older one is kept.",
+)
+def hooks_install(force: bool) -> None:
+    """Install konduktor's pre-push hook in the repository around the current directory.
+
+    A pre-push hook already there keeps running first (renamed
+    pre-push.before-konduktor) and its exit status still decides the push.
+    """
+    from konduktor import hooks as githooks
+
+    done = githooks.install(Path.cwd(), force=force)
+    if not done.changed:
+        click.echo(f"already installed: {done.hook} (--force rewrites it)")
+        return
+    click.echo(f"installed {done.hook}; it runs konduktor with {sys.executable}")
+    if done.chained:
+        click.echo(f"the hook that was there runs first: {done.chained}")
+
+
+@hooks.command("uninstall")
+def hooks_uninstall() -> None:
+    """Remove konduktor's pre-push hook and put back the hook it replaced."""
+    from konduktor import hooks as githooks
+
+    done = githooks.uninstall(Path.cwd())
+    if not done.removed:
+        click.echo(f"no konduktor hook at {done.hook}; nothing to do")
+    elif done.restored:
+        click.echo(f"removed {done.hook} and restored the hook it had replaced")
+    else:
+        click.echo(f"removed {done.hook}")
+
+
+@hooks.command("status")
+def hooks_status() -> None:
+    """Say whether the hook is installed, what it runs, and its settings."""
+    from konduktor import config
+    from konduktor import hooks as githooks
+
+    state = githooks.status(Path.cwd())
+    if state.installed:
+        found = "" if state.python_found else " (gone: konduktor on PATH runs instead)"
+        click.echo(f"installed: {state.hook}, runs konduktor with {state.python}{found}")
+    else:
+        what = "is another tool's hook" if state.foreign else "does not exist"
+        click.echo(f"not installed: {state.hook} {what}; run konduktor hooks install")
+    if state.chained:
+        click.echo(f"runs first: {state.chained}")
+    cfg = config.load()
+    settings = cfg.hooks
+    click.echo(f"store: {cfg.store_url()[0]}")
+    click.echo(f"sync roots: {' '.join(dict.fromkeys(('.', *settings.sync_roots)))}")
+    click.echo(
+        f"strict: {str(settings.strict).lower()}, timeout: {settings.timeout:g} s, "
+        f"background: {str(settings.background).lower()}"
+    )
+
+
+@hooks.command("run")
+@click.argument("remote", required=False)
+@click.argument("url", required=False)
+@click.option("--foreground", is_flag=True, hidden=True)
+def hooks_run(remote: str | None, url: str | None, foreground: bool) -> None:
+    """What the pre-push hook runs (git passes REMOTE and URL, and the refs on stdin).
+
+    Uploads the base layer of each pushed commit that the store lacks. A
+    failure prints one warning and the push goes on, unless hooks.strict is true.
+    """
+    from konduktor import hooks as githooks
+
+    result = githooks.run(Path.cwd(), sys.stdin, foreground=foreground)
+    sent = [layer for layer in result.layers if layer.uploaded_bytes]
+    if result.layers:
+        click.echo(
+            f"konduktor: {len(result.layers)} base layer(s) of pushed commits in the store, "
+            f"{len(sent)} uploaded ({_size(sum(layer.uploaded_bytes for layer in sent))})",
+            err=True,
+        )
+    if result.log:
+        click.echo(f"konduktor: snapshotting in the background, log in {result.log}", err=True)
+    if result.failure is None:
+        return
+    if not result.strict:
+        click.echo(f"warning: konduktor pre-push: {result.failure}; the push goes on", err=True)
+    message = (
+        f"konduktor pre-push: {result.failure}; the push is blocked (hooks.strict: true): "
+        "fix it, or push with --no-verify"
+    )
+    if result.timed_out:
+        if result.strict:
+            click.echo(f"error: {message}", err=True)
+        sys.stderr.flush()
+        os._exit(1 if result.strict else 0)  # the work may be stuck in the store: no waiting
+    if result.strict:
+        raise _Failed(message)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -11,6 +11,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── ExtractError      a layer is corrupt, tampered with or hostile
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
+    ├── ClusterError      the Kubernetes API is unreachable or refused a request
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
         ├── PermissionDeniedError  the credentials may not do this
@@ -67,3 +68,7 @@ class ConflictError(StorageError):
 
 class TransientError(StorageError):
     """The store could not be reached, or kept failing, after retries."""
+
+
+class ClusterError(KonduktorError):
+    """The Kubernetes API could not be reached, or refused a request."""

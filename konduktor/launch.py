@@ -22,8 +22,8 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from konduktor import __version__, pod, remote, snapshot
 from konduktor.cache import konduktor_home
@@ -145,7 +145,8 @@ def sync(
         if source.snapshot is not None:
             result = remote.upload_plan(source.snapshot, store, progress=progress)
             layers = tuple(
-                Layer(remote.VERSION_PREFIX + o.key, o.kind, o.sha256, o.size) for o in result.objects
+                Layer(remote.VERSION_PREFIX + o.key, o.kind, o.sha256, o.size)
+                for o in result.objects
             )
             p = source.snapshot
             trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, layers))
@@ -191,7 +192,9 @@ def _put_file(
     put = False
     if store.stat(key) is None:
         bar = progress(key, size) if progress else None
-        put = store.put(key, source.path, sha256=digest, metadata={"kind": "file"}, progress=bar).uploaded
+        put = store.put(
+            key, source.path, sha256=digest, metadata={"kind": "file"}, progress=bar
+        ).uploaded
     store.mark(remote.USED_PREFIX + key[len(remote.VERSION_PREFIX) :])
     return File(source.target, str(source.path), key, digest, size, mode), put
 
@@ -201,7 +204,9 @@ def _presigned(plan: LaunchPlan, store: Store, seconds: int) -> LaunchPlan:
     if store.url.startswith("file://"):
         return plan
     trees = tuple(
-        replace(t, layers=tuple(replace(la, https=store.signed_url(la.key, seconds)) for la in t.layers))
+        replace(
+            t, layers=tuple(replace(la, https=store.signed_url(la.key, seconds)) for la in t.layers)
+        )
         for t in plan.trees
     )
     files = tuple(replace(f, https=store.signed_url(f.key, seconds)) for f in plan.files)
@@ -247,13 +252,13 @@ def dry_plan(prepared: Prepared, store: Store, cfg: Config) -> tuple[LaunchPlan,
 
 def manifest(task: Task, plan: LaunchPlan) -> dict[str, Any]:
     """The JobSet that runs *plan*'s startup script."""
-    from konduktor.k8s import jobset
+    from konduktor.k8s import jobset, secrets
 
     return jobset.render(
         task,
         name=plan.job,
         command=pod.render(plan),
-        secret_name=jobset.secret_name(),
+        secret_names=[secrets.secret_name(cloud) for cloud in secrets.CLOUDS],
         provenance=plan.provenance(),
     )
 
@@ -314,6 +319,7 @@ def _local_env(home: Path, task: Task) -> dict[str, str]:
     env.update(
         HOME=str(home),
         KONDUKTOR_CREDENTIALS_DIR=str(home / ".konduktor-no-secret"),
+        KONDUKTOR_PYTHON=sys.executable,  # has zstandard, whatever python3 on PATH lacks
         NUM_NODES="1",
         RANK="0",
         MASTER_ADDR="127.0.0.1",

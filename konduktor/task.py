@@ -23,7 +23,12 @@ from konduktor.errors import TaskError
 
 WORKDIR_TARGET = "~/konduktor_workdir"
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,56}[a-z0-9])?$"  # job name = <name>-<4 hex>, at most 63
-_NUMBER = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}]}
+_NUMBER = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": r"^(0*[1-9][0-9]*(\.[0-9]+)?|0*\.[0-9]*[1-9][0-9]*)$"},
+    ]
+}
 _SCALAR = {"type": ["string", "number", "boolean"]}
 
 TASK_SCHEMA: dict[str, Any] = {

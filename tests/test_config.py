@@ -84,6 +84,16 @@ def test_allowed_cloud_without_bucket_uses_a_stable_per_user_bucket(tmp_path: Pa
         ("sync:\n  store:\n    retry_mode: legacy\n", "standard or adaptive"),
         ("- just\n- a list\n", "mapping"),
         ("sync: [1\n", "cannot read"),
+        ("hook:\n  strict: true\n", "did you mean 'hooks'"),
+        ("hooks:\n  stirct: true\n", "did you mean hooks.strict?"),
+        ("hooks:\n  strict: always\n", "hooks.strict must be true or false"),
+        ("hooks:\n  timeout: 0\n", "hooks.timeout must be a number of seconds above 0"),
+        ("hooks:\n  timeout: true\n", "hooks.timeout must be an integer or a number"),
+        ("hooks:\n  strict: true\n  background: true\n", "exclude each other"),
+        ("hooks:\n  sync_roots: train\n", "hooks.sync_roots must be a list"),
+        ("hooks:\n  sync_roots: [/abs]\n", "relative to the repository root"),
+        ("hooks:\n  sync_roots: [train/../..]\n", "relative to the repository root"),
+        ("hooks:\n  sync_roots: [3]\n", "relative to the repository root"),
     ],
 )
 def test_invalid_config_names_file_key_and_fix(tmp_path: Path, text: str, message: str) -> None:
@@ -100,3 +110,18 @@ def test_store_for_a_cloud_prefers_the_matching_bucket(tmp_path: Path, home: Pat
     assert url.startswith("gs://konduktor-filemounts-")
     assert options.create_bucket
     assert cfg.store_url("file")[0] == f"file://{home / 'store'}"
+
+
+def test_hooks_section(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, "sync: {}\n")).hooks == config.HookSettings()
+    cfg = config.load(
+        write(
+            tmp_path,
+            "hooks:\n  strict: true\n  timeout: 2.5\n"
+            "  sync_roots: [train/, ./train, tools//sub, .]\n",
+        )
+    )
+    assert cfg.hooks == config.HookSettings(
+        strict=True, timeout=2.5, background=False, sync_roots=("train", "tools/sub", ".")
+    )
+    assert config.load(write(tmp_path, "hooks:\n  background: true\n")).hooks.background

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
+from konduktor import launch
 from konduktor.k8s import jobset
+from konduktor.plan import Bucket, File, LaunchPlan, Layer, Tree
 from konduktor.task import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KONDUKTOR_SHARED") or ROOT.parent / "shared")
 CRD = SHARED / "k8s" / "jobset.x-k8s.io_jobsets.yaml"
 GOLDEN = ROOT / "fixtures" / "jobset" / "quickstart.yaml"
+LAUNCH_GOLDEN = ROOT / "fixtures" / "jobset" / "launch.yaml"
+K8S_VERSION = "1.30"  # kubernetes-validate's schemas for this Kubernetes release
 PROVENANCE = {"git-commit": "0123456789abcdef0123456789abcdef01234567", "git-dirty": "true"}
 
 
@@ -65,7 +70,7 @@ def render(task_file: Path) -> dict[str, Any]:
         load(task_file),
         name="train-1a2b",
         command="echo start",
-        secret_name="konduktor-creds",
+        secret_names=["konduktor-creds-s3", "konduktor-creds-gs"],
         provenance=PROVENANCE,
     )
 
@@ -113,7 +118,7 @@ def test_default_max_run_duration(tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text("run: echo\n")
     manifest = jobset.render(
-        load(path), name="t-0000", command="true", secret_name="s", provenance={}
+        load(path), name="t-0000", command="true", secret_names=["s"], provenance={}
     )
     assert manifest["metadata"]["annotations"]["kueue.x-k8s.io/maxRunDurationSeconds"] == "604800"
 
@@ -131,3 +136,72 @@ def test_golden(task_file: Path) -> None:
     if os.environ.get("KONDUKTOR_UPDATE_GOLDEN"):
         GOLDEN.write_text(rendered)
     assert rendered == GOLDEN.read_text()
+
+
+def job_and_pod(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The replicated job's Job and its pod template, as objects Kubernetes validates."""
+    job_spec = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]
+    meta = {"name": manifest["metadata"]["name"]}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": job_spec["template"]["spec"],
+    }
+    return job, pod
+
+
+def test_the_job_and_pod_template_pass_kubernetes_validate(task_file: Path) -> None:
+    for obj in job_and_pod(render(task_file)):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_validate_rejects_an_unknown_container_field(task_file: Path) -> None:
+    _, pod = job_and_pod(copy.deepcopy(render(task_file)))
+    pod["spec"]["containers"][0]["volumeMount"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def launch_plan() -> LaunchPlan:
+    """A fixed plan: a dirty workdir of two layers, a file and a bucket mount."""
+    base = "v1/bases/0123456789abcdef/" + "c" * 40 + "/fedcba9876543210.tar.zst"
+    overlay = "v1/objects/ab/" + "ab" * 32 + ".tar.zst"
+    workdir = Tree(
+        "~/konduktor_workdir",
+        "/src/project",
+        "c" * 40,
+        True,
+        (
+            Layer(base, "base", "1" * 64, 1000, "https://s3.example/base?X-Amz-Signature=1"),
+            Layer(
+                overlay, "overlay", "2" * 64, 100, "https://s3.example/overlay?X-Amz-Signature=2"
+            ),
+        ),
+    )
+    key = File("~/.ssh/id_ed25519", "/src/key", "v1/objects/33/" + "3" * 64, "3" * 64, 80, 0o600)
+    return LaunchPlan(
+        job="train-1a2b",
+        store="s3://team-bucket/code",
+        run="python train.py --lr $LR\n",
+        trees=(workdir,),
+        files=(key,),
+        buckets=(Bucket("/data/ref", "s3://datasets/ref"),),
+        region="eu-west-1",
+        tool="0.1.0",
+    )
+
+
+def test_launch_manifest_golden(task_file: Path, validator: Any) -> None:
+    """The whole JobSet a launch submits, startup script included. To change it on purpose:
+    KONDUKTOR_UPDATE_GOLDEN=1 pytest, then review the diff."""
+    manifest = launch.manifest(load(task_file), launch_plan())
+    assert sorted(validator.iter_errors(manifest), key=str) == []
+    for obj in job_and_pod(manifest):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    rendered = jobset.to_yaml(manifest)
+    assert yaml.safe_load(rendered) == manifest
+    if os.environ.get("KONDUKTOR_UPDATE_GOLDEN"):
+        LAUNCH_GOLDEN.write_text(rendered)
+    assert rendered == LAUNCH_GOLDEN.read_text()

@@ -17,6 +17,7 @@ import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -229,7 +230,9 @@ def test_run_uses_bash_when_the_image_has_it(project: Path, tmp_path: Path) -> N
 
 def test_provenance_is_exported(project: Path, tmp_path: Path) -> None:
     plan = make_plan(project, f"file://{tmp_path}/store")
-    plan = replace(plan, run='echo "$KONDUKTOR_GIT_COMMIT $KONDUKTOR_GIT_DIRTY $KONDUKTOR_SNAPSHOT"')
+    plan = replace(
+        plan, run='echo "$KONDUKTOR_GIT_COMMIT $KONDUKTOR_GIT_DIRTY $KONDUKTOR_SNAPSHOT"'
+    )
     result = run_script(plan, tmp_path / "home", toolbox(tmp_path, "zstd"))
     commit = git(project, "rev-parse", "HEAD").decode().strip()
     assert result.stdout.split() == [commit, "true", plan.trees[0].id]
@@ -321,7 +324,9 @@ def test_render_is_pure(project: Path, tmp_path: Path) -> None:
     [("curl", "zstd"), ("python3",), ("wget", "zstd")],
     ids=["curl-zstd", "python3-zstandard", "wget-zstd"],
 )
-def test_s3_presigned(project: Path, tmp_path: Path, s3_store_factory, tools: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+def test_s3_presigned(
+    project: Path, tmp_path: Path, s3_store_factory: Any, tools: tuple[str, ...]
+) -> None:
     url, options = s3_store_factory()
     plan = make_plan(project, url, options)
     assert all(la.https and la.https.startswith("http") for t in plan.trees for la in t.layers)
@@ -329,7 +334,9 @@ def test_s3_presigned(project: Path, tmp_path: Path, s3_store_factory, tools: tu
     assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, *tools)))
 
 
-def test_s3_coreutils_and_tar_only_names_the_fetchers(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+def test_s3_coreutils_and_tar_only_names_the_fetchers(
+    project: Path, tmp_path: Path, s3_store_factory: Any
+) -> None:
     url, options = s3_store_factory()
     plan = make_plan(project, url, options)
     home = tmp_path / "home"
@@ -337,7 +344,9 @@ def test_s3_coreutils_and_tar_only_names_the_fetchers(project: Path, tmp_path: P
     assert_sync_failed(result, home, "curl", "wget", "python3", "aws")
 
 
-def test_s3_with_the_aws_cli_and_mounted_credentials(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+def test_s3_with_the_aws_cli_and_mounted_credentials(
+    project: Path, tmp_path: Path, s3_store_factory: Any
+) -> None:
     url, options = s3_store_factory()
     plan = unsigned(make_plan(project, url, options))
     secret = tmp_path / "secret"
@@ -354,7 +363,9 @@ def test_s3_with_the_aws_cli_and_mounted_credentials(project: Path, tmp_path: Pa
     assert "testing" not in result.stderr + result.stdout
 
 
-def test_s3_unsigned_without_credentials_fails_clearly(project: Path, tmp_path: Path, s3_store_factory) -> None:  # type: ignore[no-untyped-def]
+def test_s3_unsigned_without_credentials_fails_clearly(
+    project: Path, tmp_path: Path, s3_store_factory: Any
+) -> None:
     url, options = s3_store_factory()
     plan = unsigned(make_plan(project, url, options))
     home = tmp_path / "home"
@@ -365,7 +376,7 @@ def test_s3_unsigned_without_credentials_fails_clearly(project: Path, tmp_path: 
 # -- GCS ----------------------------------------------------------------------------------------
 
 
-def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_factory) -> None:  # type: ignore[no-untyped-def]
+def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_factory: Any) -> None:
     url, options = gcs_store_factory()
     plan = make_plan(project, url, options)
     assert plan.endpoint_url == options.endpoint_url

@@ -10,7 +10,7 @@ annotations and env vars.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from konduktor import __version__
@@ -25,11 +25,19 @@ DEFAULT_MAX_RUN_SECONDS = 604800
 _COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
-def secret_name() -> str:
-    """The per-user Secret holding cloud credentials (written by `konduktor check s3|gs`)."""
-    from konduktor.config import user
+def to_yaml(manifest: dict[str, Any]) -> str:
+    """*manifest* as YAML, multi-line strings (the startup script) as literal blocks."""
+    import yaml
 
-    return f"konduktor-credentials-{user()}"
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(manifest, Dumper=Dumper, sort_keys=False)
 
 
 def job_name(task: Task) -> str:
@@ -42,10 +50,11 @@ def render(
     *,
     name: str,
     command: str,
-    secret_name: str,
+    secret_names: Sequence[str],
     provenance: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``."""
+    """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``;
+    the Secrets *secret_names* (each optional) are mounted read-only together."""
     labels = dict(task.resources.labels)
     max_run = labels.pop("maxRunDurationSeconds", str(DEFAULT_MAX_RUN_SECONDS))
     annotations = {MAX_RUN_ANNOTATION: max_run, "konduktor.dev/version": __version__}
@@ -60,7 +69,7 @@ def render(
                 {
                     "name": "workers",
                     "replicas": 1,
-                    "template": _job(task, name, command, secret_name, provenance),
+                    "template": _job(task, name, command, secret_names, provenance),
                 }
             ],
         },
@@ -68,7 +77,11 @@ def render(
 
 
 def _job(
-    task: Task, name: str, command: str, secret_name: str, provenance: Mapping[str, str]
+    task: Task,
+    name: str,
+    command: str,
+    secret_names: Sequence[str],
+    provenance: Mapping[str, str],
 ) -> dict[str, Any]:
     return {
         "spec": {
@@ -84,7 +97,11 @@ def _job(
                     "volumes": [
                         {
                             "name": CREDENTIALS_VOLUME,
-                            "secret": {"secretName": secret_name, "optional": True},
+                            "projected": {
+                                "sources": [
+                                    {"secret": {"name": n, "optional": True}} for n in secret_names
+                                ]
+                            },
                         }
                     ],
                 },

@@ -36,9 +36,7 @@ def render(plan: LaunchPlan) -> str:
         lines.append("k_place")
     for f in plan.files:
         url = _url(plan, f.key)
-        lines.append(
-            f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}"
-        )
+        lines.append(f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}")
     for b in plan.buckets:
         lines.append(f"k_bucket {_path(b.target)} {q(b.url)} {_mark(b.url, b.target)}")
     provenance = plan.provenance()
@@ -49,7 +47,7 @@ def render(plan: LaunchPlan) -> str:
     )
     end = "KONDUKTOR_RUN_" + hashlib.sha256(plan.run.encode()).hexdigest()[:12]
     run = plan.run if plan.run.endswith("\n") else plan.run + "\n"
-    lines.append(f"cat >\"$K_STATE/run.sh\" <<'{end}' || k_fail \"cannot write $K_STATE/run.sh\"")
+    lines.append(f'cat >"$K_STATE/run.sh" <<\'{end}\' || k_fail "cannot write $K_STATE/run.sh"')
     lines.append(run + end)
     lines.append('k_run "$K_STATE/run.sh"')
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ set -u
 K_EXIT=97  # sync failed: nothing of run: has started
 K_CRED=${KONDUKTOR_CREDENTIALS_DIR:-/run/konduktor/credentials}
 K_STATE="$HOME/.konduktor/pod"
+K_PY=${KONDUKTOR_PYTHON:-python3}  # the local target names its own Python
 K_TMP=""
 K_STAGE=""
 
@@ -51,8 +52,8 @@ k_sha256() {
   if k_have sha256sum; then K_SUM=$(sha256sum <"$1") || return 1
   elif k_have shasum; then K_SUM=$(shasum -a 256 <"$1") || return 1
   elif k_have openssl; then K_SUM=$(openssl dgst -sha256 -r <"$1") || return 1
-  elif k_have python3; then
-    K_SUM=$(python3 -c 'import hashlib,sys
+  elif k_have "$K_PY"; then
+    K_SUM=$("$K_PY" -c 'import hashlib,sys
 h = hashlib.sha256()
 for chunk in iter(lambda: sys.stdin.buffer.read(1 << 20), b""): h.update(chunk)
 print(h.hexdigest())' <"$1") || return 1
@@ -75,8 +76,8 @@ k_fetch() {
     if k_have wget; then
       wget -q -t 3 -O "$3" "$2" && return 0; K_TRIED="$K_TRIED wget"
     fi
-    if k_have python3; then
-      python3 -c 'import shutil,sys,urllib.request as u; shutil.copyfileobj(u.urlopen(sys.argv[1], timeout=60), open(sys.argv[2], "wb"), 1 << 20)' "$2" "$3" \
+    if k_have "$K_PY"; then
+      "$K_PY" -c 'import shutil,sys,urllib.request as u; shutil.copyfileobj(u.urlopen(sys.argv[1], timeout=60), open(sys.argv[2], "wb"), 1 << 20)' "$2" "$3" \
         && return 0; K_TRIED="$K_TRIED python3-urllib"
     fi
   fi
@@ -92,8 +93,8 @@ k_fetch_s3() {
     aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} ${K_REGION:+--region "$K_REGION"} \
       s3 cp --only-show-errors "$1" "$2" && return 0; K_TRIED="$K_TRIED aws"
   fi
-  if k_have python3 && python3 -c 'import boto3' 2>/dev/null; then
-    python3 - "$1" "$2" <<'KONDUKTOR_PY' && return 0
+  if k_have "$K_PY" && "$K_PY" -c 'import boto3' 2>/dev/null; then
+    "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY' && return 0
 import os, sys, boto3
 bucket, _, key = sys.argv[1][len("s3://"):].partition("/")
 s3 = boto3.client("s3", endpoint_url=os.environ.get("K_ENDPOINT") or None,
@@ -109,8 +110,8 @@ k_fetch_gs() {
   if k_have gcloud; then
     gcloud storage cp --quiet "$1" "$2" && return 0; K_TRIED="$K_TRIED gcloud"
   fi
-  if k_have python3 && python3 -c 'import google.cloud.storage' 2>/dev/null; then
-    python3 - "$1" "$2" <<'KONDUKTOR_PY' && return 0
+  if k_have "$K_PY" && "$K_PY" -c 'import google.cloud.storage' 2>/dev/null; then
+    "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY' && return 0
 import os, sys
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -143,7 +144,7 @@ k_get() {
 # Decompress a zstd file: zstd; python3 with zstandard or compression.zstd; as root, install zstd.
 k_unzstd() {
   if k_have zstd; then zstd -q -d -c "$1" >"$2" && return 0; fi
-  if k_have python3 && python3 - "$1" "$2" <<'KONDUKTOR_PY'; then return 0; fi
+  if k_have "$K_PY" && "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY'; then return 0; fi
 import shutil, sys
 try:
     import zstandard

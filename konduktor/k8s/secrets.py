@@ -1,0 +1,80 @@
+"""Cloud credentials for pods: one Secret per user and cloud, written by `konduktor check`.
+
+The pod mounts both of its user's Secrets (each optional) read-only at
+``/run/konduktor/credentials``; the startup script copies the files it finds into
+``~/.aws`` or ``~/.config/gcloud`` with mode 0600. File names inside the Secret:
+``aws-credentials``, ``aws-config`` and ``gcs-credentials.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from konduktor.config import user
+from konduktor.errors import ConfigError
+
+CLOUDS = ("s3", "gs")
+
+
+def secret_name(cloud: str) -> str:
+    return f"konduktor-credentials-{user()}-{cloud}"
+
+
+def credentials(cloud: str) -> dict[str, bytes]:
+    """The files the pod needs for *cloud*, read from this machine's own setup."""
+    found = _aws() if cloud == "s3" else _gcs()
+    if not found:
+        where = (
+            "~/.aws/credentials (aws configure) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            if cloud == "s3"
+            else "GOOGLE_APPLICATION_CREDENTIALS or ~/.config/gcloud/"
+            "application_default_credentials.json (gcloud auth application-default login)"
+        )
+        raise ConfigError(f"no {cloud} credentials to give pods: set up {where}")
+    return found
+
+
+def _aws() -> dict[str, bytes]:
+    home = Path.home()
+    files = {
+        "aws-credentials": os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
+        or home / ".aws" / "credentials",
+        "aws-config": os.environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config",
+    }
+    found = {name: Path(path).read_bytes() for name, path in files.items() if Path(path).is_file()}
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:  # the environment wins, as it does for the SDK
+        lines = ["[default]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            lines.append(f"aws_session_token = {os.environ['AWS_SESSION_TOKEN']}")
+        found["aws-credentials"] = ("\n".join(lines) + "\n").encode()
+    return found
+
+
+def _gcs() -> dict[str, bytes]:
+    path = Path(
+        os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        or Path.home() / ".config" / "gcloud" / "application_default_credentials.json"
+    )
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a JSON credentials file: {exc}") from exc
+    return {"gcs-credentials.json": data}
+
+
+def write(cluster: Any, cloud: str) -> str:
+    """Create or replace *cloud*'s Secret on *cluster*; return what was done."""
+    from konduktor.k8s import submit
+
+    name = secret_name(cloud)
+    done = submit.apply_secret(
+        cluster, name, credentials(cloud), labels={"app.kubernetes.io/managed-by": "konduktor"}
+    )
+    return f"{done} Secret {name} in namespace {cluster.namespace} (context {cluster.context})"

@@ -1,0 +1,350 @@
+"""`konduktor launch`: end to end with --local and against a local Kubernetes API server,
+fast-fail order, and bad input (one clear line, exit 1, nothing uploaded or submitted)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gitrepo_helpers import commit_all, git
+from kube_server import KubeAPI
+from test_cli import run
+from test_pod import toolbox
+
+from konduktor import pod
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart"
+
+
+@pytest.fixture
+def khome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "khome"
+    monkeypatch.setenv("KONDUKTOR_HOME", str(home))
+    monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    return home
+
+
+@pytest.fixture
+def quickstart(tmp_path: Path) -> Path:
+    """The README's example, as its own repository."""
+    repo = tmp_path / "quickstart"
+    shutil.copytree(QUICKSTART, repo)
+    git(repo, "init", "-q")
+    commit_all(repo)
+    return repo
+
+
+def launch_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The real command in a subprocess: the local target's output goes to its stdout."""
+    cmd = [sys.executable, "-m", "konduktor", "launch", *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def stored(khome: Path) -> list[str]:
+    store = khome / "store"
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+
+
+def uploaded_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("upload:"))
+
+
+# -- the local target --------------------------------------------------------------------------
+
+
+def test_quickstart_launches_locally_and_relaunches_without_uploading(
+    quickstart: Path, khome: Path
+) -> None:
+    first = launch_cli("--local", quickstart / "task.yaml")
+    assert first.returncode == 0, first.stderr
+    job = first.stderr.split("job ", 1)[1].split(":", 1)[0]
+    home = khome / "local" / job
+    assert (home / "test_dir" / "hello.txt").exists()
+    assert (home / "static_path.txt").read_text() == (quickstart / "static_path.txt").read_text()
+    assert "train.py" in first.stdout  # ls -lah in the workdir
+    assert "static_path.txt" in first.stdout
+    assert "test_dir" in first.stdout
+    assert "checkpoints" not in first.stdout  # .konduktorignore
+    assert "nothing to send" not in uploaded_line(first.stderr)
+
+    again = launch_cli("--local", "-y", quickstart / "task.yaml")
+    assert again.returncode == 0, again.stderr
+    assert uploaded_line(again.stderr).startswith("upload: nothing to send")
+
+    (quickstart / "train.py").write_text("print('edited')\n")
+    edited = launch_cli("--local", "-y", quickstart / "task.yaml")
+    assert edited.returncode == 0, edited.stderr
+    assert uploaded_line(edited.stderr).startswith("upload: 1 object(s)")  # the overlay
+
+
+def test_private_key_mount_keeps_its_mode(tmp_path: Path, khome: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text("PRIVATE\n")
+    key.chmod(0o600)
+    task = tmp_path / "task.yaml"
+    task.write_text(f"name: keyed\nfile_mounts:\n  ~/.ssh/id_ed25519: {key}\nrun: ls ~/.ssh\n")
+    result = launch_cli("--local", task)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "id_ed25519\n"
+    (placed,) = (khome / "local").glob("keyed-*/.ssh/id_ed25519")
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o600
+    assert "PRIVATE" not in result.stderr + result.stdout
+
+
+def test_the_exit_code_is_the_tasks(tmp_path: Path, khome: Path) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text("run: echo out; echo err >&2; exit 5\n")
+    result = launch_cli("--local", task)
+    assert result.returncode == 5
+    assert result.stdout == "out\n"
+    assert "err" in result.stderr
+
+
+def test_a_sync_failure_exits_with_the_scripts_code(tmp_path: Path, khome: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "f").write_text("x")
+    task = tmp_path / "task.yaml"
+    task.write_text("workdir: w\nrun: echo ran\n")
+    assert launch_cli("--local", task).returncode == 0
+    for layer in (khome / "store" / "v1" / "objects").rglob("*.tar.zst"):
+        layer.chmod(0o644)
+        layer.write_bytes(b"garbage")
+    (tmp_path / "w" / "f").write_text("x")  # same content: the same layer key
+    result = launch_cli("--local", task)
+    assert result.returncode == pod.SYNC_FAILED
+    assert "corrupt" in result.stderr
+    assert "ran" not in result.stdout
+
+
+def test_detach_runs_in_the_background(tmp_path: Path, khome: Path) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text("name: bg\nrun: echo background\n")
+    result = launch_cli("--local", "-d", task)
+    assert result.returncode == 0, result.stderr
+    (log,) = (khome / "local").glob("bg-*/run.log")
+    for _ in range(100):
+        if "background" in log.read_text():
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    assert "background" in log.read_text()
+
+
+# -- dry run and limits -----------------------------------------------------------------------
+
+
+def test_dry_run_uploads_and_submits_nothing(quickstart: Path, khome: Path) -> None:
+    code, out, err = run("launch", "--dry-run", "-o", "yaml", quickstart / "task.yaml")
+    assert code == 0, err
+    manifest = yaml.safe_load(out)
+    assert manifest["kind"] == "JobSet"
+    assert "to upload" in err
+    assert "nothing uploaded, nothing submitted" in err
+    assert stored(khome) == []
+
+
+def test_above_the_hard_limit_nothing_is_uploaded(quickstart: Path, khome: Path) -> None:
+    khome.mkdir()
+    (khome / "config.yaml").write_text("sync:\n  hard_limit_mb: 0.0001\n")
+    code, _, err = run("launch", "--local", quickstart / "task.yaml")
+    assert code == 1
+    assert "hard limit" in err
+    assert "sync.hard_limit_mb" in err
+    assert "largest" in err
+    assert stored(khome) == []
+
+
+def test_above_the_soft_limit_it_warns(quickstart: Path, khome: Path) -> None:
+    khome.mkdir()
+    (khome / "config.yaml").write_text("sync:\n  soft_limit_mb: 0.0001\n")
+    code, _, err = run("launch", "--dry-run", quickstart / "task.yaml")
+    assert code == 0
+    assert "warning: the launch ships" in err
+    assert "sync.soft_limit_mb" in err
+
+
+# -- a cluster ---------------------------------------------------------------------------------
+
+
+def test_launch_submits_the_jobset(quickstart: Path, khome: Path, kube_api: KubeAPI) -> None:
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 0, err
+    job = out.strip()
+    (request,) = kube_api.requests
+    assert request.method == "POST"
+    assert request.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
+    body = request.body
+    assert body["metadata"]["name"] == job
+    annotations = body["metadata"]["annotations"]
+    commit = git(quickstart, "rev-parse", "HEAD").decode().strip()
+    assert annotations["konduktor.dev/git-commit"] == commit
+    assert annotations["konduktor.dev/git-dirty"] == "false"
+    script = body["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"][2]
+    layers = annotations["konduktor.dev/layers"].split(",")
+    assert all(digest in script for digest in layers)
+    assert f"v1/plans/{job}.json" in stored(khome)
+
+    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 0, err
+    assert uploaded_line(err).startswith("upload: nothing to send")
+    assert len(kube_api.requests) == 2
+
+
+def test_nothing_is_submitted_when_the_upload_fails(
+    quickstart: Path, khome: Path, kube_api: KubeAPI, s3_server: str
+) -> None:
+    khome.mkdir()
+    (khome / "config.yaml").write_text(
+        "jobs:\n  bucket: s3://nowhere-bucket\nsync:\n  store:\n"
+        "    endpoint_url: http://127.0.0.1:9\n    max_attempts: 1\n"
+    )
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 1
+    assert "cannot reach" in err
+    assert kube_api.requests == []
+
+
+def test_no_kube_context_fails_before_uploading(quickstart: Path, khome: Path) -> None:
+    code, _, err = run("launch", "-y", "--kubeconfig", khome / "absent", quickstart / "task.yaml")
+    assert code == 1
+    assert "--local" in err
+    assert stored(khome) == []
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+BAD_TASKS = [
+    ("name: [unclosed\nrun: ls\n", (), ["not valid YAML", "line"]),
+    ("- a list\n", (), ["a task file is a mapping"]),
+    ("fille_mounts: {}\nrun: ls\n", (), ["fille_mounts", "did you mean `file_mounts`"]),
+    ("resources: {gpus: 1}\nrun: ls\n", (), ["resources.gpus"]),
+    ("name: x\n", (), ["`run` is missing"]),
+    ("run: ''\n", (), ["run"]),
+    ("run: '   '\n", (), ["run"]),
+    ("name: My_Job\nrun: ls\n", (), ["name", "lowercase"]),
+    (f"name: {'a' * 70}\nrun: ls\n", (), ["name"]),
+    ("num_nodes: 0\nrun: ls\n", (), ["num_nodes", "at least 1"]),
+    ("num_nodes: two\nrun: ls\n", (), ["num_nodes"]),
+    ("resources: {memory: 16G}\nrun: ls\n", (), ["resources.memory", "GiB"]),
+    ("resources: {cpus: many}\nrun: ls\n", (), ["resources.cpus"]),
+    ("resources: {cpus: -1}\nrun: ls\n", (), ["resources.cpus"]),
+    ("resources: {memory: 0}\nrun: ls\n", (), ["resources.memory"]),
+    ("resources: {accelerators: 'H100:0'}\nrun: ls\n", (), ["resources.accelerators"]),
+    ("resources: {labels: [a]}\nrun: ls\n", (), ["resources.labels"]),
+    ("envs: [A]\nrun: ls\n", (), ["envs"]),
+    ("envs: {TOKEN: null}\nrun: ls\n", (), ["envs.TOKEN", "--env TOKEN="]),
+    ("workdir: ./missing\nrun: ls\n", (), ["workdir", "missing", "not a directory"]),
+    ("workdir: ./afile\nrun: ls\n", (), ["workdir", "not a directory"]),
+    ("workdir: ./${WHERE}\nrun: ls\n", (), ["workdir", "${WHERE}", "envs"]),
+    ("file_mounts: [a]\nrun: ls\n", (), ["file_mounts"]),
+    ("file_mounts:\n  ~/x: ./nope\nrun: ls\n", (), ["file_mounts.~/x", "does not exist"]),
+    ("file_mounts:\n  ~/konduktor_workdir: ./d\nrun: ls\n", (), ["collides", "workdir"]),
+    ("file_mounts:\n  ~/konduktor_workdir/sub: ./d\nrun: ls\n", (), ["collides"]),
+    ("file_mounts:\n  s3://bucket/x: ./d\nrun: ls\n", (), ["file_mounts.s3://bucket/x", "URL"]),
+    ("file_mounts:\n  data: ./d\nrun: ls\n", (), ["file_mounts.data", "absolute"]),
+    ("file_mounts:\n  /data: http://host/x\nrun: ls\n", (), ["file_mounts./data", "s3://"]),
+    ("run: ls\n", ("--memory", "16G"), ["resources.memory"]),
+    ("run: ls\n", ("--gpus", "H100:x"), ["resources.accelerators"]),
+    ("run: ls\n", ("--env", "KONDUKTOR_TEST_UNSET_VAR"), ["--env KONDUKTOR_TEST_UNSET_VAR"]),
+    ("run: ls\n", ("--env-file", "absent.env"), ["--env-file", "absent.env"]),
+    ("run: ls\n", ("--name", "Bad Name"), ["name"]),
+]
+
+
+@pytest.mark.parametrize(("text", "args", "words"), BAD_TASKS)
+def test_bad_input_is_one_clear_line_and_nothing_happens(
+    tmp_path: Path,
+    khome: Path,
+    kube_api: KubeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    args: tuple[str, ...],
+    words: list[str],
+) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "afile").write_text("x")
+    task = tmp_path / "task.yaml"
+    task.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    kubeconfig = kube_api.write_kubeconfig(tmp_path)
+    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, *args, task)
+    assert code == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+    assert out == ""
+    assert stored(khome) == []
+    assert kube_api.requests == []
+
+
+def test_a_missing_task_file(khome: Path, tmp_path: Path) -> None:
+    code, _, err = run("launch", "--local", tmp_path / "absent.yaml")
+    assert code == 1
+    assert "does not exist" in err
+
+
+def test_the_bad_input_table_is_big_enough() -> None:
+    assert len(BAD_TASKS) >= 25
+    assert not os.environ.get("KONDUKTOR_TEST_UNSET_VAR")
+
+
+def test_check_writes_the_credentials_secret(
+    khome: Path, tmp_path: Path, kube_api: KubeAPI, s3_store_factory: Any
+) -> None:
+    url, options = s3_store_factory()
+    khome.mkdir()
+    (khome / "config.yaml").write_text(
+        f"jobs:\n  bucket: {url}\nsync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    )
+    kubeconfig = kube_api.write_kubeconfig(tmp_path)
+    code, out, err = run("check", "s3", "--kubeconfig", kubeconfig)
+    assert code == 0, err
+    assert "created Secret konduktor-credentials-" in out
+    (request,) = kube_api.requests
+    assert (request.method, request.path) == ("POST", "/api/v1/namespaces/team-a/secrets")
+    sent = base64.b64decode(request.body["data"]["aws-credentials"]).decode()
+    assert "aws_secret_access_key = testing" in sent
+    assert "testing" not in out + err
+    code, out, _ = run("check", "s3", "--kubeconfig", kubeconfig)
+    assert code == 0
+    assert "replaced Secret" in out
+    assert kube_api.requests[-1].method == "PUT"
+
+
+def test_check_without_a_cluster_writes_no_secret(khome: Path, s3_store_factory: Any) -> None:
+    url, options = s3_store_factory()
+    khome.mkdir()
+    (khome / "config.yaml").write_text(
+        f"jobs:\n  bucket: {url}\nsync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    )
+    code, out, err = run("check", "s3", "--kubeconfig", khome / "absent")
+    assert code == 0, err
+    assert "Secret" not in out
+
+
+def test_the_local_target_needs_no_zstd_on_path(
+    quickstart: Path, khome: Path, tmp_path: Path
+) -> None:
+    """The sandbox runs with konduktor's own Python (which has zstandard) as its fallback."""
+    path = toolbox(tmp_path, "git")
+    cmd = [sys.executable, "-m", "konduktor", "launch", "--local", quickstart / "task.yaml"]
+    env = {**os.environ, "PATH": path}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train.py" in result.stdout
