@@ -29,6 +29,7 @@ from konduktor import __version__, pod, remote, snapshot
 from konduktor.cache import konduktor_home
 from konduktor.config import Config
 from konduktor.errors import SelectionError
+from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, File, LaunchPlan, Layer, Tree
 from konduktor.storage import Progress, Store
 from konduktor.task import WORKDIR_TARGET, Task
@@ -150,8 +151,8 @@ def sync(
             )
             p = source.snapshot
             trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, layers))
-            uploaded += result.uploaded
-            reused += result.reused
+            uploaded += [remote.VERSION_PREFIX + key for key in result.uploaded]
+            reused += [remote.VERSION_PREFIX + key for key in result.reused]
             sent += result.uploaded_bytes
         else:
             f, put = _put_file(source, store, progress)
@@ -183,11 +184,7 @@ def _plan(
 def _put_file(
     source: Source, store: Store, progress: Callable[[str, int], Progress | None] | None
 ) -> tuple[File, bool]:
-    from konduktor.extract import sha256_file
-
-    digest = sha256_file(source.path)
-    key = f"{remote.VERSION_PREFIX}objects/{digest[:2]}/{digest}"
-    mode = stat.S_IMODE(source.path.stat().st_mode)
+    digest, key, mode = _file_object(source)
     size = source.sizes[""]
     put = False
     if store.stat(key) is None:
@@ -197,6 +194,13 @@ def _put_file(
         ).uploaded
     store.mark(remote.USED_PREFIX + key[len(remote.VERSION_PREFIX) :])
     return File(source.target, str(source.path), key, digest, size, mode), put
+
+
+def _file_object(source: Source) -> tuple[str, str, int]:
+    """A mounted file's sha256, its content-addressed key, and its permission bits."""
+    digest = sha256_file(source.path)
+    key = f"{remote.VERSION_PREFIX}objects/{digest[:2]}/{digest}"
+    return digest, key, stat.S_IMODE(source.path.stat().st_mode)
 
 
 def _presigned(plan: LaunchPlan, store: Store, seconds: int) -> LaunchPlan:
@@ -239,13 +243,9 @@ def dry_plan(prepared: Prepared, store: Store, cfg: Config) -> tuple[LaunchPlan,
             p = source.snapshot
             trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, tuple(layers)))
         else:
-            from konduktor.extract import sha256_file
-
-            digest = sha256_file(source.path)
-            key = f"{remote.VERSION_PREFIX}objects/{digest[:2]}/{digest}"
+            digest, key, mode = _file_object(source)
             if store.stat(key) is None:
                 missing.add(key)
-            mode = stat.S_IMODE(source.path.stat().st_mode)
             files.append(File(source.target, str(source.path), key, digest, source.sizes[""], mode))
     return _plan(prepared, store, cfg, trees, files), missing
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from konduktor.task import WORKDIR_TARGET
+
 FORMAT = 1
 
 
@@ -77,8 +79,6 @@ class LaunchPlan:
 
     @property
     def workdir(self) -> Tree | None:
-        from konduktor.task import WORKDIR_TARGET
-
         return next((t for t in self.trees if t.target == WORKDIR_TARGET), None)
 
     def provenance(self) -> dict[str, str]:

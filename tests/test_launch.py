@@ -20,6 +20,7 @@ from test_cli import run
 from test_pod import toolbox
 
 from konduktor import pod
+from konduktor.extract import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -348,3 +349,25 @@ def test_the_local_target_needs_no_zstd_on_path(
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train.py" in result.stdout
+
+
+def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
+    tmp_path: Path, khome: Path, kube_api: KubeAPI
+) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret-material\n")
+    key.chmod(0o600)
+    task = tmp_path / "task.yaml"
+    task.write_text(f"name: keyed\nfile_mounts:\n  ~/.ssh/id_ed25519: {key}\nrun: ssh -V\n")
+    kubeconfig = kube_api.write_kubeconfig(tmp_path)
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
+    assert code == 0, err
+    (request,) = kube_api.requests
+    body = str(request.body)
+    assert "secret-material" not in body + err
+    digest = sha256_file(key)
+    assert f'k_file "$HOME"/.ssh/id_ed25519 file://{khome}/store/v1/objects/' in body
+    assert f"{digest} 600" in body
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
+    assert code == 0, err
+    assert uploaded_line(err).startswith("upload: nothing to send")
