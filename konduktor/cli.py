@@ -664,13 +664,12 @@ def hooks_run(remote: str | None, url: str | None, foreground: bool) -> None:
     from konduktor import hooks as githooks
 
     result = githooks.run(Path.cwd(), sys.stdin, foreground=foreground)
-    sent = [layer for layer in result.layers if layer.uploaded_bytes]
-    if result.layers:
-        click.echo(
-            f"konduktor: {len(result.layers)} base layer(s) of pushed commits in the store, "
-            f"{len(sent)} uploaded ({_size(sum(layer.uploaded_bytes for layer in sent))})",
-            err=True,
-        )
+    for layer in result.layers:
+        what = f"base layer of {layer.commit[:12]} ({layer.root})"
+        if layer.uploaded_bytes:
+            click.echo(f"konduktor: uploaded the {what}, {_size(layer.uploaded_bytes)}", err=True)
+        else:
+            click.echo(f"konduktor: the {what} is in the store already", err=True)
     if result.log:
         click.echo(f"konduktor: snapshotting in the background, log in {result.log}", err=True)
     if result.failure is None:
