@@ -116,9 +116,8 @@ def _relative(path: Path, root: Path) -> str:
 @click.option(
     "--level",
     type=click.IntRange(1, 22),
-    default=3,
-    show_default=True,
-    help="zstd compression level.",
+    help="zstd compression level (default: sync.compression_level from the config, 3). "
+    "It is part of the layer keys.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option(

@@ -211,3 +211,19 @@ def test_warnings_reach_stderr(repo: Path, tmp_path: Path) -> None:
     assert code == 0
     assert "warning: .konduktorignore:1:" in err
     assert "did you mean '*.env'" in err
+
+
+def test_snapshot_uses_the_configured_compression_level(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The level is part of the keys: launch, the hook and `snapshot` must agree on it."""
+    from konduktor import snapshot as snap
+
+    config = tmp_path / "config.yaml"
+    config.write_text("sync:\n  compression_level: 7\n")
+    monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    code, out, err = run("snapshot", "--json", repo)
+    assert code == 0, err
+    keys = [layer["key"] for layer in json.loads(out)["layers"]]
+    assert keys == [layer.key for layer in snap.plan(repo, level=7).layers]
+    assert keys != [layer.key for layer in snap.plan(repo, level=3).layers]
