@@ -69,7 +69,12 @@ class KubeAPI:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_next(
-        self, status: int, message: str = "", *, times: int = 1, details: dict[str, Any] | None = None
+        self,
+        status: int,
+        message: str = "",
+        *,
+        times: int = 1,
+        details: dict[str, Any] | None = None,
     ) -> None:
         """Answer the next *times* requests with *status* and a Status carrying *message*."""
         message = message or f"injected failure {status}"
@@ -81,8 +86,14 @@ class KubeAPI:
         ``bare`` names no namespace. The user authenticates with the server's token.
         """
         contexts = [
-            {"name": "team-a", "context": {"cluster": "kind", "user": "dev", "namespace": "team-a"}},
-            {"name": "team-b", "context": {"cluster": "kind", "user": "dev", "namespace": "team-b"}},
+            {
+                "name": "team-a",
+                "context": {"cluster": "kind", "user": "dev", "namespace": "team-a"},
+            },
+            {
+                "name": "team-b",
+                "context": {"cluster": "kind", "user": "dev", "namespace": "team-b"},
+            },
             {"name": "bare", "context": {"cluster": "kind", "user": "dev"}},
         ]
         config: dict[str, Any] = {

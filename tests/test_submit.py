@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kube_server import TOKEN, KubeAPI
 
 from konduktor.errors import ClusterError, KonduktorError
@@ -57,7 +58,11 @@ def manifest(tmp_path: Path) -> dict[str, Any]:
 def test_create_jobset_posts_the_manifest_to_the_contexts_namespace(
     kube_api: KubeAPI, cluster: submit.Cluster, manifest: dict[str, Any]
 ) -> None:
-    assert (cluster.context, cluster.namespace, cluster.server) == ("team-a", "team-a", kube_api.url)
+    assert (cluster.context, cluster.namespace, cluster.server) == (
+        "team-a",
+        "team-a",
+        kube_api.url,
+    )
     assert TOKEN not in repr(cluster)
 
     created = submit.create_jobset(cluster, manifest)
@@ -120,11 +125,30 @@ def test_an_unknown_context_lists_the_known_ones(kubeconfig: Path) -> None:
         submit.connect(kubeconfig, context="prod")
 
 
+def test_a_broken_kubeconfig_is_named_without_its_content(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(f"current-context: a\nusers:\n- name: dev\n  user: {{token: {TOKEN}\n")
+    assert submit.current_context(path) is None
+    with pytest.raises(ClusterError) as info:
+        submit.connect(path)
+    _assert_one_safe_line(str(info.value), [f"cannot read the kubeconfig {path}", "line"], "")
+
+
+def test_a_context_with_a_missing_cluster(kubeconfig: Path) -> None:
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["contexts"].append({"name": "old", "context": {"cluster": "gone", "user": "dev"}})
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with pytest.raises(ClusterError) as info:
+        submit.connect(kubeconfig, context="old")
+    expected = ["cannot use Kubernetes context 'old'", "gone", "kubectl config view"]
+    _assert_one_safe_line(str(info.value), expected, str(kubeconfig))
+
+
 def test_no_current_context_needs_the_context_option(kube_api: KubeAPI, tmp_path: Path) -> None:
     path = kube_api.write_kubeconfig(tmp_path, current=None)
     assert submit.current_context(path) is None
     assert submit.current_context(path, context="team-b") == "team-b"
-    with pytest.raises(ClusterError, match="no Kubernetes context in"):
+    with pytest.raises(ClusterError, match="sets no current-context; pass --context"):
         submit.connect(path)
 
 
@@ -144,9 +168,10 @@ def test_apply_secret_creates_then_replaces(kube_api: KubeAPI, cluster: submit.C
         ("GET", SECRETS.format(ns="team-a") + "/creds"),
         ("PUT", SECRETS.format(ns="team-a") + "/creds"),
     ]
-    assert kube_api.requests[-1].body["metadata"]["resourceVersion"] == first["metadata"][
-        "resourceVersion"
-    ]
+    assert (
+        kube_api.requests[-1].body["metadata"]["resourceVersion"]
+        == first["metadata"]["resourceVersion"]
+    )
     stored = kube_api.objects[("secrets", "team-a", "creds")]
     assert base64.b64decode(stored["data"]["credentials"]) == b"new"
     assert set(stored["data"]) == {"credentials"}
@@ -267,6 +292,14 @@ def test_connection_refused(dead_url: str, tmp_path: Path, manifest: dict[str, A
         submit.create_jobset(cluster, manifest)
     expected = [f"cannot reach the Kubernetes API at {dead_url}", "Connection refused"]
     _assert_one_safe_line(str(info.value), expected, dead_url)
+
+
+def test_tls_failure(kube_api: KubeAPI, tmp_path: Path, manifest: dict[str, Any]) -> None:
+    https = kube_api.url.replace("http://", "https://")  # TLS to a plain-HTTP server
+    cluster = submit.connect(KubeAPI(url=https).write_kubeconfig(tmp_path))
+    with pytest.raises(ClusterError) as info:
+        submit.create_jobset(cluster, manifest)
+    _assert_one_safe_line(str(info.value), ["cannot reach the Kubernetes API", "SSL"], https)
 
 
 def test_timeout(tmp_path: Path, manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,13 +91,19 @@ def connect(kubeconfig: Path | None = None, context: str | None = None) -> Clust
     try:
         contexts, current = _contexts(path)
     except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise ClusterError(f"cannot read the kubeconfig {path}: {exc}; fix or replace it") from None
-    name = context or current
-    if not contexts or name is None:
+        # Not str(exc): a YAML error quotes the offending line, which may hold a token.
+        mark = getattr(exc, "problem_mark", None)
+        detail = f"bad YAML at line {mark.line + 1}" if mark else type(exc).__name__
+        raise ClusterError(f"cannot read the kubeconfig {path} ({detail}); fix it") from None
+    name, known = context or current, ", ".join(sorted(contexts))
+    if not contexts:
         raise ClusterError(f"no Kubernetes context in {path}: {_NO_CONTEXT}")
+    if name is None:
+        raise ClusterError(f"{path} sets no current-context; pass --context (one of: {known})")
     if name not in contexts:
-        known = ", ".join(sorted(contexts))
-        raise ClusterError(f"no Kubernetes context {name!r} in {path} (it has: {known}); {_NO_CONTEXT}")
+        raise ClusterError(
+            f"no Kubernetes context {name!r} in {path} (it has: {known}); {_NO_CONTEXT}"
+        )
     try:
         api = kubernetes.config.new_client_from_config(
             config_file=path, context=name, persist_config=False
@@ -116,30 +122,24 @@ def connect(kubeconfig: Path | None = None, context: str | None = None) -> Clust
 def create_jobset(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
     """Create *manifest* in the cluster's namespace; the created object as the API returns it."""
     api = _kubernetes().client.CustomObjectsApi(cluster.api_client)
-    name = str(manifest.get("metadata", {}).get("name", "?"))
-    created = _call(
-        cluster, "create", "JobSet", name, api.create_namespaced_custom_object,
-        GROUP, VERSION, cluster.namespace, PLURAL, manifest,
-    )  # fmt: skip
-    return dict(created)
+    name = str(manifest.get("metadata", {}).get("name"))
+    args = (GROUP, VERSION, cluster.namespace, PLURAL, manifest)
+    return dict(_call(cluster, "create JobSet", name, api.create_namespaced_custom_object, *args))
 
 
 def get_jobset(cluster: Cluster, name: str) -> dict[str, Any] | None:
     """The JobSet *name* in the cluster's namespace, or None when there is none."""
     api = _kubernetes().client.CustomObjectsApi(cluster.api_client)
-    get = api.get_namespaced_custom_object
-    try:
-        found = _call(cluster, "read", "JobSet", name, get, GROUP, VERSION, cluster.namespace, PLURAL, name)
-    except _NotFound:
-        return None
-    return dict(found)
+    args = (GROUP, VERSION, cluster.namespace, PLURAL, name)
+    found = _call(cluster, "read JobSet", name, api.get_namespaced_custom_object, *args, allow=404)
+    return None if found is None else dict(found)
 
 
 def apply_secret(
     cluster: Cluster, name: str, data: Mapping[str, bytes], labels: Mapping[str, str] | None = None
 ) -> str:
     """Create the Opaque Secret *name*, or replace the one there; "created" or "replaced"."""
-    core = _kubernetes().client.CoreV1Api(cluster.api_client)
+    core, ns = _kubernetes().client.CoreV1Api(cluster.api_client), cluster.namespace
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -147,73 +147,72 @@ def apply_secret(
         "type": "Opaque",
         "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
     }
-    ns = cluster.namespace
-    try:
-        _call(cluster, "create", "Secret", name, core.create_namespaced_secret, ns, body)
+    if _call(cluster, "create Secret", name, core.create_namespaced_secret, ns, body, allow=409):
         return "created"
-    except _AlreadyExists:
-        pass
-    existing = _call(cluster, "read", "Secret", name, core.read_namespaced_secret, name, ns)
+    existing = _call(cluster, "read Secret", name, core.read_namespaced_secret, name, ns)
     body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-    _call(cluster, "replace", "Secret", name, core.replace_namespaced_secret, name, ns, body)
+    _call(cluster, "replace Secret", name, core.replace_namespaced_secret, name, ns, body)
     return "replaced"
 
 
-class _NotFound(ClusterError):
-    pass
-
-
-class _AlreadyExists(ClusterError):
-    pass
-
-
-def _call(cluster: Cluster, verb: str, kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, with every failure raised as one ClusterError line."""
+def _call(
+    cluster: Cluster, step: str, name: str, fn: Callable[..., Any], *args: Any, allow: int = 0
+) -> Any:
+    """``fn(*args)``; None when the API answers *allow*, any other failure a ClusterError."""
     import urllib3
 
-    kubernetes = _kubernetes()
     try:
         return fn(*args, _request_timeout=TIMEOUT)
-    except kubernetes.client.ApiException as exc:
-        raise _api_error(cluster, verb, kind, name, exc) from None
+    except _kubernetes().client.ApiException as exc:
+        if exc.status == allow:
+            return None
+        if not exc.status:  # the client's wrapping of TLS failures
+            raise _unreachable(cluster, step, name, exc.reason) from None
+        raise _api_error(cluster, step, name, exc.status, exc.reason, exc.body) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise ClusterError(
-            f"cannot reach the Kubernetes API at {cluster.server} (context {cluster.context}) "
-            f"to {verb} {kind} {name}: {reason}; check your network or VPN and the server "
-            "address in the kubeconfig"
-        ) from None
+        raise _unreachable(cluster, step, name, getattr(exc, "reason", None) or exc) from None
 
 
-def _api_error(cluster: Cluster, verb: str, kind: str, name: str, exc: Any) -> ClusterError:
-    status, (message, details) = exc.status, _status(exc.body)
+def _unreachable(cluster: Cluster, step: str, name: str, reason: object) -> ClusterError:
+    return ClusterError(
+        f"cannot reach the Kubernetes API at {cluster.server} (context {cluster.context}) to "
+        f"{step} {name}: {' '.join(str(reason).split())}; check your network or VPN and the "
+        "server address and certificates in the kubeconfig"
+    )
+
+
+def _api_error(
+    cluster: Cluster, step: str, name: str, status: int, reason: str, body: str | None
+) -> ClusterError:
+    verb, kind = step.split()
+    message, details = _status(body)
     ns, where = cluster.namespace, f"{cluster.server} (context {cluster.context})"
-    step = f"cannot {verb} {kind} {name} in namespace {ns} on {where}"
-    resource = _RESOURCES[kind]
+    failed = f"cannot {step} {name} in namespace {ns} on {where}"
     if status == 401:
-        return ClusterError(f"{step}: the credentials were rejected (401); log in again or refresh the kubeconfig")
-    if status == 403:
+        fix = "the credentials were rejected (401); log in again or refresh the kubeconfig"
+    elif status == 403:
+        resource = _RESOURCES[kind]
         return ClusterError(
             f"not allowed to {verb} {resource} in namespace {ns} on {where}: ask your cluster "
             f"admin for the RBAC verb {_RBAC_VERBS[verb]!r} on {resource} in {ns}"
         )
-    if status == 404 and details.get("kind") == "namespaces":
-        return ClusterError(f"{step}: namespace {ns} does not exist; create it or set the context's namespace")
-    if status == 404 and kind == "JobSet" and verb == "create":
+    elif status == 404 and details.get("kind") == "namespaces":
+        fix = f"namespace {ns} does not exist; create it or set the context's namespace"
+    elif status == 404 and step == "create JobSet":
         return ClusterError(
             f"the JobSet CRD is not installed on {where}: install JobSet "
             "(https://jobset.sigs.k8s.io) or pick a cluster that has it with --context"
         )
-    if status == 404:
-        return _NotFound(f"{step}: not found ({message})")
-    if status == 409 and verb == "create":
-        return _AlreadyExists(
-            f"a {kind} named {name} already exists in namespace {ns} on {where}; "
-            f"delete it (kubectl delete {kind.lower()} {name} -n {ns}) or launch with another name"
+    elif status == 409 and verb == "create":
+        return ClusterError(
+            f"a {kind} named {name} already exists in namespace {ns} on {where}; delete it "
+            f"(kubectl delete {kind.lower()} {name} -n {ns}) or launch again for a new name"
         )
-    if status == 422:
-        return ClusterError(f"{step}: the API rejected it as invalid: {message}; fix the task or report a konduktor bug")
-    return ClusterError(f"{step}: HTTP {status} {exc.reason}: {message}; retry, and if it persists check the cluster")
+    elif status == 422:
+        fix = f"the API rejected it as invalid: {message}; fix the task or report a konduktor bug"
+    else:
+        fix = f"HTTP {status} {reason}: {message}; retry, and if it persists check the cluster"
+    return ClusterError(f"{failed}: {fix}")
 
 
 def _status(body: Any) -> tuple[str, dict[str, Any]]:
