@@ -26,7 +26,7 @@ from gitrepo_helpers import commit_all, git
 from konduktor import launch, pod
 from konduktor.config import Config
 from konduktor.extract import sha256_file
-from konduktor.plan import LaunchPlan, Layer, Tree
+from konduktor.plan import Bucket, LaunchPlan, Layer, Tree
 from konduktor.storage import StoreOptions, open_store
 from konduktor.task import load
 
@@ -382,3 +382,35 @@ def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_fact
     assert plan.endpoint_url == options.endpoint_url
     home = tmp_path / "home"
     assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, "python3")))
+
+
+def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli(
+    tmp_path: Path, s3_store_factory: Any
+) -> None:
+    import boto3
+
+    url, options = s3_store_factory()
+    bucket = url.removeprefix("s3://")
+    client = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="ref/a.txt", Body=b"A")
+    client.put_object(Bucket=bucket, Key="ref/sub/b.txt", Body=b"B")
+    client.put_object(Bucket=bucket, Key="other/c.txt", Body=b"C")
+    plan = LaunchPlan(
+        job="bucket",
+        store=url,
+        run="cat /dev/null\n",
+        buckets=(Bucket("~/ref", f"s3://{bucket}/ref"),),
+        endpoint_url=options.endpoint_url,
+    )
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "aws-credentials").write_text(
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    (secret / "aws-config").write_text("[default]\nregion = us-east-1\n")
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "aws"), credentials=secret)
+    assert result.returncode == 0, result.stderr
+    assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}
+    bare = run_script(plan, tmp_path / "home2", toolbox(tmp_path))
+    assert_sync_failed(bare, tmp_path / "home2", "aws CLI", f"s3://{bucket}/ref")
