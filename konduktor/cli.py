@@ -324,11 +324,24 @@ class _Failed(KonduktorError):
 )
 @click.option(
     "--mode",
-    type=click.Choice(["tarball"]),
+    type=click.Choice(["tarball", "git"]),
     default="tarball",
     show_default=True,
-    help="How the code reaches the pod: a snapshot tarball from the store.",
+    help="How the workdir reaches the pod: a snapshot from the store, or (git) a clone of "
+    "the exact commit over SSH plus an overlay of uncommitted changes.",
 )
+@click.option("--remote", default="origin", show_default=True, help="Git mode: the remote.")
+@click.option("--branch", help="Git mode: the remote branch holding HEAD (default: current).")
+@click.option("--ssh-url", is_flag=True, help="Git mode: clone an https:// remote over SSH.")
+@click.option("--fetch", is_flag=True, help="Git mode: fetch before checking HEAD is pushed.")
+@click.option(
+    "--accept-host-key",
+    is_flag=True,
+    help="Git mode: pin the remote host's keys scanned now, when known_hosts lacks them.",
+)
+@click.option("--clean-only", is_flag=True, help="Git mode: refuse uncommitted changes.")
+@click.option("--ssh-secret", metavar="NAME", help="Git mode: the key from this Secret.")
+@click.option("--recurse-submodules", is_flag=True, help="Git mode: check out submodules.")
 @click.option("--name", help="Override the task's name.")
 @click.option("--num-nodes", type=click.IntRange(min=1), help="Override num_nodes.")
 @click.option("--cpus", help="Override resources.cpus (vCPUs).")
@@ -348,6 +361,14 @@ def launch(
     dry_run: bool,
     output: str | None,
     mode: str,
+    remote: str,
+    branch: str | None,
+    ssh_url: bool,
+    fetch: bool,
+    accept_host_key: bool,
+    clean_only: bool,
+    ssh_secret: str | None,
+    recurse_submodules: bool,
     name: str | None,
     num_nodes: int | None,
     cpus: str | None,
@@ -387,12 +408,36 @@ def launch(
         from konduktor.k8s import submit
 
         cluster = submit.connect(kubeconfig, kube_context)
+    checkout, git_secret = None, None
+    if mode == "git":
+        task, checkout, git_secret = _git_checkout(
+            task,
+            cfg,
+            local=local,
+            remote=remote,
+            branch=branch,
+            ssh_url=ssh_url,
+            fetch=fetch,
+            accept_host_key=accept_host_key,
+            ssh_secret=ssh_secret,
+            submodules=recurse_submodules,
+        )
     store = _open_store(cfg, store_url)
-    prepared = launching.prepare(task, cfg, jobset.job_name(task))
+    prepared = launching.prepare(task, cfg, jobset.job_name(task), checkout)
     _warn(prepared.warnings)
+    if checkout is not None and prepared.dirty:
+        if clean_only:
+            raise _Failed(
+                "the work tree has uncommitted changes and --clean-only is set: commit and "
+                "push them, or drop --clean-only"
+            )
+        click.echo(
+            f"git: uncommitted changes ship as an overlay on top of {checkout.commit[:12]}",
+            err=True,
+        )
     _print_summary(prepared)
     if dry_run:
-        return _dry_run(prepared, store, cfg, output)
+        return _dry_run(prepared, store, cfg, output, git_secret)
     if not yes and sys.stdin.isatty() and not click.confirm("launch?", default=True, err=True):
         raise click.Abort
     synced = launching.sync(prepared, store, cfg, progress=_byte_bar)
@@ -405,7 +450,7 @@ def launch(
     if cluster is None:
         click.echo(f"running {prepared.job} in {launching.local_home(prepared.job)}", err=True)
         return launching.run_local(synced.plan, task, detach=detach)
-    launching.submit(cluster, task, synced.plan)
+    launching.submit(cluster, task, synced.plan, git_secret)
     click.echo(
         f"submitted JobSet {prepared.job} (context {cluster.context}, namespace "
         f"{cluster.namespace}); follow it with: kubectl logs -f -l "
@@ -427,12 +472,39 @@ def _print_summary(prepared: Any) -> None:
         logging.getLogger("konduktor").warning(warning)
 
 
-def _dry_run(prepared: Any, store: Any, cfg: Any, output: str | None) -> int:
+def _git_checkout(task: Any, cfg: Any, *, local: bool, **options: Any) -> tuple[Any, Any, Any]:
+    """Git mode: the SSH key, the checked remote, branch and commit, the pinned host keys."""
+    from konduktor import gitmode
+    from konduktor import launch as launching
+    from konduktor.plan import GitCheckout
+
+    if task.workdir is None:
+        raise click.UsageError("--mode git clones the workdir: the task needs a workdir")
+    task, key, secret = launching.ssh_key(task, cfg, options.pop("ssh_secret"))
+    if secret and local:
+        raise click.UsageError(
+            "--local cannot mount the Kubernetes Secret with the SSH key; mount the key "
+            "file (file_mounts) or set git.ssh_key"
+        )
+    submodules = options.pop("submodules")
+    found, notes = gitmode.resolve(task.workdir, **options)
+    for note in notes:
+        click.echo(f"git: {note}", err=True)
+    checkout = GitCheckout(
+        found.url, found.branch, found.commit, found.known_hosts, key, submodules
+    )
+    click.echo(f"git: the pod clones {found.url} at {found.commit[:12]} ({found.branch})", err=True)
+    return task, checkout, secret
+
+
+def _dry_run(
+    prepared: Any, store: Any, cfg: Any, output: str | None, git_secret: str | None
+) -> int:
     from konduktor import launch as launching
 
     plan, missing = launching.dry_plan(prepared, store, cfg)
     if output:
-        manifest = launching.manifest(prepared.task, plan)
+        manifest = launching.manifest(prepared.task, plan, git_secret)
         if output == "json":
             click.echo(json.dumps(manifest, indent=2))
         else:

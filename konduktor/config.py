@@ -23,6 +23,9 @@ Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
       background: false             # true: snapshot after the push returns (log in
                                     # ~/.konduktor/logs/pre-push.log); not with strict
       sync_roots: [train/, tools/]  # besides the repository root, relative to it
+    git:                            # --mode git: the SSH key the pod clones with
+      ssh_key: ~/.ssh/id_ed25519    # a key file, shipped like a file mount
+      ssh_secret: my-git-key        # or a Secret from `konduktor secret create --kind git-ssh`
 
 Which store: ``jobs.bucket`` when set; else, with a cloud allowed, a per-user
 bucket ``konduktor-filemounts-<user>-<hash>`` created on first use, like
@@ -69,7 +72,8 @@ _HOOKS_KEYS: dict[str, type | tuple[type, ...]] = {
     "background": bool,
     "sync_roots": list,
 }
-_TOP_KEYS = ("allowed_clouds", "jobs", "sync", "hooks")
+_GIT_KEYS: dict[str, type | tuple[type, ...]] = {"ssh_key": str, "ssh_secret": str}
+_TOP_KEYS = ("allowed_clouds", "jobs", "sync", "hooks", "git")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class Config:
     presign_seconds: int = 3600
     store: StoreOptions = field(default_factory=StoreOptions)
     hooks: HookSettings = field(default_factory=HookSettings)
+    git_ssh_key: Path | None = None  # git mode: a private key file shipped to the pod
+    git_ssh_secret: str | None = None  # git mode: a Secret made by `konduktor secret create`
 
     def store_url(self, cloud: str | None = None) -> tuple[str, StoreOptions]:
         """The store to use and its options (see the module docstring for the rule);
@@ -147,7 +153,18 @@ def _validate(path: Path, data: dict[str, Any]) -> Config:
     if not 1 <= level <= 22:
         raise ConfigError(f"{path}: sync.compression_level must be between 1 and 22")
     hooks = _hooks(path, data.get("hooks", {}))
-    return Config(path, clouds, bucket, store=StoreOptions(**store), hooks=hooks, **sync)
+    git = _section(path, "git", data.get("git", {}), _GIT_KEYS)
+    ssh_key = Path(os.path.expanduser(git["ssh_key"])) if "ssh_key" in git else None
+    return Config(
+        path,
+        clouds,
+        bucket,
+        store=StoreOptions(**store),
+        hooks=hooks,
+        git_ssh_key=ssh_key,
+        git_ssh_secret=git.get("ssh_secret"),
+        **sync,
+    )
 
 
 def _hooks(path: Path, value: object) -> HookSettings:

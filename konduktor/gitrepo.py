@@ -59,6 +59,8 @@ _KEEP_ENV = frozenset(
         "GIT_COMMITTER_NAME",
         "GIT_COMMITTER_EMAIL",
         "GIT_COMMITTER_DATE",
+        "GIT_SSH",  # how to reach remotes, not where the repository is
+        "GIT_SSH_COMMAND",
     }
 )
 

@@ -28,11 +28,11 @@ from typing import Any
 from konduktor import __version__, pod, remote, snapshot
 from konduktor.cache import konduktor_home
 from konduktor.config import Config
-from konduktor.errors import SelectionError
+from konduktor.errors import ConfigError, SelectionError, TaskError
 from konduktor.extract import sha256_file
-from konduktor.plan import Bucket, File, LaunchPlan, Layer, Tree
+from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Layer, Tree
 from konduktor.storage import Progress, Store
-from konduktor.task import WORKDIR_TARGET, Task
+from konduktor.task import WORKDIR_TARGET, FileMount, Task
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ class Prepared:
     sources: tuple[Source, ...]
     warnings: tuple[str, ...]  # from the selections
     size_warnings: tuple[str, ...] = ()  # above the soft limit
+    git: GitCheckout | None = None  # git mode: the workdir ships only its overlay
+
+    @property
+    def dirty(self) -> bool:
+        """The workdir has changes on top of its commit (or is not in git at all)."""
+        work = next((s for s in self.sources if s.target == WORKDIR_TARGET), None)
+        return bool(work and work.snapshot and work.snapshot.dirty)
 
     @property
     def files(self) -> int:
@@ -84,11 +91,13 @@ class Synced:
     reused: tuple[str, ...]  # keys the store already had
 
 
-def prepare(task: Task, cfg: Config, job: str) -> Prepared:
-    """Plan the snapshot of every local source and check the size limits."""
+def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -> Prepared:
+    """Plan the snapshot of every local source and check the size limits; in git mode
+    (*git*), the workdir's base comes from the clone and only its overlay ships."""
     sources = []
     if task.workdir is not None:
-        sources.append(_tree_source(WORKDIR_TARGET, task.workdir, cfg.compression_level))
+        work = _tree_source(WORKDIR_TARGET, task.workdir, cfg.compression_level, git is not None)
+        sources.append(work)
     for mount in task.file_mounts:
         if mount.kind == "dir":
             sources.append(_tree_source(mount.target, Path(mount.source), cfg.compression_level))
@@ -96,7 +105,7 @@ def prepare(task: Task, cfg: Config, job: str) -> Prepared:
             path = Path(mount.source)
             sources.append(Source(mount.target, path, None, {"": path.stat().st_size}))
     warnings = tuple(w for s in sources if s.snapshot for w in s.snapshot.warnings)
-    prepared = Prepared(task, job, tuple(sources), warnings)
+    prepared = Prepared(task, job, tuple(sources), warnings, git=git)
     total = prepared.bytes / _MB
     biggest = ", ".join(f"{p} ({n / _MB:.1f} MB)" for p, n in prepared.largest()[:3])
     advice = "exclude data in .konduktorignore and mount it from a bucket instead"
@@ -114,8 +123,10 @@ def prepare(task: Task, cfg: Config, job: str) -> Prepared:
     return prepared
 
 
-def _tree_source(target: str, root: Path, level: int) -> Source:
+def _tree_source(target: str, root: Path, level: int, overlay_only: bool = False) -> Source:
     p = snapshot.plan(root, level=level)
+    if overlay_only:
+        p = replace(p, layers=tuple(layer for layer in p.layers if layer.kind == "overlay"))
     paths: set[str] = set()
     for layer in p.layers:
         paths.difference_update(layer.deletions)
@@ -175,6 +186,7 @@ def _plan(
         trees=tuple(trees),
         files=tuple(files),
         buckets=tuple(Bucket(m.target, m.source) for m in task.file_mounts if m.kind == "bucket"),
+        git=prepared.git,
         endpoint_url=cfg.store.endpoint_url,
         region=cfg.store.region,
         tool=__version__,
@@ -250,8 +262,8 @@ def dry_plan(prepared: Prepared, store: Store, cfg: Config) -> tuple[LaunchPlan,
     return _plan(prepared, store, cfg, trees, files), missing
 
 
-def manifest(task: Task, plan: LaunchPlan) -> dict[str, Any]:
-    """The JobSet that runs *plan*'s startup script."""
+def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dict[str, Any]:
+    """The JobSet that runs *plan*'s startup script (mounting the Secret *git_secret*)."""
     from konduktor.k8s import jobset, secrets
 
     return jobset.render(
@@ -259,15 +271,59 @@ def manifest(task: Task, plan: LaunchPlan) -> dict[str, Any]:
         name=plan.job,
         command=pod.render(plan),
         secret_names=[secrets.secret_name(cloud) for cloud in secrets.CLOUDS],
+        git_secret=git_secret,
         provenance=plan.provenance(),
     )
 
 
-def submit(cluster: Any, task: Task, plan: LaunchPlan) -> dict[str, Any]:
+def submit(
+    cluster: Any, task: Task, plan: LaunchPlan, git_secret: str | None = None
+) -> dict[str, Any]:
     """Create the JobSet on *cluster* (a :class:`konduktor.k8s.submit.Cluster`)."""
     from konduktor.k8s import submit as k8s_submit
 
-    return k8s_submit.create_jobset(cluster, manifest(task, plan))
+    return k8s_submit.create_jobset(cluster, manifest(task, plan, git_secret))
+
+
+# -- git mode ------------------------------------------------------------------------------------
+
+GIT_SECRET_KEY = "/run/konduktor/git-ssh/ssh-privatekey"
+_CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
+
+
+def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str | None]:
+    """Where the pod finds the SSH key for git mode: (the task, with a file mount added
+    for ``git.ssh_key``; the key's path in the pod; the Secret to mount, if any).
+
+    In order: a file mount under ``~/.ssh/`` holding a private key (as in Konduktor's
+    docs), ``--ssh-secret`` or ``git.ssh_secret``, ``git.ssh_key``.
+    """
+    for mount in task.file_mounts:
+        if mount.kind == "file" and mount.target.startswith("~/.ssh/") and _is_key(mount.source):
+            return task, mount.target, None
+    secret = secret or cfg.git_ssh_secret
+    if secret:
+        return task, GIT_SECRET_KEY, secret
+    if cfg.git_ssh_key is not None:
+        path = cfg.git_ssh_key
+        if not path.is_file():
+            raise ConfigError(f"{cfg.path}: git.ssh_key: {path} does not exist; fix the path")
+        mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
+        return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
+    raise TaskError(
+        f"{task.path}: --mode git needs an SSH key for the pod: mount one "
+        "(file_mounts: ~/.ssh/id_ed25519: ~/.ssh/id_ed25519), set git.ssh_key in the config, "
+        "or pass --ssh-secret NAME (konduktor secret create --kind git-ssh NAME --from-file KEY)"
+    )
+
+
+def _is_key(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return False
+    return head.startswith(b"-----BEGIN") and b"PRIVATE KEY" in head
 
 
 # -- the local target ------------------------------------------------------------------------

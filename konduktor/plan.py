@@ -39,7 +39,7 @@ class Tree:
     @property
     def id(self) -> str:
         """Names this tree's content: what a restarted container compares to skip work."""
-        keys = "\n".join(layer.key for layer in self.layers)
+        keys = "\n".join([self.commit or "", *(layer.key for layer in self.layers)])
         return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
@@ -65,6 +65,18 @@ class Bucket:
 
 
 @dataclass(frozen=True)
+class GitCheckout:
+    """Git mode: the workdir is cloned from *url* at *commit*, then its overlay applied."""
+
+    url: str
+    branch: str
+    commit: str
+    known_hosts: str  # the remote host's keys, pinned: the pod checks against exactly these
+    key: str  # the private key's path in the pod (a file mount or the mounted Secret)
+    submodules: bool = False
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     job: str
     store: str  # the store URL; object URLs are f"{store}/{key}"
@@ -72,6 +84,7 @@ class LaunchPlan:
     trees: tuple[Tree, ...] = ()
     files: tuple[File, ...] = ()
     buckets: tuple[Bucket, ...] = ()
+    git: GitCheckout | None = None
     endpoint_url: str | None = None  # S3-compatible store or GCS emulator
     region: str | None = None
     tool: str = ""
@@ -86,12 +99,15 @@ class LaunchPlan:
         work = self.workdir
         digests = [layer.sha256 for tree in self.trees for layer in tree.layers]
         digests += [f.sha256 for f in self.files]
-        return {
+        out = {
             "git-commit": (work.commit or "") if work else "",
             "git-dirty": str(bool(work and work.dirty)).lower(),
             "snapshot": work.id if work else "",
             "layers": ",".join(digests),
         }
+        if self.git:
+            out.update({"git-remote": self.git.url, "git-branch": self.git.branch})
+        return out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -105,4 +121,5 @@ class LaunchPlan:
         )
         data["files"] = tuple(File(**f) for f in data.get("files", ()))
         data["buckets"] = tuple(Bucket(**b) for b in data.get("buckets", ()))
+        data["git"] = GitCheckout(**data["git"]) if data.get("git") else None
         return cls(**data)

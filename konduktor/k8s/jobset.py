@@ -20,6 +20,8 @@ API_VERSION = "jobset.x-k8s.io/v1alpha2"
 CONTAINER = "konduktor-container"
 CREDENTIALS_VOLUME = "konduktor-credentials"
 CREDENTIALS_PATH = "/run/konduktor/credentials"
+GIT_SSH_VOLUME = "konduktor-git-ssh"
+GIT_SSH_PATH = "/run/konduktor/git-ssh"  # launch.GIT_SECRET_KEY lives here
 MAX_RUN_ANNOTATION = "kueue.x-k8s.io/maxRunDurationSeconds"
 DEFAULT_MAX_RUN_SECONDS = 604800
 _COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -52,6 +54,7 @@ def render(
     command: str,
     secret_names: Sequence[str],
     provenance: Mapping[str, str],
+    git_secret: str | None = None,
 ) -> dict[str, Any]:
     """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``;
     the Secrets *secret_names* (each optional) are mounted read-only together."""
@@ -69,7 +72,7 @@ def render(
                 {
                     "name": "workers",
                     "replicas": 1,
-                    "template": _job(task, name, command, secret_names, provenance),
+                    "template": _job(task, name, command, secret_names, provenance, git_secret),
                 }
             ],
         },
@@ -82,7 +85,20 @@ def _job(
     command: str,
     secret_names: Sequence[str],
     provenance: Mapping[str, str],
+    git_secret: str | None,
 ) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": CREDENTIALS_VOLUME,
+            "projected": {
+                "sources": [{"secret": {"name": n, "optional": True}} for n in secret_names]
+            },
+        }
+    ]
+    if git_secret:
+        volumes.append(
+            {"name": GIT_SSH_VOLUME, "secret": {"secretName": git_secret, "defaultMode": 0o400}}
+        )
     return {
         "spec": {
             "parallelism": task.num_nodes,
@@ -93,17 +109,8 @@ def _job(
                 "metadata": {"labels": {"konduktor.dev/job": name}},
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [_container(task, name, command, provenance)],
-                    "volumes": [
-                        {
-                            "name": CREDENTIALS_VOLUME,
-                            "projected": {
-                                "sources": [
-                                    {"secret": {"name": n, "optional": True}} for n in secret_names
-                                ]
-                            },
-                        }
-                    ],
+                    "containers": [_container(task, name, command, provenance, git_secret)],
+                    "volumes": volumes,
                 },
             },
         }
@@ -111,18 +118,19 @@ def _job(
 
 
 def _container(
-    task: Task, name: str, command: str, provenance: Mapping[str, str]
+    task: Task, name: str, command: str, provenance: Mapping[str, str], git_secret: str | None
 ) -> dict[str, Any]:
     resources = _resources(task)
+    mounts = [{"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_PATH, "readOnly": True}]
+    if git_secret:
+        mounts.append({"name": GIT_SSH_VOLUME, "mountPath": GIT_SSH_PATH, "readOnly": True})
     return {
         "name": CONTAINER,
         "image": task.resources.image_id,
         "command": ["/bin/sh", "-c", command],
         "env": _env(task, name, provenance),
         "resources": {"requests": resources, "limits": dict(resources)},
-        "volumeMounts": [
-            {"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_PATH, "readOnly": True}
-        ],
+        "volumeMounts": mounts,
     }
 
 

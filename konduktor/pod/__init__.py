@@ -29,6 +29,14 @@ def render(plan: LaunchPlan) -> str:
     lines.append("k_start")
     for tree in sorted(plan.trees, key=lambda t: t.target.count("/")):
         lines.append(f"k_tree {_path(tree.target)} {_mark(tree.id, tree.target)}")
+        if plan.git and tree is plan.workdir:
+            g = plan.git
+            lines.append(
+                f"k_known_hosts <<'KONDUKTOR_KNOWN_HOSTS'\n{g.known_hosts}KONDUKTOR_KNOWN_HOSTS"
+            )
+            lines.append(
+                f"k_git {q(g.url)} {q(g.branch)} {g.commit} {_path(g.key)} {int(g.submodules)}"
+            )
         lines += [
             f"k_layer {q(_url(plan, layer.key))} {q(layer.https or '')} {layer.sha256}"
             for layer in tree.layers

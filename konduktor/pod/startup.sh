@@ -187,6 +187,56 @@ k_tree() {
   K_STAGE=$(mktemp -d "$K_PARENT/.konduktor-stage.XXXXXX") || k_fail "cannot create a staging directory in $K_PARENT"
 }
 
+# Git mode: the host keys pinned at launch (stdin), then k_git clones into the staging dir.
+k_known_hosts() {
+  if ! { mkdir -p "$K_STATE/ssh" && chmod 700 "$K_STATE/ssh" && cat >"$K_STATE/ssh/known_hosts"; }; then
+    k_fail "cannot write $K_STATE/ssh/known_hosts"
+  fi
+}
+
+# k_git URL BRANCH SHA KEY SUBMODULES: fetch exactly SHA (shallow where the server allows).
+k_git() {
+  [ -n "$K_SKIP" ] && return 0
+  k_have git || k_install git || k_fail "git mode needs git in the image; add it (apt-get install git) or use --mode tarball"
+  k_have ssh || k_install openssh-client || k_fail "git mode needs ssh in the image; add it (apt-get install openssh-client) or use --mode tarball"
+  [ -f "$4" ] || k_fail "the SSH key $4 is missing in the pod: mount it (file_mounts, git.ssh_key or --ssh-secret)"
+  if ! (umask 077 && cp "$4" "$K_STATE/ssh/key") || ! chmod 600 "$K_STATE/ssh/key"; then
+    k_fail "cannot copy the SSH key $4 to $K_STATE/ssh/key"
+  fi
+  # git runs GIT_SSH_COMMAND through a shell: the inner quotes are meant for it.
+  # shellcheck disable=SC2089,SC2090
+  export GIT_SSH_COMMAND="ssh -i '$K_STATE/ssh/key' -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile='$K_STATE/ssh/known_hosts'"
+  if ! { git init -q "$K_STAGE" && git -C "$K_STAGE" remote add origin "$1"; }; then
+    k_fail "cannot create a repository in $K_STAGE"
+  fi
+  if ! git -C "$K_STAGE" fetch -q --depth 1 origin "$3" 2>"$K_TMP/git.err"; then
+    k_git_refused "$1"
+    k_log "the server does not serve single commits; fetching branch $2"
+    git -C "$K_STAGE" fetch -q origin "+refs/heads/$2:refs/remotes/origin/$2" 2>"$K_TMP/git.err" || {
+      k_git_refused "$1"
+      k_fail "cannot fetch $2 from $1: $(tail -n 1 "$K_TMP/git.err")"
+    }
+  fi
+  git -C "$K_STAGE" cat-file -e "$3^{commit}" 2>/dev/null \
+    || k_fail "commit $3 is not reachable from $2 on $1: was it force-pushed away? launch again"
+  git -C "$K_STAGE" checkout -q -B "$2" "$3" || k_fail "cannot check out $3"
+  if [ "$5" = 1 ]; then
+    git -C "$K_STAGE" submodule update -q --init --recursive 2>"$K_TMP/git.err" \
+      || k_fail "cannot fetch the submodules of $1: $(tail -n 1 "$K_TMP/git.err")"
+  fi
+  k_log "checked out $3 ($2) from $1"
+}
+
+k_git_refused() {
+  K_ERR=$(cat "$K_TMP/git.err" 2>/dev/null)
+  case $K_ERR in
+    *"REMOTE HOST IDENTIFICATION HAS CHANGED"* | *"Host key verification failed"*)
+      k_fail "the host key of $1 does not match the one pinned at launch (from your known_hosts): the server's key changed or someone is in between; check it, update ~/.ssh/known_hosts, then launch again" ;;
+    *"Permission denied"*)
+      k_fail "$1 refused the SSH key: add its public key to the git server (a deploy key or your account)" ;;
+  esac
+}
+
 # k_layer URL HTTPS SHA256: fetch, verify, and apply one layer onto the staging directory.
 k_layer() {
   [ -n "$K_SKIP" ] && return 0

@@ -1,0 +1,187 @@
+"""Git mode (DESIGN §8): the pod clones the exact commit over SSH instead of fetching a base.
+
+:func:`resolve` checks, on the launcher, everything the pod will rely on, and fails
+fast with what to do: the workdir is a repository's root with a remote; HEAD is
+on the remote branch; the remote URL is SSH; the remote host's keys are known (from
+``~/.ssh/known_hosts``, or scanned once with ``--accept-host-key``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from konduktor.errors import GitError, UsageError
+from konduktor.gitrepo import run_git
+
+_SCP = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+):(?P<path>[^/].*|/.*)$")
+_SSH = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
+_HTTPS = re.compile(r"^https?://(?:[^@/]+@)?(?P<host>[^:/]+)(?::\d+)?/(?P<path>.+?)/?$")
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What the pod clones: the remote URL, the branch, the exact commit, pinned host keys."""
+
+    url: str
+    branch: str
+    commit: str
+    known_hosts: str  # known_hosts lines for the remote's host
+    remote: str = "origin"
+
+
+def resolve(
+    root: Path,
+    *,
+    remote: str = "origin",
+    branch: str | None = None,
+    ssh_url: bool = False,
+    fetch: bool = False,
+    accept_host_key: bool = False,
+) -> tuple[Checkout, list[str]]:
+    """The checkout for the repository at *root*, and notes to show the user."""
+    top = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
+    if top != root.resolve():
+        raise UsageError(
+            f"--mode git clones the whole repository, so the workdir must be its root "
+            f"({top}), not {root}; set workdir: to the root or use --mode tarball"
+        )
+    if _git(root, "rev-parse", "--is-shallow-repository") == "true":
+        raise UsageError(
+            f"{root} is a shallow clone: konduktor cannot check which commits the remote has; "
+            "run git fetch --unshallow, or use --mode tarball"
+        )
+    url = _remote_url(root, remote)
+    url = _ssh(url, remote, ssh_url)
+    branch = branch or _branch(root)
+    commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
+    notes = []
+    if fetch or not _on_remote(root, remote, branch, commit):
+        _fetch(root, remote, branch, url)
+        notes.append(f"fetched {remote}/{branch}")
+        if not _on_remote(root, remote, branch, commit):
+            raise UsageError(
+                f"HEAD {commit[:7]} is not on {remote}/{branch}: push it, or use --mode tarball"
+            )
+    hosts, scanned = known_hosts(url, accept=accept_host_key)
+    if scanned:
+        notes.append(scanned)
+    return Checkout(url, branch, commit, hosts, remote), notes
+
+
+def _git(root: Path, *args: str) -> str:
+    return run_git(list(args), root).decode().strip()
+
+
+def _remote_url(root: Path, remote: str) -> str:
+    try:
+        return _git(root, "remote", "get-url", remote)
+    except GitError:
+        raise UsageError(
+            f"--mode git needs a remote: {root} has no remote {remote!r}; add one "
+            f"(git remote add {remote} git@host:org/repo.git), pass --remote NAME, "
+            "or use --mode tarball"
+        ) from None
+
+
+def _ssh(url: str, remote: str, map_https: bool) -> str:
+    if _SSH.match(url) or (_SCP.match(url) and "://" not in url):
+        return url
+    https = _HTTPS.match(url)
+    if https and map_https:
+        path = https.group("path")
+        return f"git@{https.group('host')}:{path if path.endswith('.git') else path + '.git'}"
+    if https:
+        raise UsageError(
+            f"{remote} is {_redact(url)}, but pods clone over SSH with a key; pass --ssh-url "
+            f"to use git@{https.group('host')}:{https.group('path')}, or use --mode tarball"
+        )
+    raise UsageError(
+        f"{remote} is {_redact(url)}: pods can only clone ssh:// or user@host:path URLs; "
+        "use --mode tarball for this repository"
+    )
+
+
+def _redact(url: str) -> str:
+    """*url* without a password or token in it."""
+    return re.sub(r"//[^@/]+@", "//***@", url)
+
+
+def _branch(root: Path) -> str:
+    try:
+        return _git(root, "symbolic-ref", "--short", "-q", "HEAD")
+    except GitError:
+        raise UsageError(
+            "HEAD is detached: pass --branch NAME, the branch on the remote that holds the commit"
+        ) from None
+
+
+def _on_remote(root: Path, remote: str, branch: str, commit: str) -> bool:
+    ref = f"refs/remotes/{remote}/{branch}"
+    try:
+        run_git(["merge-base", "--is-ancestor", commit, ref], root)
+    except GitError:
+        return False
+    return True
+
+
+def _fetch(root: Path, remote: str, branch: str, url: str) -> None:
+    try:
+        run_git(
+            ["fetch", "--quiet", remote, f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}"],
+            root,
+        )
+    except GitError as exc:
+        reason = str(exc).rsplit("):", 1)[-1].strip().splitlines()
+        raise UsageError(
+            f"cannot fetch {branch} from {remote} ({_redact(url)}) to check that HEAD is "
+            f"there: {reason[0] if reason else 'git fetch failed'}; check the network and "
+            "your SSH access, or use --mode tarball"
+        ) from None
+
+
+def host_and_port(url: str) -> tuple[str, int | None]:
+    ssh = _SSH.match(url)
+    if ssh:
+        return ssh.group("host"), int(ssh.group("port")) if ssh.group("port") else None
+    scp = _SCP.match(url)
+    assert scp is not None
+    return scp.group("host"), None
+
+
+def known_hosts(url: str, *, accept: bool) -> tuple[str, str | None]:
+    """The remote host's lines from ``~/.ssh/known_hosts``, or (with *accept*) scanned
+    once with ssh-keyscan; and a note saying what was accepted."""
+    host, port = host_and_port(url)
+    name = host if port in (None, 22) else f"[{host}]:{port}"
+    file = Path.home() / ".ssh" / "known_hosts"
+    found = ""
+    if file.is_file():
+        done = _run(["ssh-keygen", "-F", name, "-f", str(file)])
+        found = "".join(line + "\n" for line in done.splitlines() if line and line[0] != "#")
+    if found:
+        return found, None
+    if not accept:
+        raise UsageError(
+            f"the host key of {name} is not in {file}: connect once (ssh -p {port or 22} "
+            f"{host}, or git fetch) to check and record it, or pass --accept-host-key"
+        )
+    scanned = _run(["ssh-keyscan", "-T", "10", "-p", str(port or 22), host])
+    lines = [line for line in scanned.splitlines() if line and line[0] != "#"]
+    if not lines:
+        raise UsageError(f"ssh-keyscan found no host key at {name}; is the SSH server up?")
+    pinned = [f"{name} {line.split(None, 1)[1]}\n" for line in lines]
+    types = ", ".join(sorted({line.split()[1] for line in lines}))
+    return "".join(pinned), f"accepted the host keys of {name} ({types}) without checking them"
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise UsageError(f"{cmd[0]} is not installed; install the OpenSSH client") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"`{' '.join(cmd)}` took more than 30 s; is the host reachable?") from None
+    return done.stdout
