@@ -305,6 +305,58 @@ class _Failed(KonduktorError):
     pass
 
 
+@cli.group()
+def secret() -> None:
+    """Kubernetes Secrets konduktor manages: SSH keys for --mode git."""
+
+
+def _cluster_options(f: F) -> F:
+    f = click.option("--context", "kube_context", help="Kubeconfig context.")(f)
+    return click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig.")(f)
+
+
+@secret.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["git-ssh"]), required=True, help="What it holds.")
+@click.option(
+    "--from-file",
+    "key",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The private key file (never printed or logged).",
+)
+@_cluster_options
+def secret_create(
+    name: str, kind: str, key: Path, kubeconfig: Path | None, kube_context: str | None
+) -> None:
+    """Create (or replace) the Secret NAME with an SSH private key for git mode."""
+    from konduktor.k8s import secrets, submit
+
+    click.echo(secrets.create_git_ssh(submit.connect(kubeconfig, kube_context), name, key))
+
+
+@secret.command("list")
+@_cluster_options
+def secret_list(kubeconfig: Path | None, kube_context: str | None) -> None:
+    """The Secrets konduktor manages in the namespace (names and kinds only)."""
+    from konduktor.k8s import secrets, submit
+
+    for item in secrets.listed(submit.connect(kubeconfig, kube_context)):
+        kind = item["labels"].get(secrets.KIND_LABEL, "credentials")
+        click.echo(f"{item['name']}  {kind}  {item['created'] or ''}")
+
+
+@secret.command("delete")
+@click.argument("name")
+@_cluster_options
+def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) -> None:
+    """Delete the Secret NAME (only one konduktor made)."""
+    from konduktor.k8s import secrets, submit
+
+    secrets.delete(submit.connect(kubeconfig, kube_context), name)
+    click.echo(f"deleted Secret {name}")
+
+
 @cli.command()
 @click.argument("task_file", metavar="TASK", type=click.Path(path_type=Path))
 @click.option(

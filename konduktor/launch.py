@@ -287,7 +287,7 @@ def submit(
 
 # -- git mode ------------------------------------------------------------------------------------
 
-GIT_SECRET_KEY = "/run/konduktor/git-ssh/ssh-privatekey"
+GIT_SECRET_KEY = "/run/konduktor/git-ssh/ssh-privatekey"  # jobset.GIT_SSH_PATH, secrets.GIT_SSH_KEY
 _CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
 
 

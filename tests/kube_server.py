@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,6 +132,8 @@ class KubeAPI:
             if (plural, ns, name) in self.objects:
                 return _status(409, f'{plural} "{name}" already exists', {"name": name})
             return 201, self._store(plural, ns, name, request.body)
+        if name is None and request.method == "GET":
+            return 200, self._list(plural, ns, request.path)
         if name is None:
             return _status(405, f"{request.method} on a collection is not implemented here")
         stored = self.objects.get((plural, ns, name))
@@ -138,6 +141,9 @@ class KubeAPI:
             return _status(404, f'{plural} "{name}" not found', {"name": name, "kind": plural})
         if request.method == "GET":
             return 200, stored
+        if request.method == "DELETE":
+            del self.objects[(plural, ns, name)]
+            return 200, _status(200, "deleted")[1]
         if request.method == "PUT" and kind == "Secret":
             version = request.body["metadata"].get("resourceVersion")
             if version not in (None, stored["metadata"]["resourceVersion"]):
@@ -145,9 +151,25 @@ class KubeAPI:
             return 200, self._store(plural, ns, name, request.body)
         return _status(405, f"{request.method} {kind} is not implemented here")
 
+    def _list(self, plural: str, ns: str, path: str) -> dict[str, Any]:
+        """The objects of a namespace matching a ``labelSelector=k=v[,k=v]`` query."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        wanted = dict(
+            term.split("=", 1) for term in query.get("labelSelector", [""])[0].split(",") if term
+        )
+        items = [
+            obj
+            for (p, n, _), obj in sorted(self.objects.items())
+            if p == plural
+            and n == ns
+            and all(obj["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
+        ]
+        return {"kind": _KINDS[plural] + "List", "apiVersion": "v1", "metadata": {}, "items": items}
+
     def _store(self, plural: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         stored = json.loads(json.dumps(body))
         stored["metadata"].update(namespace=ns, resourceVersion=str(next(self._versions)))
+        stored["metadata"].setdefault("creationTimestamp", "2026-11-28T12:00:00Z")
         self.objects[(plural, ns, name)] = stored
         return stored
 
@@ -184,7 +206,7 @@ def _handler(api: KubeAPI) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output quiet

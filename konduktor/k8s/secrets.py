@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from konduktor.config import user
-from konduktor.errors import ConfigError
+from konduktor.errors import ConfigError, UsageError
 
 CLOUDS = ("s3", "gs")
 
@@ -78,3 +79,50 @@ def write(cluster: Any, cloud: str) -> str:
         cluster, name, credentials(cloud), labels={"app.kubernetes.io/managed-by": "konduktor"}
     )
     return f"{done} Secret {name} in namespace {cluster.namespace} (context {cluster.context})"
+
+
+# -- Secrets the user names: git SSH keys for --mode git ------------------------------------------
+
+KIND_LABEL = "konduktor.dev/kind"
+MANAGED = {"app.kubernetes.io/managed-by": "konduktor"}
+GIT_SSH_KEY = "ssh-privatekey"  # the file name in the mounted Secret (kubernetes.io/ssh-auth's)
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def create_git_ssh(cluster: Any, name: str, key: Path) -> str:
+    """Create or replace the Secret *name* holding the private key file *key*."""
+    from konduktor.k8s import submit
+
+    if not _NAME.match(name):
+        raise UsageError(f"{name!r} is not a valid Secret name: use lowercase letters, digits, - .")
+    try:
+        data = key.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--from-file {key}: cannot read it ({exc.strerror})") from None
+    if not data.startswith(b"-----BEGIN") or b"PRIVATE KEY" not in data.split(b"\n", 1)[0]:
+        raise UsageError(
+            f"--from-file {key} is not a private key file (-----BEGIN ... PRIVATE KEY)"
+        )
+    labels = {**MANAGED, KIND_LABEL: "git-ssh"}
+    done = submit.apply_secret(cluster, name, {GIT_SSH_KEY: data}, labels=labels)
+    return f"{done} Secret {name} in namespace {cluster.namespace}; launch with --ssh-secret {name}"
+
+
+def listed(cluster: Any) -> list[dict[str, Any]]:
+    """The Secrets konduktor manages in the cluster's namespace (names and kinds, no data)."""
+    from konduktor.k8s import submit
+
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    return submit.list_secrets(cluster, selector)
+
+
+def delete(cluster: Any, name: str) -> None:
+    """Delete the Secret *name* if konduktor manages it; refuse to touch others."""
+    from konduktor.k8s import submit
+
+    if name not in {s["name"] for s in listed(cluster)}:
+        raise UsageError(
+            f"no Secret {name} made by konduktor in namespace {cluster.namespace}; "
+            "see konduktor secret list"
+        )
+    submit.delete_secret(cluster, name)

@@ -155,14 +155,56 @@ def apply_secret(
     return "replaced"
 
 
+def list_secrets(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
+    """The Secrets matching the label *selector*: name, labels, creation time (no data)."""
+    core = _kubernetes().client.CoreV1Api(cluster.api_client)
+    found = _call(
+        cluster,
+        "list Secrets",
+        selector,
+        core.list_namespaced_secret,
+        cluster.namespace,
+        label_selector=selector,
+    )
+    return [
+        {
+            "name": item.metadata.name,
+            "labels": dict(item.metadata.labels or {}),
+            "created": item.metadata.creation_timestamp,
+        }
+        for item in found.items
+    ]
+
+
+def delete_secret(cluster: Cluster, name: str) -> bool:
+    """Delete the Secret *name*; False when there was none."""
+    core = _kubernetes().client.CoreV1Api(cluster.api_client)
+    done = _call(
+        cluster,
+        "delete Secret",
+        name,
+        core.delete_namespaced_secret,
+        name,
+        cluster.namespace,
+        allow=404,
+    )
+    return done is not None
+
+
 def _call(
-    cluster: Cluster, step: str, name: str, fn: Callable[..., Any], *args: Any, allow: int = 0
+    cluster: Cluster,
+    step: str,
+    name: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    allow: int = 0,
+    **kwargs: Any,
 ) -> Any:
-    """``fn(*args)``; None when the API answers *allow*, any other failure a ClusterError."""
+    """``fn(*args, **kwargs)``; None when the API answers *allow*, other failures ClusterError."""
     import urllib3
 
     try:
-        return fn(*args, _request_timeout=TIMEOUT)
+        return fn(*args, **kwargs, _request_timeout=TIMEOUT)
     except _kubernetes().client.ApiException as exc:
         if exc.status == allow:
             return None

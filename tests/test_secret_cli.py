@@ -1,0 +1,88 @@
+"""`konduktor secret create|list|delete` against the local Kubernetes API server."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from kube_server import KubeAPI
+from test_cli import run
+
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-material\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, kube_api: KubeAPI) -> Path:
+    return kube_api.write_kubeconfig(tmp_path)
+
+
+def test_create_list_delete(tmp_path: Path, kube_api: KubeAPI, kubeconfig: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text(KEY)
+    args = ("--kubeconfig", kubeconfig)
+    code, out, err = run(
+        "secret", "create", "--kind", "git-ssh", "repo-key", "--from-file", key, *args
+    )
+    assert code == 0, err
+    assert "created Secret repo-key" in out and "--ssh-secret repo-key" in out
+    stored = kube_api.objects[("secrets", "team-a", "repo-key")]
+    assert base64.b64decode(stored["data"]["ssh-privatekey"]).decode() == KEY
+    assert stored["metadata"]["labels"]["konduktor.dev/kind"] == "git-ssh"
+    code, out, _ = run("secret", "list", *args)
+    assert code == 0
+    assert out.split()[:2] == ["repo-key", "git-ssh"]
+    assert "key-material" not in out
+    code, out, _ = run("secret", "delete", "repo-key", *args)
+    assert code == 0
+    assert ("secrets", "team-a", "repo-key") not in kube_api.objects
+    code, out, _ = run("secret", "list", *args)
+    assert out == ""
+    assert all("key-material" not in str(r.headers) for r in kube_api.requests)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("Bad_Name", KEY, ["not a valid Secret name"]),
+        ("ok-name", "not a key\n", ["not a private key file"]),
+        ("ok-name", None, ["cannot read it"]),
+    ],
+)
+def test_bad_create_input(
+    tmp_path: Path,
+    kube_api: KubeAPI,
+    kubeconfig: Path,
+    name: str,
+    content: str | None,
+    words: list[str],
+) -> None:
+    key = tmp_path / "key"
+    if content is not None:
+        key.write_text(content)
+    code, _, err = run(
+        "secret",
+        "create",
+        "--kind",
+        "git-ssh",
+        name,
+        "--from-file",
+        key,
+        "--kubeconfig",
+        kubeconfig,
+    )
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    for word in words:
+        assert word in err
+    assert [r.method for r in kube_api.requests] == []
+
+
+def test_delete_refuses_secrets_konduktor_did_not_make(kube_api: KubeAPI, kubeconfig: Path) -> None:
+    kube_api.objects[("secrets", "team-a", "theirs")] = {
+        "metadata": {"name": "theirs", "labels": {}}
+    }
+    code, _, err = run("secret", "delete", "theirs", "--kubeconfig", kubeconfig)
+    assert code == 1
+    assert "no Secret theirs made by konduktor" in err
+    assert ("secrets", "team-a", "theirs") in kube_api.objects
