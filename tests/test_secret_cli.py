@@ -25,7 +25,8 @@ def test_create_list_delete(tmp_path: Path, kube_api: KubeAPI, kubeconfig: Path)
         "secret", "create", "--kind", "git-ssh", "repo-key", "--from-file", key, *args
     )
     assert code == 0, err
-    assert "created Secret repo-key" in out and "--ssh-secret repo-key" in out
+    assert "created Secret repo-key" in out
+    assert "--ssh-secret repo-key" in out
     stored = kube_api.objects[("secrets", "team-a", "repo-key")]
     assert base64.b64decode(stored["data"]["ssh-privatekey"]).decode() == KEY
     assert stored["metadata"]["labels"]["konduktor.dev/kind"] == "git-ssh"
