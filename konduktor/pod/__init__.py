@@ -12,7 +12,7 @@ import hashlib
 import shlex
 from importlib import resources
 
-from konduktor.plan import LaunchPlan
+from konduktor.plan import File, LaunchPlan
 
 SYNC_FAILED = 97
 _TEMPLATE = resources.files(__package__).joinpath("startup.sh")
@@ -27,6 +27,11 @@ def render(plan: LaunchPlan) -> str:
     if plan.region:
         lines.append(f"export K_REGION={q(plan.region)}")
     lines.append("k_start")
+    # Files first (git mode's key may be one), except those inside a tree, which would
+    # be replaced with it.
+    roots = [t.target.rstrip("/") + "/" for t in plan.trees]
+    inside = [f for f in plan.files if f.target.startswith(tuple(roots))]
+    lines += [_file(plan, f) for f in plan.files if f not in inside]
     for tree in sorted(plan.trees, key=lambda t: t.target.count("/")):
         lines.append(f"k_tree {_path(tree.target)} {_mark(tree.id, tree.target)}")
         if plan.git and tree is plan.workdir:
@@ -42,9 +47,7 @@ def render(plan: LaunchPlan) -> str:
             for layer in tree.layers
         ]
         lines.append("k_place")
-    for f in plan.files:
-        url = _url(plan, f.key)
-        lines.append(f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}")
+    lines += [_file(plan, f) for f in inside]
     for b in plan.buckets:
         lines.append(f"k_bucket {_path(b.target)} {q(b.url)} {_mark(b.url, b.target)}")
     provenance = plan.provenance()
@@ -59,6 +62,12 @@ def render(plan: LaunchPlan) -> str:
     lines.append(run + end)
     lines.append('k_run "$K_STATE/run.sh"')
     return "\n".join(lines) + "\n"
+
+
+def _file(plan: LaunchPlan, f: File) -> str:
+    q = shlex.quote
+    url = _url(plan, f.key)
+    return f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}"
 
 
 def _path(target: str) -> str:
