@@ -14,7 +14,6 @@ If a step fails, nothing after it happens.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import stat
 import subprocess
@@ -33,8 +32,6 @@ from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Layer, Tree
 from konduktor.storage import Progress, Store
 from konduktor.task import WORKDIR_TARGET, FileMount, Task
-
-log = logging.getLogger(__name__)
 
 _MB = 1 << 20
 _LARGEST = 5
@@ -61,7 +58,7 @@ class Prepared:
 
     @property
     def dirty(self) -> bool:
-        """The workdir has changes on top of its commit (or is not in git at all)."""
+        """The workdir has changes on top of its commit."""
         work = next((s for s in self.sources if s.target == WORKDIR_TARGET), None)
         return bool(work and work.snapshot and work.snapshot.dirty)
 
