@@ -194,6 +194,7 @@ def test_a_loose_key_file_is_used_at_0600(project: Project) -> None:
         assert lines(result)[0] == project.head()
         home = project.home_of(result)
         assert stat.S_IMODE((home / ".konduktor/pod/ssh/key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((home / ".ssh/test-ssh-key").stat().st_mode) == 0o600
     finally:
         project.server.client_key.chmod(0o600)
 

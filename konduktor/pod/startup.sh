@@ -200,6 +200,7 @@ k_git() {
   k_have git || k_install git || k_fail "git mode needs git in the image; add it (apt-get install git) or use --mode tarball"
   k_have ssh || k_install openssh-client || k_fail "git mode needs ssh in the image; add it (apt-get install openssh-client) or use --mode tarball"
   [ -f "$4" ] || k_fail "the SSH key $4 is missing in the pod: mount it (file_mounts, git.ssh_key or --ssh-secret)"
+  chmod 600 "$4" 2>/dev/null  # a file mount keeps the local mode; ssh wants 0600 (a Secret is read-only)
   if ! (umask 077 && cp "$4" "$K_STATE/ssh/key") || ! chmod 600 "$K_STATE/ssh/key"; then
     k_fail "cannot copy the SSH key $4 to $K_STATE/ssh/key"
   fi
