@@ -13,6 +13,7 @@ with a chosen status (403 for RBAC, 404 for a missing CRD, 500, ...).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -214,9 +215,9 @@ def _handler(api: KubeAPI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def kube_api() -> Iterator[KubeAPI]:
-    """A fresh API server on a free loopback port for one test."""
+@contextlib.contextmanager
+def serve() -> Iterator[KubeAPI]:
+    """An API server on a free loopback port, for as long as the block runs."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     api = KubeAPI(url=f"http://127.0.0.1:{server.server_address[1]}")
     server.RequestHandlerClass = _handler(api)
@@ -228,3 +229,10 @@ def kube_api() -> Iterator[KubeAPI]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def kube_api() -> Iterator[KubeAPI]:
+    """A fresh API server on a free loopback port for one test."""
+    with serve() as api:
+        yield api

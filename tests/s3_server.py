@@ -18,13 +18,13 @@ from moto.server import ThreadedMotoServer
 
 from konduktor.storage import StoreOptions
 
-__all__ = ["s3_server", "s3_store_factory"]
+__all__ = ["AWS_VARIABLES", "s3_server", "s3_store_factory"]
 
 S3StoreFactory = Callable[..., tuple[str, StoreOptions]]
 
 _names = itertools.count()
 # Variables through which a developer's AWS setup would leak into the tests.
-_AWS_VARIABLES = (
+AWS_VARIABLES = (
     "AWS_PROFILE",
     "AWS_DEFAULT_PROFILE",
     "AWS_SESSION_TOKEN",
@@ -48,7 +48,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     host, port = server.get_host_and_port()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name in _AWS_VARIABLES:
+            for name in AWS_VARIABLES:
                 mp.delenv(name, raising=False)
             mp.setenv("AWS_ACCESS_KEY_ID", "testing")
             mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -371,3 +371,19 @@ def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
     code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
     assert code == 0, err
     assert uploaded_line(err).startswith("upload: nothing to send")
+
+
+def test_a_context_the_client_cannot_load_fails_before_uploading(
+    quickstart: Path, khome: Path, tmp_path: Path
+) -> None:
+    """The client loads the context in a worker process, while the launch snapshots; its
+    failure still stops the launch before anything is uploaded."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: broken\nclusters: []\nusers: []\n"
+        "contexts:\n- name: broken\n  context: {cluster: missing, user: nobody}\n"
+    )
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 1
+    assert "cannot use Kubernetes context 'broken'" in err
+    assert stored(khome) == []
