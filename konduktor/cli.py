@@ -45,7 +45,9 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     konduktor snapshots a directory as the git-tracked files plus their
     uncommitted and untracked (not ignored) changes, minus what
     .konduktorignore files exclude (git's own ignore rules), into
-    deterministic zstd layers keyed by commit and content.
+    deterministic zstd layers keyed by commit and content. `konduktor launch
+    task.yaml` uploads only the layers the store lacks and submits a JobSet
+    whose pods fetch, verify and place them before running `run:`.
     """
     ctx.obj = {"verbose": verbose}
     _setup_logging(verbose, quiet)
@@ -483,10 +485,7 @@ def launch(
                 "the work tree has uncommitted changes and --clean-only is set: commit and "
                 "push them, or drop --clean-only"
             )
-        click.echo(
-            f"git: uncommitted changes ship as an overlay on top of {checkout.commit[:12]}",
-            err=True,
-        )
+        _info(f"git: uncommitted changes ship as an overlay on top of {checkout.commit[:12]}")
     _print_summary(prepared)
     if dry_run:
         return _dry_run(prepared, store, cfg, output, git_secret)
@@ -494,32 +493,34 @@ def launch(
         raise click.Abort
     synced = launching.sync(prepared, store, cfg, progress=_byte_bar)
     sent = f"{len(synced.uploaded)} object(s), {_size(synced.uploaded_bytes)} sent"
-    click.echo(
+    _info(
         f"upload: {sent if synced.uploaded else 'nothing to send'}; "
-        f"{len(synced.reused)} object(s) already in {store.url}",
-        err=True,
+        f"{len(synced.reused)} object(s) already in {store.url}"
     )
     if cluster is None:
-        click.echo(f"running {prepared.job} in {launching.local_home(prepared.job)}", err=True)
-        return launching.run_local(synced.plan, task, detach=detach)
+        _info(f"running {prepared.job} in {launching.local_home(prepared.job)}")
+        quiet = bool(click.get_current_context().find_root().params.get("quiet"))
+        return launching.run_local(synced.plan, task, detach=detach, quiet=quiet)
     launching.submit(cluster, task, synced.plan, git_secret)
-    click.echo(
+    _info(
         f"submitted JobSet {prepared.job} (context {cluster.context}, namespace "
         f"{cluster.namespace}); follow it with: kubectl logs -f -l "
-        f"jobset.sigs.k8s.io/jobset-name={prepared.job} -n {cluster.namespace}",
-        err=True,
+        f"jobset.sigs.k8s.io/jobset-name={prepared.job} -n {cluster.namespace}"
     )
     click.echo(prepared.job)
     return 0
 
 
+def _info(message: str) -> None:
+    """A progress line on stderr (stdout stays the job name, or the local run's output)."""
+    if not click.get_current_context().find_root().params.get("quiet"):
+        click.echo(message, err=True)
+
+
 def _print_summary(prepared: Any) -> None:
-    click.echo(
-        f"job {prepared.job}: {prepared.files} file(s), {_size(prepared.bytes)} to ship",
-        err=True,
-    )
+    _info(f"job {prepared.job}: {prepared.files} file(s), {_size(prepared.bytes)} to ship")
     for path, size in prepared.largest()[:3]:
-        click.echo(f"  {_size(size):>9}  {path}", err=True)
+        _info(f"  {_size(size):>9}  {path}")
     for warning in prepared.size_warnings:
         logging.getLogger("konduktor").warning(warning)
 
@@ -541,11 +542,11 @@ def _git_checkout(task: Any, cfg: Any, *, local: bool, **options: Any) -> tuple[
     submodules = options.pop("submodules")
     found, notes = gitmode.resolve(task.workdir, **options)
     for note in notes:
-        click.echo(f"git: {note}", err=True)
+        _info(f"git: {note}")
     checkout = GitCheckout(
         found.url, found.branch, found.commit, found.known_hosts, key, submodules
     )
-    click.echo(f"git: the pod clones {found.url} at {found.commit[:12]} ({found.branch})", err=True)
+    _info(f"git: the pod clones {found.url} at {found.commit[:12]} ({found.branch})")
     return task, checkout, secret
 
 

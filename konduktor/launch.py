@@ -330,15 +330,18 @@ def local_home(job: str) -> Path:
     return konduktor_home() / "local" / job
 
 
-def run_local(plan: LaunchPlan, task: Task, *, detach: bool = False) -> int:
+def run_local(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = False) -> int:
     """Run the startup script of *plan* with ``sh`` in a sandbox HOME; return its exit code
-    (with *detach*, start it in the background, logging to ``<HOME>/run.log``, and return 0)."""
+    (with *detach*, start it in the background, logging to ``<HOME>/run.log``, and return 0;
+    with *quiet*, the script reports only failures)."""
     home = local_home(plan.job)
     home.mkdir(parents=True, exist_ok=True)
     script = home / ".konduktor" / "startup.sh"
     script.parent.mkdir(exist_ok=True)
     script.write_text(pod.render(plan))
     env = _local_env(home, task)
+    if quiet:
+        env["KONDUKTOR_QUIET"] = "1"
     if detach:
         with (home / "run.log").open("ab") as out:
             subprocess.Popen(

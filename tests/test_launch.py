@@ -387,3 +387,13 @@ def test_a_context_the_client_cannot_load_fails_before_uploading(
     assert code == 1
     assert "cannot use Kubernetes context 'broken'" in err
     assert stored(khome) == []
+
+
+def test_quiet_leaves_only_the_tasks_own_output(tmp_path: Path, khome: Path) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text("run: echo out; echo err >&2\n")
+    cmd = [sys.executable, "-m", "konduktor", "-q", "launch", "--local", str(task)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"

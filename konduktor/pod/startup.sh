@@ -13,7 +13,7 @@ K_PY=${KONDUKTOR_PYTHON:-python3}  # the local target names its own Python
 K_TMP=""
 K_STAGE=""
 
-k_log() { printf 'konduktor: %s\n' "$*" >&2; }
+k_log() { [ -n "${KONDUKTOR_QUIET:-}" ] || printf 'konduktor: %s\n' "$*" >&2; }
 k_fail() { printf 'konduktor: sync failed: %s\n' "$*" >&2; exit "$K_EXIT"; }
 k_have() { command -v "$1" >/dev/null 2>&1; }
 k_cleanup() {
