@@ -297,10 +297,20 @@ def check(
         click.echo(f"  {'ok  ' if result.ok else 'FAIL'}  {result.step}: {result.detail}")
     if not all(r.ok for r in results):
         raise _Failed(f"the {cloud} store {target.url} does not work; fix what failed above")
-    if cloud != "file" and submit.current_context(kubeconfig, kube_context) is not None:
-        from konduktor.k8s import secrets
+    context = submit.current_context(kubeconfig, kube_context)
+    if cloud == "file" or context is None:
+        return
+    import importlib.util
 
-        click.echo(secrets.write(submit.connect(kubeconfig, kube_context), cloud))
+    if importlib.util.find_spec("kubernetes") is None:
+        click.echo(
+            f"kube context {context} found; pip install 'konduktor[k8s]' and check again "
+            "to give its pods your credentials"
+        )
+        return
+    from konduktor.k8s import secrets
+
+    click.echo(secrets.write(submit.connect(kubeconfig, kube_context), cloud))
 
 
 class _Failed(KonduktorError):
