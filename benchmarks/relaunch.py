@@ -283,6 +283,9 @@ def environment(tmp: Path, endpoint: str) -> dict[str, str]:
         f"sync:\n  store:\n    endpoint_url: {endpoint}\n    region: us-east-1\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in AWS_VARIABLES}
+    # As on a user's machine, Python caches compiled modules (pip precompiled the AWS
+    # CLI's at install time; an editable konduktor gets its cache on the warm-up launch).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
