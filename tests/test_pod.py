@@ -414,3 +414,23 @@ def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli(
     assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}
     bare = run_script(plan, tmp_path / "home2", toolbox(tmp_path))
     assert_sync_failed(bare, tmp_path / "home2", "aws CLI", f"s3://{bucket}/ref")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the script installs packages only as root")
+def test_as_root_without_a_decompressor_it_installs_zstd(project: Path, tmp_path: Path) -> None:
+    """The last resort: the image's package manager (here a stand-in apt-get that 'installs'
+    the real zstd into the PATH directory, and logs how it was called)."""
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    path = toolbox(tmp_path)
+    calls = tmp_path / "apt-get.log"
+    apt = Path(path) / "apt-get"
+    apt.write_text(
+        f'#!/bin/sh\necho "$*" >>{calls}\n'
+        f'case "$*" in *install*zstd*) ln -sf {_which("zstd")} {path}/zstd ;; esac\n'
+    )
+    apt.chmod(0o755)
+    home = tmp_path / "home"
+    result = run_script(plan, home, path)
+    assert_placed(project, home, result)
+    assert "installing zstd" in result.stderr
+    assert calls.read_text().splitlines() == ["update -qq", "install -y -qq zstd"]
