@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -326,14 +327,29 @@ def _is_key(path: str) -> bool:
 # -- the local target ------------------------------------------------------------------------
 
 
+LOCAL_KEEP = 10  # sandbox HOMEs of local runs kept; older ones are deleted
+
+
 def local_home(job: str) -> Path:
     return konduktor_home() / "local" / job
 
 
+def _prune_local(keep: int) -> None:
+    """Delete all but the *keep* newest sandbox HOMEs: each holds a copy of its files."""
+    try:
+        homes = sorted((konduktor_home() / "local").iterdir(), key=lambda p: p.stat().st_mtime)
+    except FileNotFoundError:
+        return
+    for old in homes[: max(len(homes) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_local(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = False) -> int:
-    """Run the startup script of *plan* with ``sh`` in a sandbox HOME; return its exit code
+    """Run the startup script of *plan* with ``sh`` in a sandbox HOME (the last
+    :data:`LOCAL_KEEP` are kept); return its exit code
     (with *detach*, start it in the background, logging to ``<HOME>/run.log``, and return 0;
     with *quiet*, the script reports only failures)."""
+    _prune_local(LOCAL_KEEP - 1)
     home = local_home(plan.job)
     home.mkdir(parents=True, exist_ok=True)
     script = home / ".konduktor" / "startup.sh"
