@@ -275,6 +275,11 @@ def _mount(path: Path, target: str, source: str, envs: Mapping[str, str], base: 
         )
     if not (target.startswith("/") or target == "~" or target.startswith("~/")):
         raise TaskError(f"{path}: {where}: the target must be absolute or start with ~/")
+    if target.rstrip("/") in ("", "~") or ".." in target.split("/"):
+        raise TaskError(
+            f"{path}: {where}: a mount would replace the whole / or home directory, or "
+            "climb with ..; name a directory or file inside it, e.g. ~/data"
+        )
     if source.startswith(("s3://", "gs://")):
         return FileMount(target, source, "bucket")
     if "://" in source:
@@ -289,11 +294,7 @@ def _check_targets(path: Path, mounts: Sequence[FileMount]) -> None:
     workdir = WORKDIR_TARGET.rstrip("/")
     for mount in mounts:
         target = mount.target.rstrip("/")
-        if (
-            target == workdir
-            or target.startswith(workdir + "/")
-            or workdir.startswith(target + "/")
-        ):
+        if target == workdir or target.startswith(workdir + "/"):
             raise TaskError(
                 f"{path}: file_mounts.{mount.target}: collides with the workdir's place "
                 f"{WORKDIR_TARGET}; mount it elsewhere"

@@ -136,7 +136,7 @@ BAD = [
         "file_mounts: {~/konduktor_workdir/x: ./test_dir}\nrun: echo\n",
         "collides",
     ),
-    ("mount-above-workdir", "file_mounts: {'~': ./test_dir}\nrun: echo\n", "collides"),
+    ("mount-over-home", "file_mounts: {'~': ./test_dir}\nrun: echo\n", "home directory"),
     ("bucket-as-target", "file_mounts: {'s3://b/x': ./test_dir}\nrun: echo\n", "not a URL"),
     (
         "relative-target",
