@@ -29,7 +29,6 @@ class Checkout:
     branch: str
     commit: str
     known_hosts: str  # known_hosts lines for the remote's host
-    remote: str = "origin"
 
 
 def resolve(
@@ -68,7 +67,7 @@ def resolve(
     hosts, scanned = known_hosts(url, accept=accept_host_key)
     if scanned:
         notes.append(scanned)
-    return Checkout(url, branch, commit, hosts, remote), notes
+    return Checkout(url, branch, commit, hosts), notes
 
 
 def _git(root: Path, *args: str) -> str:
