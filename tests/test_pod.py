@@ -118,7 +118,11 @@ def unsigned(plan: LaunchPlan) -> LaunchPlan:
 
 
 def run_script(
-    plan: LaunchPlan, home: Path, path: str, credentials: Path | None = None
+    plan: LaunchPlan,
+    home: Path,
+    path: str,
+    credentials: Path | None = None,
+    shell: str = "/bin/sh",
 ) -> subprocess.CompletedProcess[str]:
     home.mkdir(exist_ok=True)
     script = home.parent / f"{home.name}-startup.sh"
@@ -129,7 +133,7 @@ def run_script(
         "KONDUKTOR_CREDENTIALS_DIR": str(credentials or home.parent / "no-secret"),
     }
     return subprocess.run(
-        ["/bin/sh", str(script)], env=env, capture_output=True, text=True, timeout=120
+        [shell, str(script)], env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -434,3 +438,18 @@ def test_as_root_without_a_decompressor_it_installs_zstd(project: Path, tmp_path
     assert_placed(project, home, result)
     assert "installing zstd" in result.stderr
     assert calls.read_text().splitlines() == ["update -qq", "install -y -qq zstd"]
+
+
+def test_busybox_ash_and_busybox_tools(project: Path, tmp_path: Path) -> None:
+    """Alpine-like images: busybox's sh, tar, cp, sha256sum ... and zstd."""
+    busybox = _which("busybox")
+    bin_dir = tmp_path / "busybox-bin"
+    bin_dir.mkdir()
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        (bin_dir / applet).symlink_to(busybox)
+    (bin_dir / "zstd").symlink_to(_which("zstd"))
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    result = run_script(plan, home, str(bin_dir), shell=str(bin_dir / "sh"))
+    assert_placed(project, home, result)
