@@ -271,11 +271,18 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
     click.echo(f"{verb} {len(victims)} layer(s), {_size(sum(v.size for v in victims))}")
 
 
+def _cluster_options(f: F) -> F:
+    """--kubeconfig and --context, as kubectl has them."""
+    f = click.option("--context", "kube_context", help="Kubeconfig context (default: current).")(f)
+    return click.option(
+        "--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use."
+    )(f)
+
+
 @cli.command()
 @click.argument("cloud", type=click.Choice(["s3", "gs", "file"]))
 @click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
-@click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use.")
-@click.option("--context", "kube_context", help="Kubeconfig context (default: the current one).")
+@_cluster_options
 def check(
     cloud: str, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
 ) -> None:
@@ -320,11 +327,6 @@ class _Failed(KonduktorError):
 @cli.group()
 def secret() -> None:
     """Kubernetes Secrets konduktor manages: SSH keys for --mode git."""
-
-
-def _cluster_options(f: F) -> F:
-    f = click.option("--context", "kube_context", help="Kubeconfig context.")(f)
-    return click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig.")(f)
 
 
 @secret.command("create")
@@ -416,8 +418,7 @@ def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) 
 @click.option("--env-file", type=click.Path(path_type=Path), help="Read KEY=VALUE lines.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("-d", "--detach", is_flag=True, help="Do not wait: with --local, run in background.")
-@click.option("--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use.")
-@click.option("--context", "kube_context", help="Kubeconfig context (default: the current one).")
+@_cluster_options
 @click.option("--store", "store_url", metavar="URL", help="Store URL (default: from the config).")
 def launch(
     task_file: Path,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from konduktor import __version__, pod, remote, snapshot
-from konduktor.cache import konduktor_home
+from konduktor.cache import HashCache, konduktor_home
 from konduktor.config import Config
 from konduktor.errors import ConfigError, SelectionError, TaskError
 from konduktor.extract import sha256_file
@@ -207,16 +207,21 @@ def _put_file(
 
 
 def _file_object(source: Source) -> tuple[str, str, int]:
-    """A mounted file's sha256, its content-addressed key, and its permission bits."""
-    digest = sha256_file(source.path)
+    """A mounted file's sha256 (hashed only when its stat changed), its content-addressed
+    key, and its permission bits."""
+    st = source.path.stat()
+    cache = HashCache(source.path)
+    digest = cache.get("", st)
+    if digest is None:
+        digest = sha256_file(source.path)
+        cache.put("", st, digest)
+        cache.save()
     key = f"{remote.VERSION_PREFIX}objects/{digest[:2]}/{digest}"
-    return digest, key, stat.S_IMODE(source.path.stat().st_mode)
+    return digest, key, stat.S_IMODE(st.st_mode)
 
 
 def _presigned(plan: LaunchPlan, store: Store, seconds: int) -> LaunchPlan:
     """The plan with an HTTPS URL on each object, when the store can sign."""
-    if store.url.startswith("file://"):
-        return plan
     trees = tuple(
         replace(
             t, layers=tuple(replace(la, https=store.signed_url(la.key, seconds)) for la in t.layers)
@@ -285,7 +290,6 @@ def submit(
 
 # -- git mode ------------------------------------------------------------------------------------
 
-GIT_SECRET_KEY = "/run/konduktor/git-ssh/ssh-privatekey"  # jobset.GIT_SSH_PATH, secrets.GIT_SSH_KEY
 _CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
 
 
@@ -301,7 +305,9 @@ def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str
             return task, mount.target, None
     secret = secret or cfg.git_ssh_secret
     if secret:
-        return task, GIT_SECRET_KEY, secret
+        from konduktor.k8s import jobset, secrets
+
+        return task, f"{jobset.GIT_SSH_PATH}/{secrets.GIT_SSH_KEY}", secret
     if cfg.git_ssh_key is not None:
         path = cfg.git_ssh_key
         if not path.is_file():
@@ -316,12 +322,13 @@ def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str
 
 
 def _is_key(path: str) -> bool:
+    from konduktor.k8s import secrets
+
     try:
         with open(path, "rb") as f:
-            head = f.read(100)
+            return secrets.is_private_key(f.read(100))
     except OSError:
         return False
-    return head.startswith(b"-----BEGIN") and b"PRIVATE KEY" in head
 
 
 # -- the local target ------------------------------------------------------------------------

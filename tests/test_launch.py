@@ -419,3 +419,22 @@ def test_only_the_newest_local_homes_are_kept(
     assert [k for k in kept if k.startswith("fresh-")]
     assert "old-0" not in kept
     assert f"old-{len(old) - 1}" in kept
+
+
+def test_an_edited_file_mount_is_hashed_and_sent_again(tmp_path: Path, khome: Path) -> None:
+    """Mounted files are hashed only when their stat changes (the hash cache)."""
+    data = tmp_path / "weights.txt"
+    data.write_text("v1\n")
+    os.utime(data, (1000, 1000))  # old enough for the cache to trust its stat
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        f"name: mounted\nfile_mounts:\n  ~/weights.txt: {data}\nrun: cat ~/weights.txt\n"
+    )
+    first = launch_cli("--local", task)
+    assert first.stdout == "v1\n"
+    assert uploaded_line(launch_cli("--local", task).stderr).startswith("upload: nothing to send")
+    data.write_text("version 2\n")
+    os.utime(data, (2000, 2000))
+    edited = launch_cli("--local", task)
+    assert edited.stdout == "version 2\n"
+    assert uploaded_line(edited.stderr).startswith("upload: 1 object(s)")

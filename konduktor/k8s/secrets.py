@@ -89,6 +89,11 @@ GIT_SSH_KEY = "ssh-privatekey"  # the file name in the mounted Secret (kubernete
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
+def is_private_key(data: bytes) -> bool:
+    """*data* starts like a PEM or OpenSSH private key file."""
+    return data.startswith(b"-----BEGIN") and b"PRIVATE KEY" in data.split(b"\n", 1)[0]
+
+
 def create_git_ssh(cluster: Any, name: str, key: Path) -> str:
     """Create or replace the Secret *name* holding the private key file *key*."""
     from konduktor.k8s import submit
@@ -99,7 +104,7 @@ def create_git_ssh(cluster: Any, name: str, key: Path) -> str:
         data = key.read_bytes()
     except OSError as exc:
         raise UsageError(f"--from-file {key}: cannot read it ({exc.strerror})") from None
-    if not data.startswith(b"-----BEGIN") or b"PRIVATE KEY" not in data.split(b"\n", 1)[0]:
+    if not is_private_key(data):
         raise UsageError(
             f"--from-file {key} is not a private key file (-----BEGIN ... PRIVATE KEY)"
         )
