@@ -100,6 +100,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sshd: SSHServer) ->
     return make_project(tmp_path, monkeypatch, sshd, f"proj-{tmp_path.name}.git")
 
 
+def behind_the_tip(project: Project) -> str:
+    """Push a second commit, then check out the first (detached); return the first."""
+    first = project.head()
+    (project.work / "greeting.txt").write_text("second\n")
+    commit_all(project.work, "second")
+    git(project.work, "push", "-q", "origin", "main")
+    git(project.work, "checkout", "-q", "--detach", first)
+    return first
+
+
 def lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
@@ -151,11 +161,7 @@ def test_an_unpushed_commit_is_refused_at_launch(project: Project) -> None:
 
 
 def test_a_commit_behind_the_tip_is_fetched_by_sha(project: Project) -> None:
-    first = project.head()
-    (project.work / "greeting.txt").write_text("second\n")
-    commit_all(project.work, "second")
-    git(project.work, "push", "-q", "origin", "main")
-    git(project.work, "checkout", "-q", "--detach", first)
+    first = behind_the_tip(project)
     result = project.launch("--local", "-y", "--branch", "main")
     assert lines(result)[:2] == [first, "hello from the commit"]
     assert "does not serve single commits" not in result.stderr  # fetched shallow, by sha
@@ -165,11 +171,7 @@ def test_a_commit_behind_the_tip_is_fetched_by_sha(project: Project) -> None:
 
 def test_a_server_that_serves_no_single_commits_gets_a_branch_fetch(project: Project) -> None:
     """Protocol v0 servers refuse `fetch <sha>` of a non-tip commit: the pod falls back."""
-    first = project.head()
-    (project.work / "greeting.txt").write_text("second\n")
-    commit_all(project.work, "second")
-    git(project.work, "push", "-q", "origin", "main")
-    git(project.work, "checkout", "-q", "--detach", first)
+    first = behind_the_tip(project)
     v0 = {
         "GIT_CONFIG_COUNT": "1",
         "GIT_CONFIG_KEY_0": "protocol.version",

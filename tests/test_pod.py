@@ -117,6 +117,17 @@ def unsigned(plan: LaunchPlan) -> LaunchPlan:
     return replace(plan, trees=trees, files=tuple(replace(f, https=None) for f in plan.files))
 
 
+def aws_secret(tmp_path: Path) -> Path:
+    """The files the credentials Secret holds for S3, as mounted in a pod."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "aws-credentials").write_text(
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    (secret / "aws-config").write_text("[default]\nregion = us-east-1\n")
+    return secret
+
+
 def run_script(
     plan: LaunchPlan,
     home: Path,
@@ -353,12 +364,7 @@ def test_s3_with_the_aws_cli_and_mounted_credentials(
 ) -> None:
     url, options = s3_store_factory()
     plan = unsigned(make_plan(project, url, options))
-    secret = tmp_path / "secret"
-    secret.mkdir()
-    (secret / "aws-credentials").write_text(
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
-    )
-    (secret / "aws-config").write_text("[default]\nregion = us-east-1\n")
+    secret = aws_secret(tmp_path)
     home = tmp_path / "home"
     result = run_script(plan, home, toolbox(tmp_path, "aws", "zstd"), credentials=secret)
     assert_placed(project, home, result)
@@ -406,12 +412,7 @@ def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli(
         buckets=(Bucket("~/ref", f"s3://{bucket}/ref"),),
         endpoint_url=options.endpoint_url,
     )
-    secret = tmp_path / "secret"
-    secret.mkdir()
-    (secret / "aws-credentials").write_text(
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
-    )
-    (secret / "aws-config").write_text("[default]\nregion = us-east-1\n")
+    secret = aws_secret(tmp_path)
     home = tmp_path / "home"
     result = run_script(plan, home, toolbox(tmp_path, "aws"), credentials=secret)
     assert result.returncode == 0, result.stderr
