@@ -52,19 +52,18 @@ import logging
 import os
 import random
 import re
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from common import BenchError, konduktor_cmd, log, run
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the local S3 and Kubernetes API servers
@@ -104,38 +103,10 @@ IMPORTS = (
 UPLOAD_LINE = re.compile(r"^upload: .*$", re.MULTILINE)
 
 
-class BenchError(Exception):
-    """A command the benchmark depends on failed, or a check did not hold."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def konduktor_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "konduktor"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "konduktor"]
-
-
 def aws_cmd() -> str | None:
     """The AWS CLI beside this interpreter (a venv need not be on PATH), else on PATH."""
     script = Path(sys.executable).parent / "aws"
     return str(script) if script.is_file() else shutil.which("aws")
-
-
-def run(
-    cmd: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> tuple[float, str, str]:
-    """Run *cmd*: (wall seconds, stdout, stderr); raise BenchError on failure."""
-    start = time.perf_counter()
-    done = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        where = f" in {cwd}" if cwd else ""
-        raise BenchError(
-            f"`{shlex.join(cmd)}`{where} exited {done.returncode}:\n{done.stderr.strip()}"
-        )
-    return seconds, done.stdout, done.stderr
 
 
 # -- the S3 server, counting what its clients send -------------------------------------------

@@ -32,7 +32,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from common import BenchError, konduktor_cmd, log, run
 
 HERE = Path(__file__).resolve().parent
 CORPORA = HERE / "corpora"
@@ -64,37 +65,9 @@ RSS_PARENT = (
 )
 
 
-class BenchError(Exception):
-    """A command the benchmark depends on failed."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def konduktor_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "konduktor"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "konduktor"]
-
-
-def run(
-    cmd: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> tuple[float, str]:
-    """Run *cmd*, returning (wall seconds, stdout); raise BenchError on failure."""
-    start = time.perf_counter()
-    done = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        where = f" in {cwd}" if cwd else ""
-        raise BenchError(
-            f"`{shlex.join(cmd)}`{where} exited {done.returncode}:\n{done.stderr.strip()}"
-        )
-    return seconds, done.stdout
-
-
 def shell(pipeline: str, cwd: Path, env: Mapping[str, str]) -> tuple[float, int]:
     """Wall seconds of `bash -c PIPELINE` in *cwd*, and the bytes it writes (via wc -c)."""
-    seconds, out = run(["bash", "-c", f"set -o pipefail; {pipeline} | wc -c"], cwd=cwd, env=env)
+    seconds, out, _ = run(["bash", "-c", f"set -o pipefail; {pipeline} | wc -c"], cwd=cwd, env=env)
     return seconds, int(out.split()[-1])
 
 
@@ -148,7 +121,7 @@ def ensure_corpus(files: int, tool: Path) -> Path:
     CORPORA.mkdir(parents=True, exist_ok=True)
     log(f"generating {root} ({files} files, seed {SEED}) with {tool} ...")
     cmd = [sys.executable, str(tool), str(partial), "--files", str(files), "--seed", str(SEED)]
-    seconds, summary = run(cmd)
+    seconds, summary, _ = run(cmd)
     partial.rename(root)  # only a complete corpus ever gets the real name
     try:  # the generator's summary, for provenance, naming the final directory
         info = {**json.loads(summary), "root": str(root)}
@@ -164,7 +137,7 @@ def ensure_corpus(files: int, tool: Path) -> Path:
 
 def cold_snapshot(root: Path, konduktor: list[str]) -> tuple[float, dict[str, Any]]:
     with fresh_home() as env:
-        seconds, out = run([*konduktor, "snapshot", str(root), "--json"], env=env)
+        seconds, out, _ = run([*konduktor, "snapshot", str(root), "--json"], env=env)
     return seconds, json.loads(out)
 
 
@@ -246,7 +219,7 @@ def peak_rss_kb(root: Path, konduktor: list[str], time_bin: str | None) -> tuple
                 out = Path(tmp) / "rss"
                 run([time_bin, "-f", "%M", "-o", str(out), *cmd], env=env)
                 return int(out.read_text().split()[-1]), f"{time_bin} -f %M"
-        _, out_text = run([sys.executable, "-c", RSS_PARENT, *cmd], env=env)
+        _, out_text, _ = run([sys.executable, "-c", RSS_PARENT, *cmd], env=env)
         return int(out_text.split()[-1]), "getrusage(RUSAGE_CHILDREN).ru_maxrss"
 
 
