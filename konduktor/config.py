@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from konduktor.cache import atomic_write, konduktor_home
-from konduktor.errors import ConfigError
+from konduktor.errors import ConfigError, UsageError
 from konduktor.storage import StoreOptions, parse_url
 
 CLOUDS = ("s3", "gs")
@@ -143,7 +143,7 @@ def _validate(path: Path, data: dict[str, Any]) -> Config:
             raise ConfigError(f"{path}: jobs.bucket must be a URL such as s3://bucket/prefix")
         try:
             parse_url(bucket)
-        except Exception as exc:
+        except UsageError as exc:
             raise ConfigError(f"{path}: jobs.bucket: {exc}") from exc
     sync = _section(path, "sync", data.get("sync", {}), _SYNC_KEYS)
     store = _section(path, "sync.store", sync.pop("store", {}), _STORE_KEYS)

@@ -2,10 +2,11 @@
 
 Every error the user can cause or fix is a :class:`KonduktorError`; its message
 says what failed, on which object, and what to do next. The CLI prints it as
-``error: <message>`` and exits 1.
+``error: <message>`` and exits with the class's :attr:`~KonduktorError.exit_code`.
 
     KonduktorError
-    ├── UsageError        bad arguments or paths given by the user
+    ├── UsageError        bad arguments or paths given by the user (exit 2, as click's)
+    ├── AbortedError      the user answered "no" when asked to go on
     ├── GitError          a git command or repository read failed
     ├── SelectionError    a file could not be read while selecting or archiving
     ├── ExtractError      a layer is corrupt, tampered with or hostile
@@ -17,17 +18,37 @@ says what failed, on which object, and what to do next. The CLI prints it as
         ├── PermissionDeniedError  the credentials may not do this
         ├── ConflictError          a key holds different content than the one being written
         └── TransientError         the store stayed unreachable after retries
+
+Exit codes of the ``konduktor`` command:
+
+    0    success
+    1    a KonduktorError (other than UsageError), "aborted" at a prompt included
+    2    a usage error: bad options or arguments (UsageError, and click's own)
+    3    an unexpected error, a bug: rerun with -v for the traceback
+    130  interrupted (Ctrl-C)
+    N    `launch --local` without -d: the exit code of the task itself
+A pod whose startup script cannot sync its files exits 97 before `run:` starts.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class KonduktorError(Exception):
     """Base of every error konduktor raises on purpose."""
 
+    exit_code: ClassVar[int] = 1
+
 
 class UsageError(KonduktorError):
     """The user asked for something that cannot be done as asked."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class AbortedError(KonduktorError):
+    """The user declined to go on when asked."""
 
 
 class GitError(KonduktorError):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -49,7 +50,7 @@ from typing import BinaryIO, Literal
 
 import zstandard
 
-from konduktor.errors import ExtractError
+from konduktor.errors import ExtractError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,22 @@ class LayerRef:
 
     path: Path
     sha256: str | None
+
+    @classmethod
+    def beside_manifest(cls, path: Path) -> LayerRef:
+        """The layer at *path*, with the sha256 from the manifest ``<name>.json`` beside it
+        (as ``konduktor snapshot --out`` writes them); without a manifest, unverified."""
+        if not path.is_file():
+            raise UsageError(f"layer {path} does not exist")
+        manifest = path.with_name(path.name.removesuffix(".tar.zst") + ".json")
+        try:
+            digest = json.loads(manifest.read_text())["sha256"]
+        except FileNotFoundError:
+            log.warning("no manifest %s beside the layer: its sha256 is not verified", manifest)
+            return cls(path, None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"cannot read the manifest {manifest}: {exc}") from exc
+        return cls(path, str(digest))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Git mode (DESIGN §8): the pod clones the exact commit over SSH instead of fetching a base.
 
-:func:`resolve` checks, on the launcher, everything the pod will rely on, and fails
+:func:`checkout` finds the SSH key the pod will use (:func:`ssh_key`) and then
+:func:`resolve` checks, on the launcher, everything the pod will rely on, failing
 fast with what to do: the workdir is a repository's root with a remote; HEAD is
 on the remote branch; the remote URL is SSH; the remote host's keys are known (from
 ``~/.ssh/known_hosts``, or scanned once with ``--accept-host-key``).
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from konduktor.errors import GitError, UsageError
+from konduktor.config import Config
+from konduktor.errors import ConfigError, GitError, TaskError, UsageError
 from konduktor.gitrepo import run_git
+from konduktor.plan import GitCheckout
+from konduktor.task import FileMount, Task
 
 _SCP = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+):(?P<path>[^/].*|/.*)$")
 _SSH = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
@@ -22,52 +26,68 @@ _HTTPS = re.compile(r"^https?://(?:[^@/]+@)?(?P<host>[^:/]+)(?::\d+)?/(?P<path>.
 
 
 @dataclass(frozen=True)
-class Checkout:
-    """What the pod clones: the remote URL, the branch, the exact commit, pinned host keys."""
+class Options:
+    """Git mode's command-line options."""
 
-    url: str
-    branch: str
-    commit: str
-    known_hosts: str  # known_hosts lines for the remote's host
+    remote: str = "origin"
+    branch: str | None = None  # the remote branch holding HEAD (default: the current one)
+    ssh_url: bool = False  # clone an https:// remote over SSH
+    fetch: bool = False  # fetch before checking that HEAD is pushed
+    accept_host_key: bool = False  # pin host keys scanned now when known_hosts lacks them
+    clean_only: bool = False  # refuse uncommitted changes
+    ssh_secret: str | None = None  # the key from this Kubernetes Secret
+    recurse_submodules: bool = False
 
 
-def resolve(
-    root: Path,
-    *,
-    remote: str = "origin",
-    branch: str | None = None,
-    ssh_url: bool = False,
-    fetch: bool = False,
-    accept_host_key: bool = False,
-) -> tuple[Checkout, list[str]]:
-    """The checkout for the repository at *root*, and notes to show the user."""
+def checkout(
+    task: Task, cfg: Config, options: Options, *, local: bool
+) -> tuple[Task, GitCheckout, str | None, list[str]]:
+    """What the pod clones, for *task*'s workdir: (the task, with a file mount added for
+    ``git.ssh_key``; the checkout; the Secret holding the key, if any; notes to show)."""
+    workdir = task.workdir
+    if workdir is None:
+        raise TaskError(f"{task.path}: --mode git clones the workdir: the task needs a workdir")
+    task, key, secret = ssh_key(task, cfg, options.ssh_secret)
+    if secret and local:
+        raise UsageError(
+            "--local cannot mount the Kubernetes Secret with the SSH key; mount the key "
+            "file (file_mounts) or set git.ssh_key"
+        )
+    found, notes = resolve(workdir, options, key=key)
+    notes.append(f"the pod clones {found.url} at {found.commit[:12]} ({found.branch})")
+    return task, found, secret, notes
+
+
+def resolve(root: Path, options: Options, *, key: str) -> tuple[GitCheckout, list[str]]:
+    """The checkout of the repository at *root*, cloned with the SSH key at *key* in the
+    pod, and notes to show the user."""
+    remote, branch = options.remote, options.branch
     top = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
     if top != root.resolve():
-        raise UsageError(
+        raise GitError(
             f"--mode git clones the whole repository, so the workdir must be its root "
             f"({top}), not {root}; set workdir: to the root or use --mode tarball"
         )
     if _git(root, "rev-parse", "--is-shallow-repository") == "true":
-        raise UsageError(
+        raise GitError(
             f"{root} is a shallow clone: konduktor cannot check which commits the remote has; "
             "run git fetch --unshallow, or use --mode tarball"
         )
-    url = _remote_url(root, remote)
-    url = _ssh(url, remote, ssh_url)
+    url = _ssh(_remote_url(root, remote), remote, options.ssh_url)
     branch = branch or _branch(root)
     commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
     notes = []
-    if fetch or not _on_remote(root, remote, branch, commit):
+    if options.fetch or not _on_remote(root, remote, branch, commit):
         _fetch(root, remote, branch, url)
         notes.append(f"fetched {remote}/{branch}")
         if not _on_remote(root, remote, branch, commit):
-            raise UsageError(
+            raise GitError(
                 f"HEAD {commit[:7]} is not on {remote}/{branch}: push it, or use --mode tarball"
             )
-    hosts, scanned = known_hosts(url, accept=accept_host_key)
+    hosts, scanned = known_hosts(url, accept=options.accept_host_key)
     if scanned:
         notes.append(scanned)
-    return Checkout(url, branch, commit, hosts), notes
+    return GitCheckout(url, branch, commit, hosts, key, options.recurse_submodules), notes
 
 
 def _git(root: Path, *args: str) -> str:
@@ -78,7 +98,7 @@ def _remote_url(root: Path, remote: str) -> str:
     try:
         return _git(root, "remote", "get-url", remote)
     except GitError:
-        raise UsageError(
+        raise GitError(
             f"--mode git needs a remote: {root} has no remote {remote!r}; add one "
             f"(git remote add {remote} git@host:org/repo.git), pass --remote NAME, "
             "or use --mode tarball"
@@ -93,11 +113,11 @@ def _ssh(url: str, remote: str, map_https: bool) -> str:
         path = https.group("path")
         return f"git@{https.group('host')}:{path if path.endswith('.git') else path + '.git'}"
     if https:
-        raise UsageError(
+        raise GitError(
             f"{remote} is {_redact(url)}, but pods clone over SSH with a key; pass --ssh-url "
             f"to use git@{https.group('host')}:{https.group('path')}, or use --mode tarball"
         )
-    raise UsageError(
+    raise GitError(
         f"{remote} is {_redact(url)}: pods can only clone ssh:// or user@host:path URLs; "
         "use --mode tarball for this repository"
     )
@@ -112,7 +132,7 @@ def _branch(root: Path) -> str:
     try:
         return _git(root, "symbolic-ref", "--short", "-q", "HEAD")
     except GitError:
-        raise UsageError(
+        raise GitError(
             "HEAD is detached: pass --branch NAME, the branch on the remote that holds the commit"
         ) from None
 
@@ -134,7 +154,7 @@ def _fetch(root: Path, remote: str, branch: str, url: str) -> None:
         )
     except GitError as exc:
         reason = str(exc).rsplit("):", 1)[-1].strip().splitlines()
-        raise UsageError(
+        raise GitError(
             f"cannot fetch {branch} from {remote} ({_redact(url)}) to check that HEAD is "
             f"there: {reason[0] if reason else 'git fetch failed'}; check the network and "
             "your SSH access, or use --mode tarball"
@@ -163,14 +183,14 @@ def known_hosts(url: str, *, accept: bool) -> tuple[str, str | None]:
     if found:
         return found, None
     if not accept:
-        raise UsageError(
+        raise GitError(
             f"the host key of {name} is not in {file}: connect once (ssh -p {port or 22} "
             f"{host}, or git fetch) to check and record it, or pass --accept-host-key"
         )
     scanned = _run(["ssh-keyscan", "-T", "10", "-p", str(port or 22), host])
     lines = [line for line in scanned.splitlines() if line and line[0] != "#"]
     if not lines:
-        raise UsageError(f"ssh-keyscan found no host key at {name}; is the SSH server up?")
+        raise GitError(f"ssh-keyscan found no host key at {name}; is the SSH server up?")
     pinned = [f"{name} {line.split(None, 1)[1]}\n" for line in lines]
     types = ", ".join(sorted({line.split()[1] for line in lines}))
     return "".join(pinned), f"accepted the host keys of {name} ({types}) without checking them"
@@ -180,7 +200,50 @@ def _run(cmd: list[str]) -> str:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
-        raise UsageError(f"{cmd[0]} is not installed; install the OpenSSH client") from None
+        raise GitError(f"{cmd[0]} is not installed; install the OpenSSH client") from None
     except subprocess.TimeoutExpired:
-        raise UsageError(f"`{' '.join(cmd)}` took more than 30 s; is the host reachable?") from None
+        raise GitError(f"`{' '.join(cmd)}` took more than 30 s; is the host reachable?") from None
     return done.stdout
+
+
+# -- the SSH key -------------------------------------------------------------------------------
+
+_CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
+
+
+def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str | None]:
+    """Where the pod finds the SSH key for git mode: (the task, with a file mount added
+    for ``git.ssh_key``; the key's path in the pod; the Secret to mount, if any).
+
+    In order: a file mount under ``~/.ssh/`` holding a private key (as in Konduktor's
+    docs), ``--ssh-secret`` or ``git.ssh_secret``, ``git.ssh_key``.
+    """
+    for mount in task.file_mounts:
+        if mount.kind == "file" and mount.target.startswith("~/.ssh/") and _is_key(mount.source):
+            return task, mount.target, None
+    secret = secret or cfg.git_ssh_secret
+    if secret:
+        from konduktor.k8s import jobset, secrets
+
+        return task, f"{jobset.GIT_SSH_PATH}/{secrets.GIT_SSH_KEY}", secret
+    if cfg.git_ssh_key is not None:
+        path = cfg.git_ssh_key
+        if not path.is_file():
+            raise ConfigError(f"{cfg.path}: git.ssh_key: {path} does not exist; fix the path")
+        mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
+        return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
+    raise TaskError(
+        f"{task.path}: --mode git needs an SSH key for the pod: mount one "
+        "(file_mounts: ~/.ssh/id_ed25519: ~/.ssh/id_ed25519), set git.ssh_key in the config, "
+        "or pass --ssh-secret NAME (konduktor secret create --kind git-ssh NAME --from-file KEY)"
+    )
+
+
+def _is_key(path: str) -> bool:
+    from konduktor.k8s import secrets
+
+    try:
+        with open(path, "rb") as f:
+            return secrets.is_private_key(f.read(100))
+    except OSError:
+        return False

@@ -113,7 +113,7 @@ def hooks_dir(where: Path) -> Path:
     try:
         out = run_git(["rev-parse", "--path-format=absolute", "--git-path", "hooks"], where)
     except GitError as exc:
-        raise UsageError(f"{exc}; run this inside the clone you push from") from exc
+        raise GitError(f"{exc}; run this inside the clone you push from") from exc
     return Path(os.fsdecode(out.rstrip(b"\n")))
 
 
@@ -187,7 +187,7 @@ def uninstall(where: Path) -> Uninstalled:
 
 
 @dataclass(frozen=True)
-class Status:
+class HookStatus:
     hook: Path
     installed: bool
     foreign: bool  # a pre-push hook that is not ours is in place
@@ -196,12 +196,12 @@ class Status:
     python_found: bool
 
 
-def status(where: Path) -> Status:
+def status(where: Path) -> HookStatus:
     directory = hooks_dir(where)
     hook, chained = directory / HOOK, directory / CHAINED
     ours = is_ours(hook)
     python = _recorded_python(hook) if ours else None
-    return Status(
+    return HookStatus(
         hook,
         installed=ours,
         foreign=os.path.lexists(hook) and not ours,
@@ -256,7 +256,7 @@ def _commits(text: str, environ: Mapping[str, str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Layer:
+class PushedLayer:
     commit: str
     root: str  # the sync root, relative to the repository root ("." for the root itself)
     uploaded_bytes: int  # compressed bytes sent; 0 when the store had the layer
@@ -264,11 +264,28 @@ class Layer:
 
 @dataclass(frozen=True)
 class RunResult:
-    layers: tuple[Layer, ...]  # done before any failure or time-out
+    layers: tuple[PushedLayer, ...]  # done before any failure or time-out
     failure: str | None = None  # one line: what went wrong
     strict: bool = False  # the failure must block the push
     timed_out: bool = False  # the work may still be running: exit without waiting for it
     log: Path | None = None  # background mode: where the detached run writes
+
+    @property
+    def exit_code(self) -> int:
+        """What the hook exits with: 1 blocks the push (a failure under hooks.strict)."""
+        return 1 if self.failure is not None and self.strict else 0
+
+    @property
+    def verdict(self) -> str | None:
+        """The one line the push shows about a failure, if any."""
+        if self.failure is None:
+            return None
+        if not self.strict:
+            return f"warning: konduktor pre-push: {self.failure}; the push goes on"
+        return (
+            f"error: konduktor pre-push: {self.failure}; the push is blocked (hooks.strict: "
+            "true): fix it, or push with --no-verify"
+        )
 
 
 def run(
@@ -282,7 +299,7 @@ def run(
 
     *foreground* ignores ``hooks.background`` (the detached run itself sets it).
     """
-    done: list[Layer] = []
+    done: list[PushedLayer] = []
     strict = False
     try:
         cfg = config.load()
@@ -334,7 +351,7 @@ def _within(seconds: float, work: Callable[[], None]) -> bool:
     return True
 
 
-def _snapshot(cwd: Path, commits: list[str], cfg: config.Config, done: list[Layer]) -> None:
+def _snapshot(cwd: Path, commits: list[str], cfg: config.Config, done: list[PushedLayer]) -> None:
     """Put the base layer of each commit and sync root that the store lacks into *done*."""
     top = _work_tree(cwd)
     url, options = cfg.store_url()
@@ -348,11 +365,11 @@ def _snapshot(cwd: Path, commits: list[str], cfg: config.Config, done: list[Laye
                 continue
             root = top / rel
             key = snapshot.base_key(Repo(repo, root), str(commit.id), level)
-            if store.stat(remote.VERSION_PREFIX + key) is not None:
-                done.append(Layer(str(commit.id), rel, 0))
+            if store.stat(key.key) is not None:
+                done.append(PushedLayer(str(commit.id), rel, 0))
                 continue
             sent = remote.upload(root, store, commit=str(commit.id), level=level)
-            done.append(Layer(str(commit.id), rel, sent.uploaded_bytes))
+            done.append(PushedLayer(str(commit.id), rel, sent.uploaded_bytes))
 
 
 def _work_tree(cwd: Path) -> Path:

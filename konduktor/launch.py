@@ -1,41 +1,176 @@
-"""Launch a task (DESIGN §6), failing fast, in this order:
+"""Launch a task (DESIGN §6): :func:`launch` is the one call, for a cluster, ``--local``
+and ``--dry-run`` alike. It fails fast, in this order:
 
-1. the task and config are valid (the caller loads them) and, for a cluster, the
-   kubeconfig context exists;
+1. the task and config are valid and, for a cluster, the kubeconfig context exists;
+   in git mode, the SSH key, the remote, the pushed commit and the host keys;
 2. :func:`prepare` plans a snapshot of the workdir and of every local mount, and
    sums it up; above the hard size limit it refuses;
-3. :func:`sync` uploads what the store lacks and writes the launch plan;
-4. the caller submits the JobSet rendered from the plan, or :func:`run_local` runs
-   the same startup script in a sandbox HOME.
+3. the caller's *confirm* may stop it (nothing was sent yet);
+4. :func:`sync` uploads what the store lacks and writes the launch plan;
+5. the JobSet rendered from the plan is submitted, or :func:`konduktor.local.run`
+   runs the same startup script in a sandbox HOME.
 
-If a step fails, nothing after it happens.
+If a step fails, nothing after it happens. A dry run stops after step 2 and only
+looks at the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
+import logging
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from konduktor import __version__, pod, remote, snapshot
-from konduktor.cache import HashCache, konduktor_home
+from konduktor import __version__, config, gitmode, layout, local, pod, remote, snapshot, units
+from konduktor.cache import HashCache
 from konduktor.config import Config
-from konduktor.errors import ConfigError, SelectionError, TaskError
+from konduktor.errors import AbortedError, GitError, SelectionError
 from konduktor.extract import sha256_file
-from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Layer, Tree
-from konduktor.storage import Progress, Store
-from konduktor.task import WORKDIR_TARGET, FileMount, Task
+from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Tree
+from konduktor.storage import Progress, Store, open_store
+from konduktor.task import WORKDIR_TARGET, Overrides, Task
+
+log = logging.getLogger(__name__)
 
 _MB = 1 << 20
 _LARGEST = 5
+
+Target = Literal["cluster", "local", "dry-run"]
+ProgressFactory = Callable[[str, int], Progress | None]
+"""Called with (what, total bytes) before a transfer; returns a byte-count callback or None."""
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to launch, and where: the command line's options, parsed."""
+
+    task_file: Path
+    target: Target = "cluster"
+    overrides: Overrides = field(default_factory=Overrides)
+    git: gitmode.Options | None = None  # git mode; None: the workdir ships as a snapshot
+    manifest: bool = False  # dry run: render the JobSet too
+    store_url: str | None = None  # default: from the config
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    detach: bool = False  # local: run in the background
+    quiet: bool = False  # local: the startup script reports only failures
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What :func:`sync` sent (a dry run: would send), and the plan it wrote."""
+
+    plan: LaunchPlan  # as written to the store (a dry run: as it would be, not presigned)
+    uploaded: tuple[str, ...]  # store keys put (a dry run: to put)
+    uploaded_bytes: int
+    reused: tuple[str, ...]  # store keys the store already had
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    job: str
+    target: Target
+    store: str  # the store's URL
+    synced: Synced
+    manifest: dict[str, Any] | None = None  # the JobSet (submitted, or rendered by a dry run)
+    context: str | None = None  # cluster: the kubeconfig context and namespace
+    namespace: str | None = None
+    exit_code: int = 0  # local: the task's exit code (0 when detached)
+
+
+def launch(
+    request: Request,
+    *,
+    confirm: Callable[[Prepared], bool] | None = None,
+    report: Callable[[str], None] = _silent,
+    progress: ProgressFactory | None = None,
+) -> LaunchResult:
+    """Launch *request*; *report* gets one-line progress notes, *confirm* (if given) may
+    stop the launch after the summary and before anything is sent."""
+    from konduktor import task as tasks
+    from konduktor.k8s import jobset
+
+    task = tasks.load(request.task_file, request.overrides)
+    cfg = config.load()
+    cluster = _connect(request) if request.target == "cluster" else None
+    checkout, git_secret = None, None
+    if request.git is not None:
+        task, checkout, git_secret, notes = gitmode.checkout(
+            task, cfg, request.git, local=request.target == "local"
+        )
+        for note in notes:
+            report(f"git: {note}")
+    default_url, options = cfg.store_url()
+    store = open_store(request.store_url or default_url, options)
+    prepared = prepare(task, cfg, jobset.job_name(task), checkout)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    _check_clean(prepared, request.git, report)
+    _summarize(prepared, report)
+    if request.target == "dry-run":
+        return _dry_run(prepared, store, cfg, request, git_secret)
+    if confirm is not None and not confirm(prepared):
+        raise AbortedError("aborted: nothing was uploaded or submitted")
+    synced = sync(prepared, store, cfg, progress=progress)
+    _report_upload(synced, store, report)
+    result = LaunchResult(prepared.job, request.target, store.url, synced)
+    if cluster is None:
+        report(f"running {prepared.job} in {local.home(prepared.job)}")
+        code = local.run(synced.plan, task, detach=request.detach, quiet=request.quiet)
+        return replace(result, exit_code=code)
+    manifest_ = submit(cluster, task, synced.plan, git_secret)
+    return replace(result, manifest=manifest_, context=cluster.context, namespace=cluster.namespace)
+
+
+def _connect(request: Request) -> Any:
+    from konduktor.k8s import submit as k8s_submit
+
+    return k8s_submit.connect(request.kubeconfig, request.kube_context)
+
+
+def _check_clean(
+    prepared: Prepared, options: gitmode.Options | None, report: Callable[[str], None]
+) -> None:
+    if options is None or prepared.git is None or not prepared.dirty:
+        return
+    if options.clean_only:
+        raise GitError(
+            "the work tree has uncommitted changes and --clean-only is set: commit and "
+            "push them, or drop --clean-only"
+        )
+    report(f"git: uncommitted changes ship as an overlay on top of {prepared.git.commit[:12]}")
+
+
+def _summarize(prepared: Prepared, report: Callable[[str], None]) -> None:
+    report(f"job {prepared.job}: {prepared.files} file(s), {units.size(prepared.bytes)} to ship")
+    for path, size in prepared.largest()[:3]:
+        report(f"  {units.size(size):>9}  {path}")
+    for warning in prepared.size_warnings:
+        log.warning("%s", warning)
+
+
+def _report_upload(synced: Synced, store: Store, report: Callable[[str], None]) -> None:
+    sent = f"{len(synced.uploaded)} object(s), {units.size(synced.uploaded_bytes)} sent"
+    report(
+        f"upload: {sent if synced.uploaded else 'nothing to send'}; "
+        f"{len(synced.reused)} object(s) already in {store.url}"
+    )
+
+
+def _dry_run(
+    prepared: Prepared, store: Store, cfg: Config, request: Request, git_secret: str | None
+) -> LaunchResult:
+    synced = sync(prepared, store, cfg, dry_run=True)
+    rendered = manifest(prepared.task, synced.plan, git_secret) if request.manifest else None
+    return LaunchResult(prepared.job, "dry-run", store.url, synced, manifest=rendered)
 
 
 @dataclass(frozen=True)
@@ -44,7 +179,7 @@ class Source:
 
     target: str
     path: Path
-    snapshot: snapshot.Plan | None  # None for a single file
+    snapshot: snapshot.SnapshotPlan | None  # None for a single file
     sizes: Mapping[str, int]  # path (relative to *path*, "" for a file) -> bytes
 
 
@@ -79,14 +214,6 @@ class Prepared:
             for p, n in s.sizes.items()
         ]
         return sorted(sized, key=lambda item: -item[1])[:_LARGEST]
-
-
-@dataclass(frozen=True)
-class Synced:
-    plan: LaunchPlan
-    uploaded: tuple[str, ...]  # keys put by this launch
-    uploaded_bytes: int
-    reused: tuple[str, ...]  # keys the store already had
 
 
 def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -> Prepared:
@@ -144,32 +271,31 @@ def sync(
     store: Store,
     cfg: Config,
     *,
-    progress: Callable[[str, int], Progress | None] | None = None,
+    progress: ProgressFactory | None = None,
+    dry_run: bool = False,
 ) -> Synced:
-    """Upload what *store* lacks, write the launch plan there, and return it."""
+    """Upload what *store* lacks and write the launch plan there; *dry_run* only looks."""
     trees, files = [], []
     uploaded: list[str] = []
     reused: list[str] = []
     sent = 0
     for source in prepared.sources:
         if source.snapshot is not None:
-            result = remote.upload_plan(source.snapshot, store, progress=progress)
-            layers = tuple(
-                Layer(remote.VERSION_PREFIX + o.key, o.kind, o.sha256, o.size)
-                for o in result.objects
-            )
+            result = remote.upload_plan(source.snapshot, store, progress=progress, dry_run=dry_run)
             p = source.snapshot
-            trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, layers))
-            uploaded += [remote.VERSION_PREFIX + key for key in result.uploaded]
-            reused += [remote.VERSION_PREFIX + key for key in result.reused]
+            trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, result.layers))
+            uploaded += [name.key for name in result.uploaded]
+            reused += [name.key for name in result.reused]
             sent += result.uploaded_bytes
         else:
-            f, put = _put_file(source, store, progress)
+            f, missing = _put_file(source, store, progress, dry_run=dry_run)
             files.append(f)
-            (uploaded if put else reused).append(f.key)
-            sent += f.size if put else 0
-    plan = _presigned(_plan(prepared, store, cfg, trees, files), store, cfg.presign_seconds)
-    _write_plan(plan, store)
+            (uploaded if missing else reused).append(f.key)
+            sent += f.size if missing and not dry_run else 0
+    plan = _plan(prepared, store, cfg, trees, files)
+    if not dry_run:
+        plan = _presigned(plan, store, cfg.presign_seconds)
+        _write_plan(plan, store)
     return Synced(plan, tuple(uploaded), sent, tuple(reused))
 
 
@@ -192,23 +318,27 @@ def _plan(
 
 
 def _put_file(
-    source: Source, store: Store, progress: Callable[[str, int], Progress | None] | None
+    source: Source, store: Store, progress: ProgressFactory | None, *, dry_run: bool
 ) -> tuple[File, bool]:
-    digest, key, mode = _file_object(source)
-    size = source.sizes[""]
-    put = False
-    if store.stat(key) is None:
-        bar = progress(key, size) if progress else None
-        put = store.put(
-            key, source.path, sha256=digest, metadata={"kind": "file"}, progress=bar
-        ).uploaded
-    store.mark(remote.USED_PREFIX + key[len(remote.VERSION_PREFIX) :])
-    return File(source.target, str(source.path), key, digest, size, mode), put
+    """The mounted file's plan entry, and whether the store lacked it (and got it)."""
+    digest, mode = _file_digest(source)
+    name, size = layout.file(digest), source.sizes[""]
+    f = File(source.target, str(source.path), name.key, digest, size, mode)
+    missing = store.stat(name.key) is None
+    if dry_run:
+        return f, missing
+    if missing:
+        bar = progress(name.key, size) if progress else None
+        done = store.put(
+            name.key, source.path, sha256=f.sha256, metadata={"kind": "file"}, progress=bar
+        )
+        missing = done.uploaded
+    store.mark(name.used)
+    return f, missing
 
 
-def _file_object(source: Source) -> tuple[str, str, int]:
-    """A mounted file's sha256 (hashed only when its stat changed), its content-addressed
-    key, and its permission bits."""
+def _file_digest(source: Source) -> tuple[str, int]:
+    """A mounted file's sha256 (hashed only when its stat changed) and permission bits."""
     st = source.path.stat()
     cache = HashCache(source.path)
     digest = cache.get("", st)
@@ -216,8 +346,7 @@ def _file_object(source: Source) -> tuple[str, str, int]:
         digest = sha256_file(source.path)
         cache.put("", st, digest)
         cache.save()
-    key = f"{remote.VERSION_PREFIX}objects/{digest[:2]}/{digest}"
-    return digest, key, stat.S_IMODE(st.st_mode)
+    return digest, stat.S_IMODE(st.st_mode)
 
 
 def _presigned(plan: LaunchPlan, store: Store, seconds: int) -> LaunchPlan:
@@ -237,32 +366,12 @@ def _write_plan(plan: LaunchPlan, store: Store) -> None:
     with tempfile.TemporaryDirectory(prefix="konduktor-plan-") as tmp:
         path = Path(tmp) / "plan.json"
         path.write_bytes(data)
-        key = f"{remote.VERSION_PREFIX}plans/{plan.job}.json"
-        store.put(key, path, sha256=hashlib.sha256(data).hexdigest(), metadata={"kind": "plan"})
-
-
-def dry_plan(prepared: Prepared, store: Store, cfg: Config) -> tuple[LaunchPlan, set[str]]:
-    """The plan a launch would write, and the keys it would upload; touches nothing.
-    A layer not in the store yet has no digest: it shows as ``(to upload)``."""
-    trees, files, missing = [], [], set()
-    for source in prepared.sources:
-        if source.snapshot is not None:
-            layers = []
-            for layer in source.snapshot.layers:
-                key = remote.VERSION_PREFIX + str(layer.key)
-                info = store.stat(key)
-                if info is None:
-                    missing.add(key)
-                sha, size = (info.sha256 or "", info.size) if info else ("(to upload)", 0)
-                layers.append(Layer(key, layer.kind, sha, size))
-            p = source.snapshot
-            trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, tuple(layers)))
-        else:
-            digest, key, mode = _file_object(source)
-            if store.stat(key) is None:
-                missing.add(key)
-            files.append(File(source.target, str(source.path), key, digest, source.sizes[""], mode))
-    return _plan(prepared, store, cfg, trees, files), missing
+        store.put(
+            layout.plan(plan.job),
+            path,
+            sha256=hashlib.sha256(data).hexdigest(),
+            metadata={"kind": "plan"},
+        )
 
 
 def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dict[str, Any]:
@@ -282,127 +391,9 @@ def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dic
 def submit(
     cluster: Any, task: Task, plan: LaunchPlan, git_secret: str | None = None
 ) -> dict[str, Any]:
-    """Create the JobSet on *cluster* (a :class:`konduktor.k8s.submit.Cluster`)."""
+    """Create the JobSet on *cluster* (a :class:`konduktor.k8s.submit.Cluster`); return it."""
     from konduktor.k8s import submit as k8s_submit
 
-    return k8s_submit.create_jobset(cluster, manifest(task, plan, git_secret))
-
-
-# -- git mode ------------------------------------------------------------------------------------
-
-_CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
-
-
-def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str | None]:
-    """Where the pod finds the SSH key for git mode: (the task, with a file mount added
-    for ``git.ssh_key``; the key's path in the pod; the Secret to mount, if any).
-
-    In order: a file mount under ``~/.ssh/`` holding a private key (as in Konduktor's
-    docs), ``--ssh-secret`` or ``git.ssh_secret``, ``git.ssh_key``.
-    """
-    for mount in task.file_mounts:
-        if mount.kind == "file" and mount.target.startswith("~/.ssh/") and _is_key(mount.source):
-            return task, mount.target, None
-    secret = secret or cfg.git_ssh_secret
-    if secret:
-        from konduktor.k8s import jobset, secrets
-
-        return task, f"{jobset.GIT_SSH_PATH}/{secrets.GIT_SSH_KEY}", secret
-    if cfg.git_ssh_key is not None:
-        path = cfg.git_ssh_key
-        if not path.is_file():
-            raise ConfigError(f"{cfg.path}: git.ssh_key: {path} does not exist; fix the path")
-        mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
-        return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
-    raise TaskError(
-        f"{task.path}: --mode git needs an SSH key for the pod: mount one "
-        "(file_mounts: ~/.ssh/id_ed25519: ~/.ssh/id_ed25519), set git.ssh_key in the config, "
-        "or pass --ssh-secret NAME (konduktor secret create --kind git-ssh NAME --from-file KEY)"
-    )
-
-
-def _is_key(path: str) -> bool:
-    from konduktor.k8s import secrets
-
-    try:
-        with open(path, "rb") as f:
-            return secrets.is_private_key(f.read(100))
-    except OSError:
-        return False
-
-
-# -- the local target ------------------------------------------------------------------------
-
-
-LOCAL_KEEP = 10  # sandbox HOMEs of local runs kept; older ones are deleted
-
-
-def local_home(job: str) -> Path:
-    return konduktor_home() / "local" / job
-
-
-def _prune_local(keep: int) -> None:
-    """Delete all but the *keep* newest sandbox HOMEs: each holds a copy of its files."""
-    try:
-        homes = sorted((konduktor_home() / "local").iterdir(), key=lambda p: p.stat().st_mtime)
-    except FileNotFoundError:
-        return
-    for old in homes[: max(len(homes) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def run_local(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = False) -> int:
-    """Run the startup script of *plan* with ``sh`` in a sandbox HOME (the last
-    :data:`LOCAL_KEEP` are kept); return its exit code
-    (with *detach*, start it in the background, logging to ``<HOME>/run.log``, and return 0;
-    with *quiet*, the script reports only failures)."""
-    _prune_local(LOCAL_KEEP - 1)
-    home = local_home(plan.job)
-    home.mkdir(parents=True, exist_ok=True)
-    script = home / ".konduktor" / "startup.sh"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(pod.render(plan))
-    env = _local_env(home, task)
-    if quiet:
-        env["KONDUKTOR_QUIET"] = "1"
-    if detach:
-        with (home / "run.log").open("ab") as out:
-            subprocess.Popen(
-                ["sh", str(script)],
-                cwd=home,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return 0
-    sys.stdout.flush()
-    return subprocess.call(["sh", str(script)], cwd=home, env=env)
-
-
-def _local_env(home: Path, task: Task) -> dict[str, str]:
-    """The user's environment with HOME moved, the cluster's variables for one node, and the
-    user's cloud credential files named explicitly (the sandbox HOME has none)."""
-    env = dict(os.environ)
-    real_home = Path.home()
-    files = {
-        "AWS_SHARED_CREDENTIALS_FILE": real_home / ".aws" / "credentials",
-        "AWS_CONFIG_FILE": real_home / ".aws" / "config",
-        "GOOGLE_APPLICATION_CREDENTIALS": real_home
-        / ".config/gcloud/application_default_credentials.json",
-    }
-    for name, path in files.items():
-        if name not in env and path.exists():
-            env[name] = str(path)
-    env.update(
-        HOME=str(home),
-        KONDUKTOR_CREDENTIALS_DIR=str(home / ".konduktor-no-secret"),
-        KONDUKTOR_PYTHON=sys.executable,  # has zstandard, whatever python3 on PATH lacks
-        NUM_NODES="1",
-        RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        NODE_HOST_IPS="127.0.0.1",
-    )
-    env.update(task.envs)
-    return env
+    rendered = manifest(task, plan, git_secret)
+    k8s_submit.create_jobset(cluster, rendered)
+    return rendered

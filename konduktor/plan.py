@@ -1,6 +1,6 @@
 """The launch plan: everything a pod needs to fetch, verify and place, as one JSON file.
 
-The launcher writes it to the store (``v1/plans/<job>.json``) before it submits;
+The launcher writes it to the store (:func:`konduktor.layout.plan`) before it submits;
 the pod startup script is rendered from it (:func:`konduktor.pod.render`). Keys are
 relative to the store URL; ``https`` is a presigned URL when the store can sign.
 """
@@ -19,7 +19,7 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Layer:
-    key: str  # e.g. v1/bases/<repo>/<commit>/<root>.tar.zst
+    key: str  # the store key (konduktor.layout), relative to the store URL
     kind: str  # base, overlay or full
     sha256: str  # of the compressed bytes
     size: int
@@ -49,7 +49,7 @@ class File:
 
     target: str
     source: str
-    key: str  # v1/objects/<xx>/<sha256>
+    key: str  # the store key of the content-addressed object
     sha256: str
     size: int
     mode: int  # permission bits, kept from the local file (a 0600 key stays 0600)

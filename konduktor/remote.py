@@ -1,57 +1,43 @@
 """Snapshots in an object store: upload what is missing, list layers, collect garbage.
 
-Store layout (DESIGN §5), under the store URL::
-
-    v1/bases/<repo-id>/<commit>/<root-id>.tar.zst   base layers, keyed by commit
-    v1/objects/<xx>/<sha256>.tar.zst                overlays and full layers
-    v1/used/<layer key>                             last-used markers
-
-Garbage collection rule: every upload (and, later, every launch, before it
-submits) refreshes the last-used marker of each layer it uses, whether it
-uploaded it or found it. ``gc --older-than D`` deletes a layer only when its
-marker (or, without one, the layer itself) is older than D, and refuses a D
-shorter than one hour, so a layer that a launch is about to use always has a
-fresh marker and is spared.
+Keys follow :mod:`konduktor.layout`. Garbage collection rule: every upload (and
+every launch, before it submits) refreshes the last-used marker of each layer it
+uses, whether it uploaded it or found it. ``gc --older-than D`` deletes a layer
+only when its marker (or, without one, the layer itself) is older than D, and
+refuses a D shorter than one hour, so a layer that a launch is about to use always
+has a fresh marker and is spared.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from konduktor import snapshot
+from konduktor import layout, snapshot
 from konduktor.errors import KonduktorError, StorageError, UsageError
+from konduktor.plan import Layer
 from konduktor.storage import Progress, Store
 
 log = logging.getLogger(__name__)
 
-VERSION_PREFIX = "v1/"
-USED_PREFIX = VERSION_PREFIX + "used/"
-_LAYER_PREFIXES = (VERSION_PREFIX + "bases/", VERSION_PREFIX + "objects/")
 MIN_GC_AGE = datetime.timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class LayerObject:
-    key: str  # without the v1/ prefix
-    kind: str
-    sha256: str
-    size: int
+TO_UPLOAD = "(to upload)"  # a dry run's digest of a layer not built yet
 
 
 @dataclass(frozen=True)
 class UploadResult:
     info: snapshot.SnapshotInfo | None  # the layers built, None when nothing was missing
-    keys: tuple[str, ...]  # every layer key of the snapshot, base first
-    objects: tuple[LayerObject, ...]  # the same layers as stored: digest and size
-    uploaded: tuple[str, ...]
-    reused: tuple[str, ...]
+    keys: tuple[layout.Name, ...]  # every layer of the snapshot, base first
+    layers: tuple[Layer, ...]  # the same layers as stored: store key, digest and size
+    uploaded: tuple[layout.Name, ...]  # (with dry_run: would be)
+    reused: tuple[layout.Name, ...]
     uploaded_bytes: int
     commit: str | None
     dirty: bool
@@ -70,57 +56,64 @@ def upload(
 
 
 def upload_plan(
-    p: snapshot.Plan,
+    p: snapshot.SnapshotPlan,
     store: Store,
     *,
     progress: Callable[[str, int], Progress | None] | None = None,
+    dry_run: bool = False,
 ) -> UploadResult:
-    """:func:`upload` for a snapshot plan made already."""
-    found = {layer.key: store.stat(_key(layer.key)) for layer in p.layers}
-    missing = [layer for layer in p.layers if found[layer.key] is None]
-    objects = {
-        key: (info.sha256 or "", info.size) for key, info in found.items() if info is not None
-    }
-    uploaded_bytes = 0
-    info = None
-    if missing:
-        with tempfile.TemporaryDirectory(prefix="konduktor-upload-") as tmp:
-            built = snapshot.build_layers(p, missing, out=Path(tmp))
-            for layer in built:
-                assert layer.path is not None
-                bar = progress(layer.key, layer.compressed_bytes) if progress else None
-                result = store.put(
-                    _key(layer.key),
-                    layer.path,
-                    sha256=layer.sha256,
-                    metadata=_metadata(p, layer),
-                    progress=bar,
-                )
-                uploaded_bytes += layer.compressed_bytes if result.uploaded else 0
-                objects[layer.key] = (layer.sha256, layer.compressed_bytes)
-            info = snapshot.SnapshotInfo(p.root, p.commit, p.dirty, built, p.warnings, 0.0)
-    keys = tuple(str(layer.key) for layer in p.layers)
-    for key in keys:
-        store.mark(USED_PREFIX + key)
-    built_keys = {layer.key for layer in missing}
+    """:func:`upload` for a snapshot plan made already; *dry_run* only looks."""
+    names = p.names()
+    found = {name: store.stat(name.key) for name in names}
+    stored = {n: (i.sha256 or "", i.size) for n, i in found.items() if i is not None}
+    missing = [layer for layer, name in zip(p.layers, names, strict=True) if found[name] is None]
+    info, sent = None, 0
+    if missing and dry_run:
+        stored.update({name: (TO_UPLOAD, 0) for name in names if found[name] is None})
+    elif missing:
+        info, sent = _put_layers(p, missing, store, progress, stored)
+    if not dry_run:
+        for name in names:
+            store.mark(name.used)
     return UploadResult(
         info,
-        keys,
-        tuple(LayerObject(str(la.key), la.kind, *objects[la.key]) for la in p.layers),
-        tuple(k for k in keys if k in built_keys),
-        tuple(k for k in keys if k not in built_keys),
-        uploaded_bytes,
+        names,
+        tuple(Layer(n.key, la.kind, *stored[n]) for la, n in zip(p.layers, names, strict=True)),
+        tuple(n for n in names if found[n] is None),
+        tuple(n for n in names if found[n] is not None),
+        sent,
         p.commit,
         p.dirty,
     )
 
 
-def _key(layer_key: str | None) -> str:
-    assert layer_key is not None
-    return VERSION_PREFIX + layer_key
+def _put_layers(
+    p: snapshot.SnapshotPlan,
+    missing: list[snapshot.LayerPlan],
+    store: Store,
+    progress: Callable[[str, int], Progress | None] | None,
+    stored: dict[layout.Name, tuple[str, int]],
+) -> tuple[snapshot.SnapshotInfo, int]:
+    """Build the *missing* layers and put them; record each digest in *stored*."""
+    sent = 0
+    with tempfile.TemporaryDirectory(prefix="konduktor-upload-") as tmp:
+        built = snapshot.build_layers(p, missing, out=Path(tmp))
+        for layer in built:
+            assert layer.path is not None
+            bar = progress(layer.key, layer.compressed_bytes) if progress else None
+            result = store.put(
+                layer.key.key,
+                layer.path,
+                sha256=layer.sha256,
+                metadata=_metadata(p, layer),
+                progress=bar,
+            )
+            sent += layer.compressed_bytes if result.uploaded else 0
+            stored[layer.key] = (layer.sha256, layer.compressed_bytes)
+    return snapshot.SnapshotInfo(p.root, p.commit, p.dirty, built, p.warnings, 0.0), sent
 
 
-def _metadata(p: snapshot.Plan, layer: snapshot.LayerInfo) -> dict[str, str]:
+def _metadata(p: snapshot.SnapshotPlan, layer: snapshot.BuiltLayer) -> dict[str, str]:
     meta = {"kind": layer.kind, "files": str(layer.files), "bytes": str(layer.bytes)}
     if p.commit:
         meta["commit"] = p.commit
@@ -129,25 +122,36 @@ def _metadata(p: snapshot.Plan, layer: snapshot.LayerInfo) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class StoredLayer:
-    key: str  # without the v1/ prefix
+    key: layout.Name
     kind: str
     commit: str | None
     size: int
     last_used: datetime.datetime
 
+    def to_json(self, age: datetime.timedelta) -> dict[str, object]:
+        """As ``store ls --json`` prints it, *age* after its last use."""
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "commit": self.commit,
+            "bytes": self.size,
+            "last_used": self.last_used.isoformat(),
+            "age_seconds": int(age.total_seconds()),
+        }
+
 
 def layers(store: Store) -> Iterator[StoredLayer]:
     """The layers in the store, with when each was last used."""
-    used = {i.key[len(USED_PREFIX) :]: i.modified for i in store.list(USED_PREFIX)}
-    for prefix in _LAYER_PREFIXES:
+    used = {layout.parse_used(i.key): i.modified for i in store.list(layout.USED)}
+    for prefix in layout.LAYER_PREFIXES:
         for listed in store.list(prefix):
             # Some stores list no metadata: ask for it (one request per layer).
             info = listed if listed.metadata else store.stat(listed.key) or listed
-            key = info.key[len(VERSION_PREFIX) :]
-            kind = "base" if key.startswith("bases/") else info.metadata.get("kind", "layer")
-            commit = key.split("/")[2] if kind == "base" else info.metadata.get("commit")
-            last = max(info.modified, used.get(key, info.modified))
-            yield StoredLayer(key, kind, commit, info.size, last)
+            name = layout.parse(info.key)
+            kind = "base" if name.is_base else info.metadata.get("kind", "layer")
+            commit = name.commit or info.metadata.get("commit")
+            last = max(info.modified, used.get(name, info.modified))
+            yield StoredLayer(name, kind, commit, info.size, last)
 
 
 def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -> list[StoredLayer]:
@@ -158,8 +162,8 @@ def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -
     victims = [layer for layer in layers(store) if layer.last_used < cutoff]
     if not dry_run:
         for layer in victims:
-            store.delete(VERSION_PREFIX + layer.key)
-            store.delete(USED_PREFIX + layer.key)
+            store.delete(layer.key.key)
+            store.delete(layer.key.used)
             log.debug("deleted %s", layer.key)
     return victims
 
@@ -187,13 +191,13 @@ class Check:
 def check(store: Store) -> list[Check]:
     """Identity, reachability and a write/read/delete probe; stops at the first failure."""
     results: list[Check] = []
-    probe = f"{VERSION_PREFIX}check/probe-{datetime.datetime.now().timestamp():.0f}"
+    probe = layout.probe(f"{datetime.datetime.now().timestamp():.0f}")
     with tempfile.TemporaryDirectory(prefix="konduktor-check-") as tmp:
         source = Path(tmp) / "probe"
         source.write_bytes(b"konduktor check\n")
         steps: list[tuple[str, Callable[[], str]]] = [
-            ("identity", lambda: _identity(store)),
-            ("bucket reachable", lambda: f"{sum(1 for _ in store.list(USED_PREFIX))} markers"),
+            ("identity", store.identity),
+            ("bucket reachable", lambda: f"{sum(1 for _ in store.list(layout.USED))} markers"),
             ("write", lambda: _write_probe(store, probe, source)),
             ("read", lambda: str(store.get(probe, Path(tmp) / "back").size) + " bytes"),
             ("delete", lambda: _delete_probe(store, probe)),
@@ -207,11 +211,6 @@ def check(store: Store) -> list[Check]:
     return results
 
 
-def _identity(store: Store) -> str:
-    describe = getattr(store, "identity", None)
-    return str(describe()) if describe else "not applicable"
-
-
 def _write_probe(store: Store, key: str, source: Path) -> str:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     store.put(key, source, sha256=digest)
@@ -223,3 +222,44 @@ def _delete_probe(store: Store, key: str) -> str:
     if store.stat(key) is not None:
         raise StorageError(f"{store.url}/{key} is still there after delete")
     return "ok"
+
+
+@dataclass(frozen=True)
+class CloudCheck:
+    store: str  # the store's URL
+    steps: tuple[Check, ...]
+    secret: str | None = None  # what happened to the cluster's credentials Secret, if anything
+
+    @property
+    def ok(self) -> bool:
+        return all(step.ok for step in self.steps)
+
+
+def check_cloud(
+    cloud: str,
+    *,
+    store_url: str | None = None,
+    kubeconfig: Path | None = None,
+    kube_context: str | None = None,
+) -> CloudCheck:
+    """:func:`check` the *cloud*'s store; when it works and a Kubernetes context exists,
+    write the user's credentials into the Secret that launched pods mount."""
+    from konduktor import config
+    from konduktor.k8s import submit
+    from konduktor.storage import open_store
+
+    url, options = config.load().store_url(cloud)
+    target = open_store(store_url or url, options)
+    result = CloudCheck(target.url, tuple(check(target)))
+    context = submit.current_context(kubeconfig, kube_context)
+    if not result.ok or cloud == "file" or context is None:
+        return result
+    if importlib.util.find_spec("kubernetes") is None:
+        note = (
+            f"kube context {context} found; pip install 'konduktor[k8s]' and check again "
+            "to give its pods your credentials"
+        )
+        return replace(result, secret=note)
+    from konduktor.k8s import secrets
+
+    return replace(result, secret=secrets.write(submit.connect(kubeconfig, kube_context), cloud))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from konduktor import layout
 from konduktor.archive import LayerWriter
 from konduktor.cache import HashCache, atomic_write, fingerprint, konduktor_home, root_digest
 from konduktor.errors import SelectionError, UsageError
@@ -71,14 +72,14 @@ class Record:
 @dataclass(frozen=True)
 class LayerPlan:
     kind: Kind
-    key: str | None  # None for a content-addressed layer whose files are not hashed yet
+    key: layout.Name | None  # None: content-addressed, files not hashed yet (build keys it)
     entries: tuple[Entry, ...]
     deletions: tuple[str, ...] = ()
-    base: str | None = None
+    base: layout.Name | None = None
 
 
 @dataclass(frozen=True)
-class Plan:
+class SnapshotPlan:
     root: Path
     prefix: str  # the sync root's path inside the repository ("" outside git)
     commit: str | None
@@ -90,11 +91,18 @@ class Plan:
     clean_paths: frozenset[str] = field(default=frozenset(), repr=False)  # base files on disk
     clean_before_ns: int = 0  # a clean path whose ctime is older is trusted without hashing
 
+    def names(self) -> tuple[layout.Name, ...]:
+        """Every layer's name, base first; only a plan made with ``hash_files`` has them all."""
+        found = tuple(layer.key for layer in self.layers if layer.key is not None)
+        if len(found) != len(self.layers):
+            raise ValueError("the plan's content layers are not hashed: plan(hash_files=True)")
+        return found
+
 
 @dataclass(frozen=True)
-class LayerInfo:
+class BuiltLayer:
     kind: Kind
-    key: str
+    key: layout.Name
     sha256: str  # of the compressed layer
     bytes: int  # file contents
     compressed_bytes: int
@@ -108,7 +116,7 @@ class SnapshotInfo:
     root: Path
     commit: str | None
     dirty: bool
-    layers: tuple[LayerInfo, ...]
+    layers: tuple[BuiltLayer, ...]
     warnings: tuple[str, ...]
     seconds: float
 
@@ -116,14 +124,14 @@ class SnapshotInfo:
 # -- keys ------------------------------------------------------------------------------------
 
 
-def base_key(repo: Repo, commit: str, level: int) -> str:
-    """`bases/<repo-id>/<commit>/<root-id>.tar.zst`: no file is read to compute it."""
+def base_key(repo: Repo, commit: str, level: int) -> layout.Name:
+    """The base layer's name, from the repository id, commit and sync root: no file is read."""
     root_id = hashlib.sha256(f"{repo.prefix}\0{FORMAT_VERSION}\0{level}".encode()).hexdigest()
-    return f"bases/{repo.repo_id(commit)}/{commit}/{root_id[:16]}.tar.zst"
+    return layout.base(repo.repo_id(commit), commit, root_id[:16])
 
 
-def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -> str:
-    """`objects/<xx>/<sha256>.tar.zst`, addressed by the canonical manifest core."""
+def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -> layout.Name:
+    """A content-addressed layer's name: the sha256 of its canonical manifest core."""
     core = {
         "format": FORMAT_VERSION,
         "level": level,
@@ -131,7 +139,7 @@ def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -
         "deletions": list(deletions),
     }
     digest = hashlib.sha256(json.dumps(core, separators=(",", ":")).encode()).hexdigest()
-    return f"objects/{digest[:2]}/{digest}.tar.zst"
+    return layout.layer(digest)
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -139,7 +147,7 @@ def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -
 
 def plan(
     root: Path, *, commit: str | None = None, level: int = DEFAULT_LEVEL, hash_files: bool = True
-) -> Plan:
+) -> SnapshotPlan:
     """Decide the layers and (with *hash_files*) all their keys, without writing archives."""
     if not 1 <= level <= 22:
         raise UsageError(f"compression level {level} is out of range; use 1-22")
@@ -158,12 +166,14 @@ def plan(
     return _with_keys(result) if hash_files else result
 
 
-def _plan(sel: Selection, layers: tuple[LayerPlan, ...], level: int, *, dirty: bool) -> Plan:
+def _plan(
+    sel: Selection, layers: tuple[LayerPlan, ...], level: int, *, dirty: bool
+) -> SnapshotPlan:
     prefix = sel.repo.prefix if sel.repo else ""
-    return Plan(sel.root, prefix, sel.commit, dirty, layers, sel.warnings, level, sel.repo)
+    return SnapshotPlan(sel.root, prefix, sel.commit, dirty, layers, sel.warnings, level, sel.repo)
 
 
-def _plan_layers(work: Selection, level: int) -> Plan:
+def _plan_layers(work: Selection, level: int) -> SnapshotPlan:
     assert work.repo is not None
     assert work.commit is not None
     base = select(work.root, commit=work.commit)
@@ -192,7 +202,7 @@ def _differs(work: Entry, base: Entry | None) -> bool:
     return (work.kind, work.executable, work.target) != (base.kind, base.executable, base.target)
 
 
-def _with_keys(p: Plan) -> Plan:
+def _with_keys(p: SnapshotPlan) -> SnapshotPlan:
     """Fill in content keys, hashing only files whose stat fingerprint is not cached."""
     cache = HashCache(p.root)
     layers = []
@@ -248,7 +258,7 @@ def _unreadable(entry: Entry, exc: OSError) -> SelectionError:
 class Keys:
     commit: str | None
     dirty: bool
-    layers: tuple[tuple[Kind, str], ...]  # (kind, key), base first
+    layers: tuple[tuple[Kind, layout.Name], ...]  # (kind, name), base first
 
 
 def keys(root: Path, *, level: int = DEFAULT_LEVEL) -> Keys:
@@ -278,9 +288,8 @@ def keys(root: Path, *, level: int = DEFAULT_LEVEL) -> Keys:
     return result
 
 
-def _keys_of(p: Plan) -> Keys:
-    layers = tuple((layer.kind, layer.key) for layer in p.layers if layer.key is not None)
-    return Keys(p.commit, p.dirty, layers)
+def _keys_of(p: SnapshotPlan) -> Keys:
+    return Keys(p.commit, p.dirty, tuple(zip((la.kind for la in p.layers), p.names(), strict=True)))
 
 
 def _stat_list(root: Path, paths: Iterable[str]) -> list[object]:
@@ -302,7 +311,7 @@ def _load_keys(path: Path, token: str, root: Path) -> Keys | None:
         return None
     if _stat_list(root, [s[0] for s in data["stats"]]) != data["stats"]:
         return None
-    layers = tuple((kind, key) for kind, key in data["layers"])
+    layers = tuple((kind, layout.Name(key)) for kind, key in data["layers"])
     return Keys(data["commit"], data["dirty"], layers)
 
 
@@ -340,12 +349,12 @@ def build(
 
 
 def build_layers(
-    p: Plan,
+    p: SnapshotPlan,
     layers: Sequence[LayerPlan],
     *,
     out: Path | None = None,
     progress: Progress | None = None,
-) -> tuple[LayerInfo, ...]:
+) -> tuple[BuiltLayer, ...]:
     """Build some layers of a plan; on any failure no file of them is left in *out*."""
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -373,8 +382,12 @@ def _counter(total: int, progress: Progress | None) -> Callable[[], None]:
 
 
 def _build_layer(
-    p: Plan, layer: LayerPlan, out: Path | None, written: list[Path], tick: Callable[[], None]
-) -> LayerInfo:
+    p: SnapshotPlan,
+    layer: LayerPlan,
+    out: Path | None,
+    written: list[Path],
+    tick: Callable[[], None],
+) -> BuiltLayer:
     tmp: BinaryIO | None = None
     if out is not None:
         fd, tmp_name = tempfile.mkstemp(prefix=".layer-", suffix=".tmp", dir=out)
@@ -398,12 +411,12 @@ def _build_layer(
     manifest = _manifest(p, layer, key, records, sha256, compressed)
     placed = _place(out, key, written, manifest) if out is not None else None
     size = sum(r.size for r in records)
-    return LayerInfo(layer.kind, key, sha256, size, compressed, len(records), placed, manifest)
+    return BuiltLayer(layer.kind, key, sha256, size, compressed, len(records), placed, manifest)
 
 
-def _place(out: Path, key: str, written: list[Path], manifest: dict[str, object]) -> Path:
+def _place(out: Path, key: layout.Name, written: list[Path], manifest: dict[str, object]) -> Path:
     """Move the finished layer into place as <name>.tar.zst, with <name>.json beside it."""
-    name = key.removesuffix(".tar.zst").replace("/", "-")
+    name = key.file_name
     final = out / f"{name}.tar.zst"
     os.replace(written[-1], final)
     written[-1] = final
@@ -419,7 +432,12 @@ def _place(out: Path, key: str, written: list[Path], manifest: dict[str, object]
 
 
 def _manifest(
-    p: Plan, layer: LayerPlan, key: str, records: list[Record], sha256: str, compressed: int
+    p: SnapshotPlan,
+    layer: LayerPlan,
+    key: layout.Name,
+    records: list[Record],
+    sha256: str,
+    compressed: int,
 ) -> dict[str, object]:
     return {
         "format": FORMAT_VERSION,
@@ -440,7 +458,7 @@ def _manifest(
 class _Source:
     """Reads entry contents once, from disk or from git's object database, into a writer."""
 
-    def __init__(self, p: Plan, cache: HashCache | None) -> None:
+    def __init__(self, p: SnapshotPlan, cache: HashCache | None) -> None:
         self._plan = p
         self._root = str(p.root)
         self._cache = cache

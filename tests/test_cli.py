@@ -143,7 +143,7 @@ def test_extract_refuses_a_tampered_layer(repo: Path, tmp_path: Path) -> None:
     ],
     ids=["missing", "not-a-dir", "ls-missing", "bad-rev", "ls-bad-rev", "no-commits", "no-git"],
 )
-def test_bad_input_is_one_clear_line_exit_1_and_leaves_nothing(
+def test_bad_input_is_one_clear_line_exit_2_and_leaves_nothing(
     repo: Path, tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     (tmp_path / "file.txt").write_text("x")
@@ -152,7 +152,7 @@ def test_bad_input_is_one_clear_line_exit_1_and_leaves_nothing(
     out = tmp_path / "out"
     filled = [a.format(tmp=tmp_path, repo=repo, empty=empty) for a in args]
     code, stdout, err = run(*filled, "--out", out) if args[0] == "snapshot" else run(*filled)
-    assert code == 1, (stdout, err)
+    assert code == 2, (stdout, err)  # bad arguments: a usage error, as click's own
     assert err.startswith("error: ")
     assert message in err
     assert err.count("\n") == 1

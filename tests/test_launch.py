@@ -405,9 +405,9 @@ def test_quiet_leaves_only_the_tasks_own_output(tmp_path: Path, khome: Path) -> 
 def test_only_the_newest_local_homes_are_kept(
     tmp_path: Path, khome: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from konduktor import launch
+    from konduktor import local
 
-    old = [khome / "local" / f"old-{i}" for i in range(launch.LOCAL_KEEP + 2)]
+    old = [khome / "local" / f"old-{i}" for i in range(local.LOCAL_KEEP + 2)]
     for i, home in enumerate(old):
         home.mkdir(parents=True)
         os.utime(home, (1000 + i, 1000 + i))
@@ -415,7 +415,7 @@ def test_only_the_newest_local_homes_are_kept(
     task.write_text("name: fresh\nrun: 'true'\n")
     assert launch_cli("--local", task).returncode == 0
     kept = sorted(p.name for p in (khome / "local").iterdir())
-    assert len(kept) == launch.LOCAL_KEEP
+    assert len(kept) == local.LOCAL_KEEP
     assert [k for k in kept if k.startswith("fresh-")]
     assert "old-0" not in kept
     assert f"old-{len(old) - 1}" in kept

@@ -11,7 +11,7 @@ import pytest
 from gitrepo_helpers import make_repo
 from test_cli import run
 
-from konduktor import remote
+from konduktor import layout, remote
 from konduktor.errors import UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
@@ -110,7 +110,7 @@ def test_gc_spares_recently_used_layers_and_deletes_stale_ones(
     assert set(objects(store)) == {"v1/" + k for k in result.keys}  # dry run deleted nothing
     remote.gc(store, datetime.timedelta(days=30))
     assert objects(store) == {}
-    assert list(store.list(remote.USED_PREFIX)) == []
+    assert list(store.list(layout.USED)) == []
 
 
 def test_a_fresh_marker_spares_an_old_layer(repo: Path, tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
     assert code == 0
     assert "would delete 0 layer(s)" in out
     code, _, err = run("store", "gc", "--older-than", "5m", "--store", url)
-    assert code == 1
+    assert code == 2  # a bad argument: a usage error
     assert "at least 1h" in err
 
 
@@ -200,6 +200,6 @@ def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
 )
 def test_cli_bad_store_url_is_one_line(repo: Path, url: str, message: str) -> None:
     code, _, err = run("snapshot", repo, "--upload", "--store", url)
-    assert code == 1
+    assert code == 2  # a bad argument: a usage error
     assert message in err
     assert err.count("\n") == 1

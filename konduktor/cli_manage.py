@@ -1,0 +1,284 @@
+"""The commands that look after the store, Secrets and hooks (`store`, `check`, `secret`,
+`hooks`), and the helpers every command shares. :mod:`konduktor.cli` adds them to its group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from konduktor import units
+from konduktor.errors import StorageError
+
+if TYPE_CHECKING:
+    from konduktor.storage import Store
+
+F = TypeVar("F", bound=Callable[..., object])
+log = logging.getLogger("konduktor")
+
+
+def quiet() -> bool:
+    return bool(click.get_current_context().find_root().params.get("quiet"))
+
+
+def info(message: str) -> None:
+    """A progress line on stderr (stdout stays the command's result)."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
+def warn(warnings: Sequence[str]) -> None:
+    for message in warnings:
+        log.warning("%s", message)
+
+
+def store_option(f: F) -> F:
+    return click.option(
+        "--store", "store_url", metavar="URL", help="Store URL (default: from the config)."
+    )(f)
+
+
+def cluster_options(f: F) -> F:
+    """--kubeconfig and --context, as kubectl has them."""
+    f = click.option("--context", "kube_context", help="Kubeconfig context (default: current).")(f)
+    return click.option(
+        "--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use."
+    )(f)
+
+
+def open_store(url: str | None) -> Store:
+    from konduktor import config
+    from konduktor.storage import open_store
+
+    default_url, options = config.load().store_url()
+    return open_store(url or default_url, options)
+
+
+@click.group()
+def store() -> None:
+    """Inspect and clean the object store (jobs.bucket in ~/.konduktor/config.yaml)."""
+
+
+@store.command("ls")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, one per line.")
+def store_ls(store_url: str | None, as_json: bool) -> None:
+    """List stored layers with their commit, size and when they were last used."""
+    from konduktor import remote
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for layer in remote.layers(open_store(store_url)):
+        age = now - layer.last_used
+        if as_json:
+            click.echo(json.dumps(layer.to_json(age)))
+        else:
+            commit = (layer.commit or "-")[:12]
+            size = units.size(layer.size)
+            click.echo(f"{layer.kind:<8} {commit:<12} {size:>9}  {units.age(age):>5}  {layer.key}")
+
+
+@store.command("gc")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    help="Delete layers not used for this long: 30d, 12h, 2w (at least 1h).",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
+@store_option
+def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
+    """Delete layers that no upload or launch used within AGE.
+
+    Every upload and launch refreshes a last-used marker of each layer it uses
+    before it submits anything, so a layer about to be used is never deleted.
+    """
+    from konduktor import remote
+
+    victims = remote.gc(open_store(store_url), remote.parse_age(older_than), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for layer in victims:
+        unused = units.age(now - layer.last_used)
+        click.echo(f"{verb} {layer.key} ({units.size(layer.size)}, unused for {unused})")
+    click.echo(f"{verb} {len(victims)} layer(s), {units.size(sum(v.size for v in victims))}")
+
+
+@click.command()
+@click.argument("cloud", type=click.Choice(["s3", "gs", "file"]))
+@store_option
+@cluster_options
+def check(
+    cloud: str, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
+) -> None:
+    """Check that the CLOUD store works: identity, bucket, write/read/delete.
+
+    When a Kubernetes context exists, also write your s3/gs credentials into the
+    Secret konduktor-credentials-<user>-<cloud> that launched pods mount.
+    """
+    from konduktor import remote
+
+    result = remote.check_cloud(
+        cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
+    )
+    click.echo(f"store {result.store}")
+    for step in result.steps:
+        click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
+    if not result.ok:
+        raise StorageError(f"the {cloud} store {result.store} does not work; fix what failed above")
+    if result.secret:
+        click.echo(result.secret)
+
+
+@click.group()
+def secret() -> None:
+    """Kubernetes Secrets konduktor manages: SSH keys for --mode git."""
+
+
+@secret.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["git-ssh"]), required=True, help="What it holds.")
+@click.option(
+    "--from-file",
+    "key",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The private key file (never printed or logged).",
+)
+@cluster_options
+def secret_create(
+    name: str, kind: str, key: Path, kubeconfig: Path | None, kube_context: str | None
+) -> None:
+    """Create (or replace) the Secret NAME with an SSH private key for git mode."""
+    from konduktor.k8s import secrets, submit
+
+    click.echo(secrets.create_git_ssh(submit.connect(kubeconfig, kube_context), name, key))
+
+
+@secret.command("list")
+@cluster_options
+def secret_list(kubeconfig: Path | None, kube_context: str | None) -> None:
+    """The Secrets konduktor manages in the namespace (names and kinds only)."""
+    from konduktor.k8s import secrets, submit
+
+    for item in secrets.listed(submit.connect(kubeconfig, kube_context)):
+        kind = item["labels"].get(secrets.KIND_LABEL, "credentials")
+        click.echo(f"{item['name']}  {kind}  {item['created'] or ''}")
+
+
+@secret.command("delete")
+@click.argument("name")
+@cluster_options
+def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) -> None:
+    """Delete the Secret NAME (only one konduktor made)."""
+    from konduktor.k8s import secrets, submit
+
+    secrets.delete(submit.connect(kubeconfig, kube_context), name)
+    click.echo(f"deleted Secret {name}")
+
+
+@click.group()
+def hooks() -> None:
+    """Snapshot pushed commits from git's pre-push hook, so that launches upload nothing.
+
+    Settings: the hooks: section of ~/.konduktor/config.yaml (strict, timeout,
+    background, sync_roots).
+    """
+
+
+@hooks.command("install")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rewrite konduktor's hook; chain a foreign hook even if an older one is kept.",
+)
+def hooks_install(force: bool) -> None:
+    """Install konduktor's pre-push hook in the repository around the current directory.
+
+    A pre-push hook already there keeps running first (renamed
+    pre-push.before-konduktor) and its exit status still decides the push.
+    """
+    from konduktor import hooks as githooks
+
+    done = githooks.install(Path.cwd(), force=force)
+    if not done.changed:
+        click.echo(f"already installed: {done.hook} (--force rewrites it)")
+        return
+    click.echo(f"installed {done.hook}; it runs konduktor with {sys.executable}")
+    if done.chained:
+        click.echo(f"the hook that was there runs first: {done.chained}")
+
+
+@hooks.command("uninstall")
+def hooks_uninstall() -> None:
+    """Remove konduktor's pre-push hook and put back the hook it replaced."""
+    from konduktor import hooks as githooks
+
+    done = githooks.uninstall(Path.cwd())
+    if not done.removed:
+        click.echo(f"no konduktor hook at {done.hook}; nothing to do")
+    elif done.restored:
+        click.echo(f"removed {done.hook} and restored the hook it had replaced")
+    else:
+        click.echo(f"removed {done.hook}")
+
+
+@hooks.command("status")
+def hooks_status() -> None:
+    """Say whether the hook is installed, what it runs, and its settings."""
+    from konduktor import config
+    from konduktor import hooks as githooks
+
+    state = githooks.status(Path.cwd())
+    if state.installed:
+        found = "" if state.python_found else " (gone: konduktor on PATH runs instead)"
+        click.echo(f"installed: {state.hook}, runs konduktor with {state.python}{found}")
+    else:
+        what = "is another tool's hook" if state.foreign else "does not exist"
+        click.echo(f"not installed: {state.hook} {what}; run konduktor hooks install")
+    if state.chained:
+        click.echo(f"runs first: {state.chained}")
+    cfg = config.load()
+    settings = cfg.hooks
+    click.echo(f"store: {cfg.store_url()[0]}")
+    click.echo(f"sync roots: {' '.join(dict.fromkeys(('.', *settings.sync_roots)))}")
+    click.echo(
+        f"strict: {str(settings.strict).lower()}, timeout: {settings.timeout:g} s, "
+        f"background: {str(settings.background).lower()}"
+    )
+
+
+@hooks.command("run")
+@click.argument("remote", required=False)
+@click.argument("url", required=False)
+@click.option("--foreground", is_flag=True, hidden=True)
+def hooks_run(remote: str | None, url: str | None, foreground: bool) -> int:
+    """What the pre-push hook runs (git passes REMOTE and URL, and the refs on stdin).
+
+    Uploads the base layer of each pushed commit that the store lacks. A
+    failure prints one warning and the push goes on, unless hooks.strict is true.
+    """
+    from konduktor import hooks as githooks
+
+    result = githooks.run(Path.cwd(), sys.stdin, foreground=foreground)
+    for layer in result.layers:
+        what = f"base layer of {layer.commit[:12]} ({layer.root})"
+        done = f"the {what} is in the store already"
+        if layer.uploaded_bytes:
+            done = f"uploaded the {what}, {units.size(layer.uploaded_bytes)}"
+        click.echo(f"konduktor: {done}", err=True)
+    if result.log:
+        click.echo(f"konduktor: snapshotting in the background, log in {result.log}", err=True)
+    if result.verdict:
+        click.echo(result.verdict, err=True)
+    if result.timed_out:
+        sys.stderr.flush()
+        os._exit(result.exit_code)  # the work may be stuck in the store: no waiting for it
+    return result.exit_code

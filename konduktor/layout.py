@@ -1,0 +1,94 @@
+"""The store layout (DESIGN §5): every key konduktor reads or writes is built and parsed here.
+
+Under the store URL::
+
+    v1/bases/<repo-id>/<commit>/<root-id>.tar.zst   base layers, keyed by commit
+    v1/objects/<xx>/<sha256>.tar.zst                overlays and full layers (content-addressed)
+    v1/objects/<xx>/<sha256>                        single mounted files (content-addressed)
+    v1/plans/<job>.json                             launch plans, what a pod fetches
+    v1/used/<name>                                  last-used markers, for gc
+    v1/check/probe-<stamp>                          `konduktor check`'s write probe
+
+An object's :class:`Name` is its path below ``v1/``: manifests, ``--out`` file names
+and ``store ls`` show it; :attr:`Name.key` is the key in the store. No other module
+spells these prefixes or slices a key.
+"""
+
+from __future__ import annotations
+
+VERSION = "v1"
+_ROOT = f"{VERSION}/"
+_BASES = "bases/"
+_OBJECTS = "objects/"
+USED = f"{_ROOT}used/"  # the prefix of every last-used marker
+LAYER_PREFIXES = (f"{_ROOT}{_BASES}", f"{_ROOT}{_OBJECTS}")  # where layers (and files) live
+
+
+class Name(str):
+    """A stored object's name inside the layout, e.g. ``bases/<repo>/<commit>/<root>.tar.zst``.
+
+    A ``str``, so that it prints and compares as the name users see; typed, so that a
+    plain string cannot be passed where a name (not a store key) is meant.
+    """
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> str:
+        """The object's key in the store."""
+        return _ROOT + self
+
+    @property
+    def used(self) -> str:
+        """The key of its last-used marker."""
+        return USED + self
+
+    @property
+    def is_base(self) -> bool:
+        return self.startswith(_BASES)
+
+    @property
+    def commit(self) -> str | None:
+        """The commit a base layer is keyed by; None for content-addressed objects."""
+        return self.split("/")[2] if self.is_base else None
+
+    @property
+    def file_name(self) -> str:
+        """A flat file name for ``snapshot --out`` (no extension)."""
+        return self.removesuffix(".tar.zst").replace("/", "-")
+
+
+def base(repo_id: str, commit: str, root_id: str) -> Name:
+    return Name(f"{_BASES}{repo_id}/{commit}/{root_id}.tar.zst")
+
+
+def layer(digest: str) -> Name:
+    """A content-addressed layer (overlay or full), named by its manifest core's sha256."""
+    return Name(f"{_OBJECTS}{digest[:2]}/{digest}.tar.zst")
+
+
+def file(digest: str) -> Name:
+    """A single mounted file, named by its content's sha256."""
+    return Name(f"{_OBJECTS}{digest[:2]}/{digest}")
+
+
+def plan(job: str) -> str:
+    return f"{_ROOT}plans/{job}.json"
+
+
+def probe(stamp: str) -> str:
+    return f"{_ROOT}check/probe-{stamp}"
+
+
+def parse(key: str) -> Name:
+    """The name of the store key *key*; ValueError when it is not in this layout."""
+    if not key.startswith(_ROOT):
+        raise ValueError(f"{key!r} is not a {VERSION} key")
+    return Name(key[len(_ROOT) :])
+
+
+def parse_used(key: str) -> Name:
+    """The name a last-used marker *key* stands for."""
+    if not key.startswith(USED):
+        raise ValueError(f"{key!r} is not a last-used marker")
+    return Name(key[len(USED) :])
