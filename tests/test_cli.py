@@ -227,3 +227,32 @@ def test_snapshot_uses_the_configured_compression_level(
     keys = [layer["key"] for layer in json.loads(out)["layers"]]
     assert keys == [layer.key for layer in snap.plan(repo, level=7).layers]
     assert keys != [layer.key for layer in snap.plan(repo, level=3).layers]
+
+
+def test_verbose_shows_the_traceback_of_an_unexpected_error(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from konduktor import selection
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(selection, "select", broken)
+    code, _, err = run("ls-files", repo)
+    assert code == 3
+    assert (
+        err
+        == "unexpected error: RuntimeError: a bug; rerun with -v for the traceback and report it\n"
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["-v", "ls-files", str(repo)])
+
+
+def test_only_the_layout_module_spells_the_store_layout() -> None:
+    package = Path(__file__).resolve().parents[1] / "konduktor"
+    spelled = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*")
+        if path.is_file() and path.suffix in (".py", ".sh") and "v1/" in path.read_text()
+    )
+    assert spelled == ["layout.py"]

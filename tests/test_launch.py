@@ -438,3 +438,59 @@ def test_an_edited_file_mount_is_hashed_and_sent_again(tmp_path: Path, khome: Pa
     edited = launch_cli("--local", task)
     assert edited.stdout == "version 2\n"
     assert uploaded_line(edited.stderr).startswith("upload: 1 object(s)")
+
+
+def test_no_at_the_prompt_aborts_with_exit_1_and_sends_nothing(
+    quickstart: Path, khome: Path
+) -> None:
+    """On a terminal, launch asks; "n" stops it before anything is uploaded."""
+    import pty
+
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "konduktor", "launch", "--local", str(quickstart / "task.yaml")]
+    with subprocess.Popen(cmd, stdin=follower, stdout=subprocess.PIPE, stderr=follower) as proc:
+        os.close(follower)
+        seen = b""
+        while b"launch?" not in seen:
+            seen += os.read(leader, 1024)
+        os.write(leader, b"n\n")
+        code = proc.wait(timeout=60)
+        seen += _drain(leader)
+    os.close(leader)
+    assert code == 1, seen
+    assert b"error: aborted: nothing was uploaded or submitted" in seen
+    assert b"interrupted" not in seen
+    assert not (khome / "store").exists()
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # EIO: the child closed its end
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_launch_is_one_library_call(quickstart: Path, khome: Path) -> None:
+    from konduktor import launch
+    from konduktor.errors import AbortedError
+
+    notes: list[str] = []
+    request = launch.Request(quickstart / "task.yaml", "dry-run", manifest=True)
+    result = launch.launch(request, report=notes.append)
+    assert result.target == "dry-run"
+    assert result.manifest is not None
+    assert result.manifest["metadata"]["name"] == result.job
+    assert result.synced.uploaded  # an empty store lacks everything
+    assert result.synced.reused == ()
+    assert notes[0].startswith(f"job {result.job}: ")
+    assert not (khome / "store").exists()  # a dry run only looks
+    with pytest.raises(AbortedError, match="aborted"):
+        launch.launch(
+            launch.Request(quickstart / "task.yaml", "local"), confirm=lambda prepared: False
+        )
+    assert not (khome / "store").exists()
