@@ -1,31 +1,75 @@
-"""The object store protocol every backend implements, and what it returns.
+"""What every store shares: options, URL parsing, the values stores return, the
+``Backend`` protocol each backend implements, and the helpers backends share.
 
-Keys are '/'-separated paths relative to the store's URL (bucket and prefix).
-Objects are immutable: a key is written once ("create-only"), carries its
-sha256 and size as metadata, and is verified after the upload. A put that
-finds the key already there with the same sha256 succeeds without uploading
-(two launches racing on one key both succeed); a different sha256 is a
-ConflictError. No partial object is ever visible: a failed or interrupted
-upload leaves the key absent.
+Nothing here imports a backend or an SDK, so backends import this module freely.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import os
+import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlsplit
 
-from konduktor.errors import ConflictError
+from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
 
 Progress = Callable[[int], None]
 """Called with the number of bytes transferred since the previous call."""
 
+Metadata = Mapping[str, str]
+"""An object's user metadata: konduktor's objects carry their sha256 and size in it."""
+
 SHA256 = "sha256"  # metadata keys every object carries
 SIZE = "size"
+
+# scheme -> (module, backend class, pip extra); modules are imported only when used
+BACKENDS = {
+    "file": ("konduktor.storage.local", "LocalBackend", None),
+    "s3": ("konduktor.storage.s3", "S3Backend", "s3"),
+    "gs": ("konduktor.storage.gcs", "GCSBackend", "gcs"),
+}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Settings from the `sync:` section of the config; every field is optional."""
+
+    endpoint_url: str | None = None  # an S3-compatible endpoint, or a GCS emulator
+    region: str | None = None
+    profile: str | None = None  # AWS profile
+    create_bucket: bool = False  # create the bucket on first use (per-user default bucket)
+    retry_mode: str = "standard"  # botocore: standard or adaptive
+    max_attempts: int = 5
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket or path, prefix) of a store URL, or UsageError saying what is wrong."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in BACKENDS:
+        known = ", ".join(f"{s}://" for s in BACKENDS)
+        raise UsageError(f"store URL {url!r} has an unknown scheme; use one of {known}")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise UsageError(f"store URL {url!r} is malformed; write file:///absolute/path")
+        return scheme, parts.path, ""
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if not _BUCKET.match(bucket) or parts.query or parts.fragment:
+        raise UsageError(
+            f"store URL {url!r} is malformed; write {scheme}://bucket-name/optional/prefix "
+            "(bucket names: 3-63 lowercase letters, digits, dots and dashes)"
+        )
+    return scheme, bucket, prefix
 
 
 @dataclass(frozen=True)
@@ -34,7 +78,14 @@ class ObjectInfo:
     size: int
     sha256: str | None  # from the object's metadata; None for objects konduktor did not write
     modified: datetime.datetime  # timezone-aware, UTC
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(
+        cls, key: str, size: int, modified: datetime.datetime, metadata: Metadata
+    ) -> ObjectInfo:
+        """The info of an object with its user metadata (konduktor's carries its sha256)."""
+        return cls(key, size, metadata.get(SHA256), modified, metadata)
 
 
 @dataclass(frozen=True)
@@ -44,32 +95,45 @@ class PutResult:
     uploaded: bool  # False: the key already held this content
 
 
-class Store(Protocol):
-    """An object store under one URL (``file://``, ``s3://`` or ``gs://``)."""
+class Missing(NotFoundError):
+    """The key (or, from an S3 HEAD, the bucket) does not exist: normal for a backend,
+    which answers None; never raised out of a store."""
+
+
+class KeyTaken(ConflictError):
+    """A create-only write found the key created by another writer, or being created."""
+
+
+class Backend(Protocol):
+    """The SDK calls behind a :class:`~konduktor.storage.Store`, and nothing more: the
+    semantics (create-only, verification, atomic download) are the Store's, written once.
+
+    Private to konduktor.storage. Every method raises konduktor's errors, never the SDK's.
+    """
 
     url: str  # the canonical URL of the store's root, e.g. s3://bucket/prefix
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    def head(self, key: str) -> ObjectInfo | None:
         """The object's size and metadata, or None when the key does not exist."""
         ...
 
-    def put(
-        self,
-        key: str,
-        path: Path,
-        *,
-        sha256: str,
-        metadata: Mapping[str, str] | None = None,
-        progress: Progress | None = None,
-    ) -> PutResult:
-        """Create *key* from the file *path* (whose sha256 the caller computed), create-only."""
+    def create(
+        self, key: str, path: Path, size: int, meta: Metadata, progress: Progress | None
+    ) -> str | None:
+        """Upload *path* as *key* only if the key is absent, else raise KeyTaken; no partial
+        object ever shows. Returns the new object's version, where the store has versions."""
         ...
 
-    def get(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
-        """Download *key* into *dest* atomically; NotFoundError when it does not exist."""
+    def discard(self, key: str, version: str | None) -> None:
+        """Remove what create() just made (*version*: what it returned), which failed its
+        check, where the store can tell that object apart from one a rival wrote since."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def stream(self, key: str, out: io.RawIOBase) -> ObjectInfo | None:
+        """Write the object's bytes to *out*; its info, or None when the key does not exist."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with *prefix*, in key order."""
         ...
 
@@ -81,9 +145,66 @@ class Store(Protocol):
         """Create or replace the small marker object *key* (its modified time says when)."""
         ...
 
-    def signed_url(self, key: str, expires_seconds: int) -> str | None:
+    def sign(self, key: str, expires_seconds: int) -> str | None:
         """An HTTPS URL a pod can GET without credentials, or None if the store cannot sign."""
         ...
+
+    def identity(self) -> str:
+        """Who the credentials are (for `konduktor check`), never the secrets themselves."""
+        ...
+
+
+Kinds = type[BaseException] | tuple[type[BaseException], ...]
+
+
+class ErrorTable:
+    """SDK exception types -> the konduktor error and message to raise instead; the first
+    rule that matches wins (model: httpx's map of httpcore's exceptions to its own).
+
+    A message is a ``str.format`` template over the exception (``exc``) and the fields the
+    backend passes; ``{s.name}`` reads an attribute of the backend only when that rule is
+    the one used, so a costly detail (where credentials came from) costs nothing otherwise.
+    """
+
+    def __init__(self, *rules: tuple[Kinds, type[StorageError], str]) -> None:
+        self.rules = rules
+        self.kinds = tuple(k for kinds, _, _ in rules for k in _as_tuple(kinds))
+
+    def error(self, exc: BaseException, **fields: object) -> StorageError:
+        """The konduktor error for *exc* (an instance of one of ``kinds``)."""
+        for kinds, error, template in self.rules:
+            if isinstance(exc, kinds):
+                return error(template.format(exc=exc, **fields))
+        raise exc  # not in the table: not ours to translate
+
+
+def _as_tuple(kinds: Kinds) -> tuple[type[BaseException], ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def join_key(prefix: str, key: str) -> str:
+    """The object name of *key* under the store's *prefix* in its bucket."""
+    return f"{prefix}/{key}" if prefix else key
+
+
+def utc_now() -> str:
+    """The content of a marker object: when it was written."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+@contextlib.contextmanager
+def atomic_file(dest: Path, place: Callable[[str, Path], None] = os.replace) -> Iterator[BinaryIO]:
+    """A temporary file beside *dest* that *place* makes into *dest* once the block has
+    succeeded (os.replace by default; os.link for a create-only write). It is removed in
+    every case, so neither a partial *dest* nor the temporary is ever left behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        place(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 class ReportingReader(io.RawIOBase):
@@ -120,13 +241,3 @@ class ReportingReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def already_there(url: str, existing: ObjectInfo, sha256: str) -> PutResult:
-    """The result of putting a key that exists: fine with the same content, else a conflict."""
-    if existing.sha256 != sha256:
-        raise ConflictError(
-            f"{url}/{existing.key} already holds other content (sha256 {existing.sha256}, "
-            f"not {sha256}); keys are immutable, so the store is inconsistent: delete that object"
-        )
-    return PutResult(existing.key, existing.size, uploaded=False)

@@ -10,26 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
+import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from konduktor.cache import atomic_write
-from konduktor.errors import NotFoundError, PermissionDeniedError, StorageError
-from konduktor.storage.base import SHA256, SIZE, ObjectInfo, Progress, PutResult, already_there
+from konduktor.errors import PermissionDeniedError, StorageError
+from konduktor.storage import base
 
 _META = ".meta.json"
 _CHUNK = 1 << 20
 
+_ERRORS = base.ErrorTable(
+    (FileNotFoundError, base.Missing, "{s.url}: {reason}"),
+    (PermissionError, PermissionDeniedError, "{s.url}: permission denied ({reason}); fix the mode"),
+    (OSError, StorageError, "{s.url}: {reason}"),
+)
 
-class LocalStore:
-    def __init__(self, url: str, options: object = None) -> None:
-        from konduktor.storage import parse_url
 
-        _, path, _ = parse_url(url)
+class LocalBackend:
+    """A directory's files as objects: see :class:`~konduktor.storage.base.Backend`."""
+
+    def __init__(self, url: str, options: base.StoreOptions | None = None) -> None:
+        _, path, _ = base.parse_url(url)
         self.root = Path(os.path.expanduser(path))
         self.url = f"file://{self.root}"
 
@@ -39,94 +45,59 @@ class LocalStore:
             raise StorageError(f"{self.url}: invalid object key {key!r}")
         return self.root / key
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """OSErrors raised in the block become konduktor's, by the table above."""
+        try:
+            yield
+        except OSError as exc:
+            raise _ERRORS.error(exc, s=self, reason=exc.strerror or exc) from exc
+
+    def head(self, key: str) -> base.ObjectInfo | None:
         path = self._path(key)
         try:
-            st = path.stat()
-        except FileNotFoundError:
+            with self._errors():
+                st = path.stat()
+        except base.Missing:
             return None
-        except OSError as exc:
-            raise _translate(self.url, exc) from exc
         try:
-            metadata: dict[str, str] = json.loads(path.with_name(path.name + _META).read_text())
+            metadata: dict[str, str] = json.loads(_meta_path(path).read_text())
         except (OSError, ValueError):
             metadata = {}
         modified = datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc)
-        return ObjectInfo(key, st.st_size, metadata.get(SHA256), modified, metadata)
+        return base.ObjectInfo.from_metadata(key, st.st_size, modified, metadata)
 
-    def put(
-        self,
-        key: str,
-        path: Path,
-        *,
-        sha256: str,
-        metadata: Mapping[str, str] | None = None,
-        progress: Progress | None = None,
-    ) -> PutResult:
+    def create(
+        self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
+    ) -> str | None:
         target = self._path(key)
-        size = path.stat().st_size
-        existing = self.stat(key)
-        if existing is not None:
-            return already_there(self.url, existing, sha256)
-        meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
-        meta_path = target.with_name(target.name + _META)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(meta_path, json.dumps(meta).encode())
-            created = self._create(target, path, progress)
-        except BaseException as exc:
-            if not target.exists():  # no object: its metadata must not linger either
-                meta_path.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise _translate(self.url, exc) from exc
-            raise
-        if not created:  # another writer won the race
-            found = self.stat(key)
-            assert found is not None
-            return already_there(self.url, found, sha256)
-        return PutResult(key, size, uploaded=True)
-
-    def _create(self, target: Path, source: Path, progress: Progress | None) -> bool:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            os.chmod(tmp, 0o644)
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    def get(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
-        info = self.stat(key)
-        if info is None:
-            raise NotFoundError(f"{self.url}/{key} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, self._path(key).open("rb") as src:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            if info.sha256 is not None and digest.hexdigest() != info.sha256:
-                raise StorageError(f"{self.url}/{key} is corrupt: its sha256 does not match")
-            os.replace(tmp, dest)
+            with self._errors():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(_meta_path(target), json.dumps(meta).encode())
+                with base.atomic_file(target, place=_link) as out, path.open("rb") as src:
+                    os.fchmod(out.fileno(), 0o644)  # not the temporary file's 0600
+                    shutil.copyfileobj(base.ReportingReader(src, progress), out, _CHUNK)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if not target.exists():  # no object: its metadata must not linger either
+                _meta_path(target).unlink(missing_ok=True)
             raise
+        return None  # no versions: the link made the object this writer's own
+
+    def discard(self, key: str, version: str | None) -> None:
+        self.delete(key)  # the object is this writer's: keys are never overwritten here
+
+    def stream(self, key: str, out: io.RawIOBase) -> base.ObjectInfo | None:
+        info = self.head(key)
+        if info is None:
+            return None
+        with self._errors():
+            src = self._path(key).open("rb")
+        with src:
+            shutil.copyfileobj(src, out, _CHUNK)
         return info
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str) -> Iterator[base.ObjectInfo]:
         found = []
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
@@ -134,28 +105,34 @@ class LocalStore:
                 if rel.startswith(prefix) and not name.endswith(_META) and not name.startswith("."):
                     found.append(rel)
         for key in sorted(found):
-            info = self.stat(key)
+            info = self.head(key)
             if info is not None:
                 yield info
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        for victim in (path, path.with_name(path.name + _META)):
+        for victim in (path, _meta_path(path)):
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
 
     def mark(self, key: str) -> None:
-        try:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            atomic_write(self._path(key), now.isoformat().encode())
-        except OSError as exc:
-            raise _translate(self.url, exc) from exc
+        with self._errors():
+            atomic_write(self._path(key), base.utc_now().encode())
 
-    def signed_url(self, key: str, expires_seconds: int) -> str | None:
+    def sign(self, key: str, expires_seconds: int) -> str | None:
         return None  # the pod copies from the path itself
 
+    def identity(self) -> str:
+        return "not applicable"  # files are read as the user running konduktor
 
-def _translate(url: str, exc: OSError) -> StorageError:
-    if isinstance(exc, PermissionError):
-        return PermissionDeniedError(f"{url}: permission denied ({exc.strerror}); fix the mode")
-    return StorageError(f"{url}: {exc.strerror or exc}")
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + _META)
+
+
+def _link(tmp: str, target: Path) -> None:
+    """Create-only: os.link refuses a name that exists, where os.replace would replace it."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError as exc:
+        raise base.KeyTaken(f"file://{target}: another writer created the key first") from exc

@@ -1,52 +1,37 @@
 """``s3://bucket/prefix``: Amazon S3 and S3-compatible stores, through boto3.
 
-Writes are create-only: a HEAD first, then a conditional write (``IfNoneMatch='*'``)
-so that when another writer creates the key in between, S3 answers 412 and the
-object it wrote is checked to hold the same sha256. Large files go up as a
-multipart upload with parts sent in parallel; any failure, Ctrl-C included,
-aborts the upload so that no part stays behind and no object appears. boto3's
-transfer manager is not used for this: it does not pass ``IfNoneMatch`` on to
-CompleteMultipartUpload (s3transfer 0.19 refuses it in ``ExtraArgs``).
+A create-only write is conditional (``IfNoneMatch='*'``): when another writer
+created the key since the Store looked, S3 answers 412 (409 while that writer is
+still at it), which is KeyTaken. Large files go up as a multipart upload with
+parts sent in parallel; any failure, Ctrl-C included, aborts the upload so that no
+part stays behind and no object appears. boto3's transfer manager is not used for
+this: it does not pass ``IfNoneMatch`` on to CompleteMultipartUpload (s3transfer
+0.19 refuses it in ``ExtraArgs``).
 
-SDK exceptions become konduktor's at this boundary, each naming the store and
-what to do next.
+SDK exceptions become konduktor's at this boundary, by the two tables below (error
+answers by their code, failures without an answer by their type), each message
+naming the store and what to do next.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
+import io
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from konduktor.errors import (
-    ConflictError,
-    NotFoundError,
-    PermissionDeniedError,
-    StorageError,
-    TransientError,
-)
-from konduktor.storage import StoreOptions, parse_url
-from konduktor.storage.base import (
-    SHA256,
-    SIZE,
-    ObjectInfo,
-    Progress,
-    PutResult,
-    ReportingReader,
-    already_there,
-)
+from konduktor.errors import NotFoundError, PermissionDeniedError, StorageError, TransientError
+from konduktor.storage import base
 
 log = logging.getLogger(__name__)
 
@@ -56,49 +41,96 @@ PARALLEL_PARTS = 8
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 CONNECT_ATTEMPTS = 2  # attempts on an endpoint that refuses or never answers the connection
 LIST_PAGE_SIZE = 1000  # S3's maximum keys per listing request
-RACE_ATTEMPTS = 3  # rounds of HEAD + conditional write when other writers keep colliding
 _CHUNK = 1 << 20
 _MIB = 1 << 20
-T = TypeVar("T")
 
-_DENIED = frozenset(
-    {
-        "AccessDenied",
-        "403",
-        "Forbidden",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-    }
+_NO_BUCKET = (
+    "{s.url}: bucket {s.bucket} does not exist; create it (aws s3 mb s3://{s.bucket}) "
+    "or fix jobs.bucket in ~/.konduktor/config.yaml"
 )
-_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})  # HEAD answers a bare 404, no code
-_TAKEN = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})  # 412, 409
-_BUSY = frozenset({"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException"})
+_KEPT_FAILING = (
+    TransientError,
+    "{s.url}: the store kept failing to {what} ({code}, {attempts} attempts); try again later",
+)
+_OTHER_ANSWER = (StorageError, "{s.url}: cannot {what}: {code}: {message}")
+_DENIED = (
+    PermissionDeniedError,
+    "{s.url}: permission denied to {what} in bucket {s.bucket} ({code}) with the AWS "
+    "credentials from {s.credentials_from}; grant access or use other credentials "
+    "(AWS_PROFILE, sync.store.profile)",
+)
+# Error answers from the store, by code; a HEAD's error has no body, so a bare status.
+# Any other code is _KEPT_FAILING when its status is 5xx (retried already), else _OTHER_ANSWER.
+_ANSWERS: dict[str, tuple[type[StorageError], str]] = {
+    "NoSuchBucket": (NotFoundError, _NO_BUCKET),
+    **dict.fromkeys(
+        (
+            "AccessDenied",
+            "403",
+            "Forbidden",
+            "AllAccessDisabled",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "InvalidToken",
+        ),
+        _DENIED,
+    ),
+    **dict.fromkeys(
+        ("NoSuchKey", "404", "NotFound"), (base.Missing, "{s.url}: not found ({what})")
+    ),
+    **dict.fromkeys(
+        ("PreconditionFailed", "ConditionalRequestConflict"),  # 412, 409
+        (base.KeyTaken, "{s.url}: another writer created the key first ({what})"),
+    ),
+    "BucketAlreadyExists": (
+        StorageError,
+        "{s.url}: the bucket name {s.bucket} belongs to another AWS account; choose another "
+        "name with jobs.bucket",
+    ),
+    **dict.fromkeys(
+        ("SlowDown", "RequestTimeout", "Throttling", "ThrottlingException"), _KEPT_FAILING
+    ),
+}
 # Connection-level failures: botocore retries them with backoff, then raises one of these.
-_UNREACHABLE = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.ProxyConnectionError,
-    botocore.exceptions.HTTPClientError,  # connection closed, read timeout, broken stream
-)
 _NOT_CONNECTED = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectTimeoutError,
     botocore.exceptions.ProxyConnectionError,
 )
+# Failures that never got an answer from the store, by type.
+_FAILURES = base.ErrorTable(
+    (
+        botocore.exceptions.NoCredentialsError,
+        PermissionDeniedError,
+        "{s.url}: no AWS credentials found; set AWS_PROFILE (or sync.store.profile) "
+        "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws configure`",
+    ),
+    (
+        (botocore.exceptions.PartialCredentialsError, botocore.exceptions.CredentialRetrievalError),
+        PermissionDeniedError,
+        "{s.url}: unusable AWS credentials: {exc}",
+    ),
+    (
+        # HTTPClientError: connection closed, read timeout, broken stream
+        (*_NOT_CONNECTED, botocore.exceptions.HTTPClientError),
+        TransientError,
+        "{s.url}: cannot reach {s.endpoint} to {what} after retries ({exc}); check the "
+        "network, or sync.store.endpoint_url",
+    ),
+    (botocore.exceptions.BotoCoreError, StorageError, "{s.url}: cannot {what}: {exc}"),
+)
 
 
-class S3Store:
-    """An S3 bucket (and key prefix) as a konduktor store; see :class:`~konduktor.storage.Store`.
+class S3Backend:
+    """An S3 bucket (and key prefix): see :class:`~konduktor.storage.base.Backend`.
 
     The client is thread-safe: one store may serve several threads at once. The progress
     callback of a multipart upload is called from worker threads, one call at a time.
     """
 
-    def __init__(self, url: str, options: StoreOptions) -> None:
-        _, self.bucket, self.prefix = parse_url(url)
+    def __init__(self, url: str, options: base.StoreOptions) -> None:
+        _, self.bucket, self.prefix = base.parse_url(url)
         self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.options = options
         self._session = self._new_session()
@@ -136,82 +168,28 @@ class S3Store:
         client.meta.events.register_first(f"needs-retry.{service_id}", _give_up_on_unreachable)
         return client
 
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     # -- errors ---------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run an SDK call, turning its exceptions into konduktor's."""
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """SDK exceptions raised in the block become konduktor's, by the tables above."""
         try:
-            return fn()
+            yield
         except botocore.exceptions.ClientError as exc:
-            raise self._translate(what, exc) from exc
+            raise _answer(exc, s=self, what=what) from exc
         except botocore.exceptions.BotoCoreError as exc:
-            raise self._translate_sdk(what, exc) from exc
+            raise _FAILURES.error(exc, s=self, what=what) from exc
 
-    def _translate(self, what: str, exc: botocore.exceptions.ClientError) -> StorageError:
-        """The konduktor error for an error answer from the store."""
-        code = _code(exc)
-        if code == "NoSuchBucket":
-            return NotFoundError(self._no_bucket())
-        if code in _DENIED:
-            return PermissionDeniedError(
-                f"{self.url}: permission denied to {what} in bucket {self.bucket} ({code}) "
-                f"with the AWS credentials from {self._credential_source()}; grant access "
-                "or use other credentials (AWS_PROFILE, sync.store.profile)"
-            )
-        if code in _MISSING:
-            return _NoSuchKey(f"{self.url}: not found ({what})")
-        if code in _TAKEN:
-            return _KeyTaken(f"{self.url}: another writer created the key first ({what})")
-        if code == "BucketAlreadyExists":
-            return StorageError(
-                f"{self.url}: the bucket name {self.bucket} belongs to another AWS account; "
-                "choose another name with jobs.bucket"
-            )
-        metadata = exc.response.get("ResponseMetadata", {})
-        if metadata.get("HTTPStatusCode", 0) >= 500 or code in _BUSY:
-            attempts = metadata.get("RetryAttempts", 0) + 1
-            return TransientError(
-                f"{self.url}: the store kept failing to {what} ({code}, {attempts} attempts); "
-                "try again later"
-            )
-        return StorageError(f"{self.url}: cannot {what}: {code}: {_message(exc)}")
-
-    def _translate_sdk(self, what: str, exc: botocore.exceptions.BotoCoreError) -> StorageError:
-        """The konduktor error for a failure that never got an answer from the store."""
-        if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            return PermissionDeniedError(
-                f"{self.url}: no AWS credentials found; set AWS_PROFILE (or sync.store.profile) "
-                "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws configure`"
-            )
-        if isinstance(
-            exc,
-            (
-                botocore.exceptions.PartialCredentialsError,
-                botocore.exceptions.CredentialRetrievalError,
-            ),
-        ):
-            return PermissionDeniedError(f"{self.url}: unusable AWS credentials: {exc}")
-        if isinstance(exc, _UNREACHABLE):
-            return TransientError(
-                f"{self.url}: cannot reach {self._client.meta.endpoint_url} to {what} after "
-                f"retries ({exc}); check the network, or sync.store.endpoint_url"
-            )
-        return StorageError(f"{self.url}: cannot {what}: {exc}")
-
-    def _no_bucket(self) -> str:
-        return (
-            f"{self.url}: bucket {self.bucket} does not exist; create it "
-            f"(aws s3 mb s3://{self.bucket}) or fix jobs.bucket in ~/.konduktor/config.yaml"
-        )
-
-    def _credential_source(self) -> str:
+    @property
+    def credentials_from(self) -> str:
         """Where the credentials came from ("env", "shared-credentials-file", ...), not the keys."""
         with self._lock:
             credentials = self._session.get_credentials()
         return str(credentials.method) if credentials is not None else "nowhere"
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url)
 
     # -- the bucket -----------------------------------------------------------------------
 
@@ -220,8 +198,9 @@ class S3Store:
         if self._bucket_ready:
             return
         try:
-            self._call("find the bucket", lambda: self._client.head_bucket(Bucket=self.bucket))
-        except _NoSuchKey:  # HEAD says a bare 404 for a missing bucket
+            with self._errors("find the bucket"):
+                self._client.head_bucket(Bucket=self.bucket)
+        except base.Missing:  # HEAD says a bare 404 for a missing bucket
             self._create_bucket()
         self._bucket_ready = True
 
@@ -230,106 +209,63 @@ class S3Store:
         args: dict[str, Any] = {"Bucket": self.bucket}
         if region and region not in ("us-east-1", "aws-global"):  # us-east-1 refuses it
             args["CreateBucketConfiguration"] = {"LocationConstraint": region}
-
-        def create() -> None:
+        log.info("creating bucket %s in %s", self.bucket, region)
+        with self._errors("create the bucket"):
             try:
                 self._client.create_bucket(**args)
             except botocore.exceptions.ClientError as exc:
                 if _code(exc) != "BucketAlreadyOwnedByYou":  # else a racing launch made it
                     raise
 
-        log.info("creating bucket %s in %s", self.bucket, region)
-        self._call("create the bucket", create)
+    # -- Backend --------------------------------------------------------------------------
 
-    # -- Store ----------------------------------------------------------------------------
+    def head(self, key: str) -> base.ObjectInfo | None:
+        response = self._object("read object metadata", self._client.head_object, key)
+        return None if response is None else _info(key, response)
 
-    def stat(self, key: str) -> ObjectInfo | None:
+    def _object(self, what: str, call: Callable[..., Any], key: str) -> Any:
+        """The answer of *call* (HeadObject, GetObject) on *key*; None if the key is absent."""
         self._ensure_bucket()
         try:
-            head = self._call(
-                "read object metadata",
-                lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
-            )
-        except _NoSuchKey:
+            with self._errors(what):
+                return call(Bucket=self.bucket, Key=self._key(key))
+        except base.Missing:
             return None
-        return _info(key, head)
 
-    def put(
-        self,
-        key: str,
-        path: Path,
-        *,
-        sha256: str,
-        metadata: Mapping[str, str] | None = None,
-        progress: Progress | None = None,
-    ) -> PutResult:
-        size = path.stat().st_size
-        meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
-        for _ in range(RACE_ATTEMPTS):
-            existing = self.stat(key)
-            if existing is not None:
-                return already_there(self.url, existing, sha256)
-            try:
-                self._upload(key, path, size, meta, progress)
-            except _KeyTaken:
-                continue  # another writer won (412) or was writing (409): look at its object
-            self._verify(key, size, sha256)
-            return PutResult(key, size, uploaded=True)
-        raise TransientError(
-            f"{self.url}/{key}: other writers kept colliding with this upload; try again"
-        )
-
-    def _upload(
-        self, key: str, path: Path, size: int, meta: dict[str, str], progress: Progress | None
-    ) -> None:
+    def create(
+        self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
+    ) -> str | None:
         if size < MULTIPART_THRESHOLD:
             self._put_single(key, path, meta, progress)
         else:
             self._put_multipart(key, path, size, meta, progress)
+        return None  # S3 objects carry no generation to tell this one from a rival's
 
-    def _verify(self, key: str, size: int, sha256: str) -> None:
-        info = self.stat(key)
-        if info is None or info.size != size or info.sha256 != sha256:
-            raise StorageError(
-                f"{self.url}/{key} did not land intact (size or sha256 differ); upload again"
-            )
+    def discard(self, key: str, version: str | None) -> None:
+        # Without generations, a delete could remove a good object a rival wrote since.
+        log.warning("%s/%s failed its check after the upload; delete it by hand", self.url, key)
 
     def _put_single(
-        self, key: str, path: Path, meta: dict[str, str], progress: Progress | None
+        self, key: str, path: Path, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
-        with path.open("rb") as f:
-            body = ReportingReader(f, progress)
-            self._call(
-                "upload",
-                lambda: self._client.put_object(
-                    Bucket=self.bucket,
-                    Key=self._key(key),
-                    Body=body,
-                    Metadata=meta,
-                    IfNoneMatch="*",
-                ),
+        with path.open("rb") as f, self._errors("upload"):
+            body = base.ReportingReader(f, progress)
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=meta, IfNoneMatch="*"
             )
 
     def _put_multipart(
-        self, key: str, path: Path, size: int, meta: dict[str, str], progress: Progress | None
+        self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
         target = {"Bucket": self.bucket, "Key": self._key(key)}
-        started = self._call(
-            "start a multipart upload",
-            lambda: self._client.create_multipart_upload(**target, Metadata=meta),
-        )
-        upload_id = started["UploadId"]
+        with self._errors("start a multipart upload"):
+            upload_id = self._client.create_multipart_upload(**target, Metadata=meta)["UploadId"]
         try:
             parts = self._send_parts(target, upload_id, path, size, progress)
-            self._call(
-                "finish the multipart upload",
-                lambda: self._client.complete_multipart_upload(
-                    **target,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                ),
-            )
+            with self._errors("finish the multipart upload"):
+                self._client.complete_multipart_upload(
+                    **target, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
+                )
         except BaseException:
             # Parts of an unfinished upload are invisible but stored (and billed) until
             # aborted: a failed part, a lost race (412 on complete) and Ctrl-C all abort.
@@ -339,7 +275,8 @@ class S3Store:
     def _abort(self, target: dict[str, str], upload_id: str) -> None:
         try:
             self._client.abort_multipart_upload(**target, UploadId=upload_id)
-        except Exception:  # the failure being handled matters more; say what is left behind
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            # the failure being handled matters more; say what is left behind
             log.warning(
                 "could not abort multipart upload %s of s3://%s/%s; its parts stay until a "
                 "lifecycle rule (AbortIncompleteMultipartUpload) removes them",
@@ -355,7 +292,7 @@ class S3Store:
         upload_id: str,
         path: Path,
         size: int,
-        progress: Progress | None,
+        progress: base.Progress | None,
     ) -> list[dict[str, Any]]:
         part_size = _part_size(size)
         lock = threading.Lock()  # the caller's progress callback need not be thread-safe
@@ -364,12 +301,10 @@ class S3Store:
         def send(number: int) -> dict[str, Any]:
             offset = (number - 1) * part_size
             body = os.pread(fd, min(part_size, size - offset), offset)
-            done = self._call(
-                "upload a part",
-                lambda: self._client.upload_part(
+            with self._errors("upload a part"):
+                done = self._client.upload_part(
                     **target, UploadId=upload_id, PartNumber=number, Body=body
-                ),
-            )
+                )
             if progress is not None:
                 with lock:
                     progress(len(body))
@@ -384,87 +319,56 @@ class S3Store:
             pool.shutdown(wait=True, cancel_futures=True)
             os.close(fd)
 
-    def get(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
-        self._ensure_bucket()
-        try:
-            response = self._call(
-                "download", lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            )
-        except _NoSuchKey as exc:
-            raise NotFoundError(f"{self.url}/{key} does not exist") from exc
-        info = _info(key, response)
-        with contextlib.closing(response["Body"]) as body:
-            self._call("download", lambda: self._receive(key, body, dest, info.sha256, progress))
-        return info
+    def stream(self, key: str, out: io.RawIOBase) -> base.ObjectInfo | None:
+        response = self._object("download", self._client.get_object, key)
+        if response is None:
+            return None
+        with self._errors("download"), contextlib.closing(response["Body"]) as body:
+            for chunk in body.iter_chunks(_CHUNK):
+                out.write(chunk)
+        return _info(key, response)
 
-    def _receive(
-        self, key: str, body: Any, dest: Path, sha256: str | None, progress: Progress | None
-    ) -> None:
-        """Stream *body* into a temporary file next to *dest*, check it, then rename it."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for chunk in body.iter_chunks(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            if sha256 is not None and digest.hexdigest() != sha256:
-                raise StorageError(f"{self.url}/{key} arrived corrupt (sha256 differs); retry")
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str) -> Iterator[base.ObjectInfo]:
         """Objects under *prefix*, in key order.
 
         Listings carry no user metadata, so ``sha256`` is None and ``metadata`` empty here;
         ``stat`` a key for them (one request per key, which a listing should not cost).
         """
         self._ensure_bucket()
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(
-            paginator.paginate(
-                Bucket=self.bucket,
-                Prefix=self._key(prefix),
-                PaginationConfig={"PageSize": LIST_PAGE_SIZE},
-            )
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket,
+            Prefix=self._key(prefix),
+            PaginationConfig={"PageSize": LIST_PAGE_SIZE},
         )
         cut = len(self.prefix) + 1 if self.prefix else 0
-        # pages are fetched lazily, so each fetch is where an SDK error can surface
-        while (page := self._call("list objects", lambda: next(pages, None))) is not None:
-            for item in page.get("Contents", []):
-                yield ObjectInfo(item["Key"][cut:], int(item["Size"]), None, _utc(item))
+        # pages are fetched lazily, as the loop asks for them: that is where errors surface
+        with self._errors("list objects"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield base.ObjectInfo(item["Key"][cut:], int(item["Size"]), None, _utc(item))
 
     def delete(self, key: str) -> None:
         self._ensure_bucket()
         # S3 answers 204 for a key that does not exist, so this is idempotent as it stands
-        self._call(
-            "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        )
+        with self._errors("delete"):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def mark(self, key: str) -> None:
         self._ensure_bucket()
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat().encode()
-        self._call(
-            "write a marker",
-            lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=now),
-        )
+        with self._errors("write a marker"):
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=base.utc_now().encode()
+            )
 
-    def signed_url(self, key: str, expires_seconds: int) -> str | None:
+    def sign(self, key: str, expires_seconds: int) -> str | None:
         """A SigV4 presigned GET; S3 refuses those that outlive 7 days (604800 s)."""
         signer = self._signing_client()
-        url: str = self._call(
-            "sign a URL",
-            lambda: signer.generate_presigned_url(
+        with self._errors("sign a URL"):
+            url: str = signer.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._key(key)},
                 ExpiresIn=expires_seconds,
-            ),
-        )
+            )
         return url
 
     def _signing_client(self) -> Any:
@@ -480,36 +384,40 @@ class S3Store:
         return self._signer
 
     def _bucket_region(self) -> str:
-        if self.options.endpoint_url is not None:  # an S3-compatible store: one region
-            return str(self._client.meta.region_name)
-        self._ensure_bucket()
         configured = str(self._client.meta.region_name)
+        if self.options.endpoint_url is not None:  # an S3-compatible store: one region
+            return configured
+        self._ensure_bucket()
         try:
-            head = self._call(
-                "find the bucket's region",
-                lambda: self._client.head_bucket(Bucket=self.bucket),
-            )
-        except _NoSuchKey as exc:
-            raise NotFoundError(self._no_bucket()) from exc
+            with self._errors("find the bucket's region"):
+                head = self._client.head_bucket(Bucket=self.bucket)
+        except base.Missing as exc:
+            raise NotFoundError(_NO_BUCKET.format(s=self)) from exc
         except PermissionDeniedError:  # HeadBucket needs s3:ListBucket, which GETs do not
             log.debug("cannot read the region of %s; signing for %s", self.bucket, configured)
             return configured
         return str(head.get("BucketRegion") or configured)
 
     def identity(self) -> str:
-        """Who the credentials are (for `konduktor check`), never the secrets themselves."""
         with self._lock:
             sts = self._new_client("sts")
-        who = self._call("ask who the credentials are", sts.get_caller_identity)
-        return f"{who.get('Arn', '?')} (credentials from {self._credential_source()})"
+        with self._errors("ask who the credentials are"):
+            who = sts.get_caller_identity()
+        return f"{who.get('Arn', '?')} (credentials from {self.credentials_from})"
+
+    def _key(self, key: str) -> str:
+        return base.join_key(self.prefix, key)
 
 
-class _NoSuchKey(NotFoundError):
-    """The key (or, from a HEAD, the bucket) does not exist."""
-
-
-class _KeyTaken(ConflictError):
-    """A conditional write found the key created by someone else, or being created."""
+def _answer(exc: botocore.exceptions.ClientError, **fields: object) -> StorageError:
+    """The konduktor error for an error answer from the store: by its code, else its status."""
+    metadata = exc.response.get("ResponseMetadata", {})
+    status = metadata.get("HTTPStatusCode", 0)
+    code = _code(exc)
+    error, template = _ANSWERS.get(code) or (_KEPT_FAILING if status >= 500 else _OTHER_ANSWER)
+    message = str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+    attempts = metadata.get("RetryAttempts", 0) + 1
+    return error(template.format(code=code, message=message, attempts=attempts, **fields))
 
 
 def _give_up_on_unreachable(
@@ -532,11 +440,11 @@ def _part_size(size: int) -> int:
     return max(PART_SIZE, -(-needed // _MIB) * _MIB)
 
 
-def _info(key: str, response: Mapping[str, Any]) -> ObjectInfo:
-    """The ObjectInfo of a HeadObject or GetObject response."""
+def _info(key: str, response: Mapping[str, Any]) -> base.ObjectInfo:
+    """The base.ObjectInfo of a HeadObject or GetObject response."""
     metadata = dict(response.get("Metadata", {}))
     size = int(response["ContentLength"])
-    return ObjectInfo(key, size, metadata.get(SHA256), _utc(response), metadata)
+    return base.ObjectInfo.from_metadata(key, size, _utc(response), metadata)
 
 
 def _utc(item: Mapping[str, Any]) -> datetime.datetime:
@@ -546,7 +454,3 @@ def _utc(item: Mapping[str, Any]) -> datetime.datetime:
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _message(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
