@@ -7,12 +7,21 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storage_helpers import put_concurrently
 
-from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
-from konduktor.storage import Store, StoreOptions, open_store, parse_url
+from konduktor.errors import (
+    ConflictError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+    UsageError,
+)
+from konduktor.storage import Store, StoreOptions, core, open_store, parse_url
+from konduktor.storage.base import KeyTaken
+from konduktor.storage.local import LocalBackend
 
 BACKENDS = ["file", "s3", "gcs"]
 StoreFactory = Callable[..., tuple[str, StoreOptions]]
@@ -254,3 +263,48 @@ def test_missing_bucket_names_the_store(missing_store: Store, tmp_path: Path) ->
     with pytest.raises(StorageError) as raised:
         missing_store.put("k", src, sha256=digest)
     assert missing_store.url in str(raised.value)
+
+
+# -- the core's rules, on a local backend made to misbehave ----------------------------------
+
+
+class LossyBackend(LocalBackend):
+    """Stores one byte less than it was given: an upload that does not land intact."""
+
+    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
+        short = path.with_name(path.name + ".short")
+        short.write_bytes(path.read_bytes()[:-1])
+        return super().create(key, short, size, *args)
+
+
+def test_upload_that_does_not_land_intact_is_refused_and_removed(tmp_path: Path) -> None:
+    store = Store(LossyBackend(f"file://{tmp_path}/s"))
+    src, digest = write(tmp_path / "a", b"twelve bytes")
+    with pytest.raises(StorageError, match=r"/k did not land intact .*upload again"):
+        store.put("k", src, sha256=digest)
+    assert store.stat("k") is None  # this writer's own damaged object was discarded
+    assert list(store.list()) == []
+
+
+class CrowdedBackend(LocalBackend):
+    """Another writer always creates the key first, and it is gone again by the next look."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.attempts = 0
+
+    def create(self, key: str, *args: Any) -> str | None:
+        self.attempts += 1
+        raise KeyTaken(f"{self.url}: another writer created the key first")
+
+
+def test_writers_that_keep_colliding_give_up_after_race_attempts(tmp_path: Path) -> None:
+    backend = CrowdedBackend(f"file://{tmp_path}/s")
+    src, digest = write(tmp_path / "a", b"x")
+    with pytest.raises(TransientError, match="other writers kept colliding"):
+        Store(backend).put("k", src, sha256=digest)
+    assert backend.attempts == core.RACE_ATTEMPTS
+
+
+def test_identity_of_a_local_store_is_not_applicable(tmp_path: Path) -> None:
+    assert open_store(f"file://{tmp_path}/s").identity() == "not applicable"

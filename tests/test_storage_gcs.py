@@ -314,6 +314,39 @@ def test_upload_failing_midway_is_transient_and_leaves_no_object(
     assert list(raw_bucket(url, options).list_blobs()) == []
 
 
+class ShortBackend(GCSBackend):
+    """Uploads one byte less than it was given: an upload that does not land intact."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.generations: list[str | None] = []
+
+    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
+        short = path.with_name(path.name + ".short")
+        short.write_bytes(path.read_bytes()[:-1])
+        self.generations.append(super().create(key, short, size - 1, *args))
+        return self.generations[-1]
+
+
+def test_upload_that_does_not_land_intact_is_deleted_by_its_generation(
+    gcs_store_factory: Factory, tmp_path: Path
+) -> None:
+    """Only the generation this writer made is deleted, never a rival's object written
+    since; the emulator ignores that condition on deletes, so the request shows it."""
+    url, options = gcs_store_factory()
+    assert options.endpoint_url is not None
+    client = emulator_client(options.endpoint_url)
+    wire = Wire(client)
+    backend = ShortBackend(url, options, client=client)
+    digest = write(tmp_path / "a", b"twelve bytes")
+    with pytest.raises(StorageError, match=r"/k did not land intact .*upload again"):
+        Store(backend).put("k", tmp_path / "a", sha256=digest)
+    [generation] = backend.generations
+    [delete] = [s for s in wire.sent if s.method == "DELETE"]
+    assert f"ifGenerationMatch={generation}" in delete.url
+    assert raw_bucket(url, options).get_blob("k") is None
+
+
 # -- buckets ------------------------------------------------------------------------------
 
 

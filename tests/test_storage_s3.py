@@ -173,6 +173,28 @@ def test_rival_with_other_content_after_the_head_check_is_a_conflict(
     assert head["Metadata"]["sha256"] == theirs  # the first writer's object stands
 
 
+class ShortBackend(S3Backend):
+    """Uploads one byte less than it was given: an upload that does not land intact."""
+
+    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
+        short = path.with_name(path.name + ".short")
+        short.write_bytes(path.read_bytes()[:-1])
+        return super().create(key, short, size - 1, *args)
+
+
+def test_upload_that_does_not_land_intact_is_refused_and_left_with_a_warning(
+    s3_store_factory: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 has no generations: deleting could remove a rival's good object written since."""
+    url, options = s3_store_factory()
+    (tmp_path / "a").write_bytes(b"twelve bytes")
+    digest = hashlib.sha256(b"twelve bytes").hexdigest()
+    with pytest.raises(StorageError, match=r"/k did not land intact .*upload again"):
+        Store(ShortBackend(url, options)).put("k", tmp_path / "a", sha256=digest)
+    assert raw(options).head_object(Bucket=bucket_of(url), Key="k")["ContentLength"] == 11
+    assert f"{url}/k failed its check after the upload; delete it by hand" in caplog.text
+
+
 # -- multipart ----------------------------------------------------------------------------
 
 

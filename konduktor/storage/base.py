@@ -96,8 +96,8 @@ class PutResult:
 
 
 class Missing(NotFoundError):
-    """The key (or, from an S3 HEAD, the bucket) does not exist: normal for a backend,
-    which answers None; never raised out of a store."""
+    """The key (or, from an S3 HEAD, the bucket) does not exist: a backend answers None
+    where that is a normal case (head, stream, delete)."""
 
 
 class KeyTaken(ConflictError):
