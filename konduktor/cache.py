@@ -15,7 +15,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,26 @@ def konduktor_home() -> Path:
     return Path(os.environ.get("KONDUKTOR_HOME") or Path.home() / ".konduktor")
 
 
+@contextlib.contextmanager
+def atomic_file(dest: Path, place: Callable[[str, Path], None] = os.replace) -> Iterator[BinaryIO]:
+    """A temporary file beside *dest* that *place* makes into *dest* once the block has
+    succeeded (os.replace by default; os.link for a create-only write). It is removed in
+    every case, so neither a partial *dest* nor the temporary is ever left behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        place(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write *path* through a temporary file in the same directory and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def fingerprint(st: os.stat_result) -> list[int]:

@@ -10,13 +10,16 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── GitError          a git command or repository read failed
     ├── SelectionError    a file could not be read while selecting or archiving
     ├── ExtractError      a layer is corrupt, tampered with or hostile
+    │   └── RefusedMemberError  a member breaks an extraction rule (named with its layer)
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
     ├── ClusterError      the Kubernetes API is unreachable or refused a request
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
+        │   └── MissingKeyError    the key does not exist (backends: a normal answer)
         ├── PermissionDeniedError  the credentials may not do this
         ├── ConflictError          a key holds different content than the one being written
+        │   └── KeyTakenError      a create-only write lost to another writer (the store retries)
         └── TransientError         the store stayed unreachable after retries
 
 Exit codes of the ``konduktor`` command:
@@ -63,6 +66,11 @@ class ExtractError(KonduktorError):
     """A layer failed verification or holds a member that may not be extracted."""
 
 
+class RefusedMemberError(ExtractError):
+    """A layer member breaks an extraction rule; the member loop re-raises it as an
+    ExtractError naming the layer and the member."""
+
+
 class ConfigError(KonduktorError):
     """The configuration file is invalid."""
 
@@ -79,12 +87,21 @@ class NotFoundError(StorageError):
     """The object, or the bucket, does not exist."""
 
 
+class MissingKeyError(NotFoundError):
+    """The key (or, from an S3 HEAD, the bucket) does not exist: a store backend answers
+    None where that is a normal case (head, stream, delete)."""
+
+
 class PermissionDeniedError(StorageError):
     """The credentials in use may not do this."""
 
 
 class ConflictError(StorageError):
     """A key already holds content other than what is being written (keys are immutable)."""
+
+
+class KeyTakenError(ConflictError):
+    """A create-only write found the key created by another writer, or being created."""
 
 
 class TransientError(StorageError):

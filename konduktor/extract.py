@@ -50,7 +50,7 @@ from typing import BinaryIO, Literal
 
 import zstandard
 
-from konduktor.errors import ExtractError, UsageError
+from konduktor.errors import ExtractError, RefusedMemberError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,6 @@ class ExtractResult:
     files: int
     symlinks: int
     deleted: int
-
-
-class _Refused(Exception):
-    """A member breaks a rule; the member loop adds which layer and member."""
 
 
 def sha256_file(path: Path) -> str:
@@ -257,7 +253,7 @@ def _apply_members(tar: tarfile.TarFile, layer: Path, root: Path) -> int:
                 continue
             # A whiteout after content could delete this layer's own files.
             if content_seen:
-                raise _Refused("whiteouts must come before every other member of a layer")
+                raise RefusedMemberError("whiteouts must come before every other member of a layer")
             deleted += _apply_whiteout(member, kind, parts, root)
     return deleted
 
@@ -293,7 +289,7 @@ def _blame(layer: Path, member: tarfile.TarInfo) -> Iterator[None]:
     """Turn a refusal or a write error into an ExtractError naming layer and member."""
     try:
         yield
-    except _Refused as exc:
+    except RefusedMemberError as exc:
         raise ExtractError(
             f"refusing member {member.name!r} of layer {layer}: {exc}; "
             "the layer is corrupt or hostile, rebuild it from a trusted source"
@@ -307,21 +303,21 @@ def _blame(layer: Path, member: tarfile.TarInfo) -> Iterator[None]:
 def _split(name: str) -> list[str]:
     """Return the components of a member name, refusing any that could leave the root."""
     if "\0" in name:
-        raise _Refused("the name contains a NUL byte")
+        raise RefusedMemberError("the name contains a NUL byte")
     if name.startswith("/"):
-        raise _Refused("the name is absolute")
+        raise RefusedMemberError("the name is absolute")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise _Refused("the name has a '..' component")
+        raise RefusedMemberError("the name has a '..' component")
     if not parts:
-        raise _Refused("the name is empty or names the root")
+        raise RefusedMemberError("the name is empty or names the root")
     return parts
 
 
 def _kind(member: tarfile.TarInfo) -> _Kind:
     # tarfile.isreg() also accepts contiguous and sparse files: test the type itself.
     if member.sparse is not None:
-        raise _Refused("GNU sparse files are not allowed")
+        raise RefusedMemberError("GNU sparse files are not allowed")
     if member.type in _REGULAR_TYPES:
         return "file"
     if member.type == tarfile.SYMTYPE:
@@ -329,7 +325,7 @@ def _kind(member: tarfile.TarInfo) -> _Kind:
     if member.type == tarfile.DIRTYPE:
         return "dir"
     what = _REFUSED_TYPES.get(member.type, f"members of type {member.type!r}")
-    raise _Refused(f"{what} are not allowed")
+    raise RefusedMemberError(f"{what} are not allowed")
 
 
 def _apply_entry(
@@ -350,11 +346,11 @@ def _apply_whiteout(member: tarfile.TarInfo, kind: _Kind, parts: list[str], root
     """Delete what a whiteout names; return 1 if something was there, else 0."""
     target = parts[-1][len(_WHITEOUT) :]
     if kind != "file" or member.size != 0:
-        raise _Refused("a whiteout must be an empty regular file")
+        raise RefusedMemberError("a whiteout must be an empty regular file")
     if target in ("", ".", ".."):
-        raise _Refused(f"a whiteout may not name {target!r}")
+        raise RefusedMemberError(f"a whiteout may not name {target!r}")
     if target.startswith(_WHITEOUT):
-        raise _Refused("opaque and nested whiteouts (.wh..wh.*) are not supported")
+        raise RefusedMemberError("opaque and nested whiteouts (.wh..wh.*) are not supported")
     parent = _existing_parent(root, parts[:-1])
     if parent is None or not _remove(parent / target):
         return 0
@@ -371,7 +367,9 @@ def _make_parents(root: Path, dirs: list[str]) -> Path:
         if mode is None:
             _mkdir(current)
         elif not _is_real_dir(mode, current, root):
-            raise _Refused(f"its parent {_relative(current, root)} is a file, not a directory")
+            raise RefusedMemberError(
+                f"its parent {_relative(current, root)} is a file, not a directory"
+            )
     return current
 
 
@@ -390,7 +388,7 @@ def _is_real_dir(mode: int, path: Path, root: Path) -> bool:
     # Even a link that points inside the tree is refused: following it would let
     # a later member reach whatever the link is changed to point at.
     if stat.S_ISLNK(mode):
-        raise _Refused(
+        raise RefusedMemberError(
             f"its parent {_relative(path, root)} is a symlink, "
             "and nothing is written or deleted through a symlink"
         )
@@ -448,14 +446,14 @@ def _prune(directory: Path, root: Path) -> None:
 def _symlink(target: str, path: Path) -> None:
     # The target is stored verbatim, absolute or not: links are never followed here.
     if not target or "\0" in target:
-        raise _Refused("a symlink target must be non-empty and free of NUL bytes")
+        raise RefusedMemberError("a symlink target must be non-empty and free of NUL bytes")
     os.symlink(target, path)
 
 
 def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
     source = tar.extractfile(member)
     if source is None:
-        raise _Refused("a regular file member has no data")
+        raise RefusedMemberError("a regular file member has no data")
     mode = 0o755 if member.mode & 0o111 else 0o644
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with source, os.fdopen(os.open(path, flags, mode), "wb") as out:

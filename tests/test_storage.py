@@ -14,13 +14,13 @@ from storage_helpers import put_concurrently
 
 from konduktor.errors import (
     ConflictError,
+    KeyTakenError,
     NotFoundError,
     StorageError,
     TransientError,
     UsageError,
 )
 from konduktor.storage import Store, StoreOptions, core, open_store, parse_url
-from konduktor.storage.base import KeyTaken
 from konduktor.storage.local import LocalBackend
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -295,7 +295,7 @@ class CrowdedBackend(LocalBackend):
 
     def create(self, key: str, *args: Any) -> str | None:
         self.attempts += 1
-        raise KeyTaken(f"{self.url}: another writer created the key first")
+        raise KeyTakenError(f"{self.url}: another writer created the key first")
 
 
 def test_writers_that_keep_colliding_give_up_after_race_attempts(tmp_path: Path) -> None:

@@ -6,19 +6,17 @@ Nothing here imports a backend or an SDK, so backends import this module freely.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import io
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from konduktor.errors import ConflictError, NotFoundError, StorageError, UsageError
+from konduktor.errors import StorageError, UsageError
 
 Progress = Callable[[int], None]
 """Called with the number of bytes transferred since the previous call."""
@@ -95,15 +93,6 @@ class PutResult:
     uploaded: bool  # False: the key already held this content
 
 
-class Missing(NotFoundError):
-    """The key (or, from an S3 HEAD, the bucket) does not exist: a backend answers None
-    where that is a normal case (head, stream, delete)."""
-
-
-class KeyTaken(ConflictError):
-    """A create-only write found the key created by another writer, or being created."""
-
-
 class Backend(Protocol):
     """The SDK calls behind a :class:`~konduktor.storage.Store`, and nothing more: the
     semantics (create-only, verification, atomic download) are the Store's, written once.
@@ -120,8 +109,8 @@ class Backend(Protocol):
     def create(
         self, key: str, path: Path, size: int, meta: Metadata, progress: Progress | None
     ) -> str | None:
-        """Upload *path* as *key* only if the key is absent, else raise KeyTaken; no partial
-        object ever shows. Returns the new object's version, where the store has versions."""
+        """Upload *path* as *key* only if the key is absent, else raise KeyTakenError; no
+        partial object ever shows. Returns the new object's version, where stores have one."""
         ...
 
     def discard(self, key: str, version: str | None) -> None:
@@ -190,21 +179,6 @@ def join_key(prefix: str, key: str) -> str:
 def utc_now() -> str:
     """The content of a marker object: when it was written."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-@contextlib.contextmanager
-def atomic_file(dest: Path, place: Callable[[str, Path], None] = os.replace) -> Iterator[BinaryIO]:
-    """A temporary file beside *dest* that *place* makes into *dest* once the block has
-    succeeded (os.replace by default; os.link for a create-only write). It is removed in
-    every case, so neither a partial *dest* nor the temporary is ever left behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        place(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 class ReportingReader(io.RawIOBase):

@@ -19,16 +19,21 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from konduktor.errors import ConflictError, NotFoundError, StorageError, TransientError
+from konduktor.cache import atomic_file
+from konduktor.errors import (
+    ConflictError,
+    KeyTakenError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+)
 from konduktor.storage.base import (
     SHA256,
     SIZE,
     Backend,
-    KeyTaken,
     ObjectInfo,
     Progress,
     PutResult,
-    atomic_file,
 )
 
 RACE_ATTEMPTS = 3  # rounds of look + create-only write when other writers keep colliding
@@ -66,7 +71,7 @@ class Store:
                 return self._already_there(existing, sha256)
             try:
                 version = self._backend.create(key, path, size, meta, progress)
-            except KeyTaken:
+            except KeyTakenError:
                 continue  # another writer won (412) or was writing (409): look at its object
             self._verify(key, version, size, sha256)
             return PutResult(key, size, uploaded=True)

@@ -1,7 +1,7 @@
 """``gs://bucket/prefix``: Google Cloud Storage, through google-cloud-storage.
 
 A create-only write is an upload with ``if_generation_match=0``: when another
-writer created the key since the Store looked, GCS answers 412, which is KeyTaken.
+writer created the key since the Store looked, GCS answers 412, which is KeyTakenError.
 Files over 8 MiB go up as resumable uploads in 16 MiB chunks (the SDK chooses by
 size); GCS makes the object visible only when the last chunk arrives, so a failed or
 interrupted upload (Ctrl-C included) leaves no object. Every transfer is checked with
@@ -38,7 +38,14 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from konduktor.errors import NotFoundError, PermissionDeniedError, StorageError, TransientError
+from konduktor.errors import (
+    KeyTakenError,
+    MissingKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+    TransientError,
+)
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -65,7 +72,7 @@ _ERRORS = base.ErrorTable(
     ),
     (
         gexc.PreconditionFailed,
-        base.KeyTaken,
+        KeyTakenError,
         "{s.url}: another writer created the key first ({what})",
     ),
     (
@@ -166,7 +173,7 @@ class GCSBackend:
             # GCS (and its emulator) answer the same 404 for a missing bucket and a
             # missing object: tell them apart, since only the object is a normal case
             self._check_bucket()
-            raise base.Missing(f"{self.url}: not found ({what})") from exc
+            raise MissingKeyError(f"{self.url}: not found ({what})") from exc
         except gexc.RetryError as exc:
             raise _GAVE_UP.error(exc.cause or exc, s=self, what=what) from exc
         except _ERRORS.kinds as exc:
@@ -253,7 +260,7 @@ class GCSBackend:
         try:
             with self._errors("read object metadata"):
                 blob.reload(retry=self._retry, timeout=self._timeout)
-        except base.Missing:
+        except MissingKeyError:
             return None
         return blob
 
@@ -297,7 +304,7 @@ class GCSBackend:
                 blob.download_to_file(
                     out, checksum="crc32c", retry=self._transfer_retry, timeout=self._timeout
                 )
-        except base.Missing as exc:
+        except MissingKeyError as exc:
             raise NotFoundError(f"{self.url}/{key} was deleted while it was downloaded") from exc
         return _info(key, blob)
 
@@ -319,7 +326,7 @@ class GCSBackend:
     def delete(self, key: str) -> None:
         self._ensure_bucket()
         # a missing key is fine; a missing bucket still raises (from _errors)
-        with contextlib.suppress(base.Missing), self._errors("delete"):
+        with contextlib.suppress(MissingKeyError), self._errors("delete"):
             self._gcs_bucket.delete_blob(self._key(key), retry=self._retry, timeout=self._timeout)
 
     def mark(self, key: str) -> None:

@@ -17,15 +17,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from konduktor.cache import atomic_write
-from konduktor.errors import PermissionDeniedError, StorageError
+from konduktor.cache import atomic_file, atomic_write
+from konduktor.errors import KeyTakenError, MissingKeyError, PermissionDeniedError, StorageError
 from konduktor.storage import base
 
 _META = ".meta.json"
 _CHUNK = 1 << 20
 
 _ERRORS = base.ErrorTable(
-    (FileNotFoundError, base.Missing, "{s.url}: {reason}"),
+    (FileNotFoundError, MissingKeyError, "{s.url}: {reason}"),
     (PermissionError, PermissionDeniedError, "{s.url}: permission denied ({reason}); fix the mode"),
     (OSError, StorageError, "{s.url}: {reason}"),
 )
@@ -58,7 +58,7 @@ class LocalBackend:
         try:
             with self._errors():
                 st = path.stat()
-        except base.Missing:
+        except MissingKeyError:
             return None
         try:
             metadata: dict[str, str] = json.loads(_meta_path(path).read_text())
@@ -75,7 +75,7 @@ class LocalBackend:
             with self._errors():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(_meta_path(target), json.dumps(meta).encode())
-                with base.atomic_file(target, place=_link) as out, path.open("rb") as src:
+                with atomic_file(target, place=_link) as out, path.open("rb") as src:
                     os.fchmod(out.fileno(), 0o644)  # not the temporary file's 0600
                     shutil.copyfileobj(base.ReportingReader(src, progress), out, _CHUNK)
         except BaseException:
@@ -135,4 +135,4 @@ def _link(tmp: str, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError as exc:
-        raise base.KeyTaken(f"file://{target}: another writer created the key first") from exc
+        raise KeyTakenError(f"file://{target}: another writer created the key first") from exc

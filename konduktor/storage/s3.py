@@ -2,7 +2,7 @@
 
 A create-only write is conditional (``IfNoneMatch='*'``): when another writer
 created the key since the Store looked, S3 answers 412 (409 while that writer is
-still at it), which is KeyTaken. Large files go up as a multipart upload with
+still at it), which is KeyTakenError. Large files go up as a multipart upload with
 parts sent in parallel; any failure, Ctrl-C included, aborts the upload so that no
 part stays behind and no object appears. boto3's transfer manager is not used for
 this: it does not pass ``IfNoneMatch`` on to CompleteMultipartUpload (s3transfer
@@ -30,7 +30,14 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from konduktor.errors import NotFoundError, PermissionDeniedError, StorageError, TransientError
+from konduktor.errors import (
+    KeyTakenError,
+    MissingKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+    TransientError,
+)
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -77,11 +84,11 @@ _ANSWERS: dict[str, tuple[type[StorageError], str]] = {
         _DENIED,
     ),
     **dict.fromkeys(
-        ("NoSuchKey", "404", "NotFound"), (base.Missing, "{s.url}: not found ({what})")
+        ("NoSuchKey", "404", "NotFound"), (MissingKeyError, "{s.url}: not found ({what})")
     ),
     **dict.fromkeys(
         ("PreconditionFailed", "ConditionalRequestConflict"),  # 412, 409
-        (base.KeyTaken, "{s.url}: another writer created the key first ({what})"),
+        (KeyTakenError, "{s.url}: another writer created the key first ({what})"),
     ),
     "BucketAlreadyExists": (
         StorageError,
@@ -200,7 +207,7 @@ class S3Backend:
         try:
             with self._errors("find the bucket"):
                 self._client.head_bucket(Bucket=self.bucket)
-        except base.Missing:  # HEAD says a bare 404 for a missing bucket
+        except MissingKeyError:  # HEAD says a bare 404 for a missing bucket
             self._create_bucket()
         self._bucket_ready = True
 
@@ -229,7 +236,7 @@ class S3Backend:
         try:
             with self._errors(what):
                 return call(Bucket=self.bucket, Key=self._key(key))
-        except base.Missing:
+        except MissingKeyError:
             return None
 
     def create(
@@ -391,7 +398,7 @@ class S3Backend:
         try:
             with self._errors("find the bucket's region"):
                 head = self._client.head_bucket(Bucket=self.bucket)
-        except base.Missing as exc:
+        except MissingKeyError as exc:
             raise NotFoundError(_NO_BUCKET.format(s=self)) from exc
         except PermissionDeniedError:  # HeadBucket needs s3:ListBucket, which GETs do not
             log.debug("cannot read the region of %s; signing for %s", self.bucket, configured)
