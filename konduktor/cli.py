@@ -34,7 +34,7 @@ from konduktor.cli_manage import (
 from konduktor.errors import KonduktorError
 
 if TYPE_CHECKING:
-    from konduktor.launch import LaunchResult, Prepared
+    from konduktor.launch import LaunchResult, Prepared, Request, Target
     from konduktor.snapshot import SnapshotInfo
     from konduktor.storage import Store
 
@@ -321,8 +321,17 @@ def launch(ctx: click.Context, /, task_file: Path, **_: object) -> int:
     The pod's startup script fetches, verifies and places the files, then
     runs `run:` in ~/konduktor_workdir.
     """
-    from konduktor import gitmode
     from konduktor import launch as launching
+
+    confirm = None if ctx.params["yes"] else _confirm
+    result = launching.launch(_request(ctx), confirm=confirm, report=info, progress=_byte_bar)
+    return _print_launch(result, ctx.params["output"])
+
+
+def _request(ctx: click.Context) -> Request:
+    """launch's options as a launch.Request (and the combinations that make no sense)."""
+    from konduktor import gitmode
+    from konduktor.launch import Request
     from konduktor.task import Overrides
 
     opts = ctx.params
@@ -330,11 +339,9 @@ def launch(ctx: click.Context, /, task_file: Path, **_: object) -> int:
         raise click.UsageError("-o/--output goes with --dry-run")
     if opts["local"] and opts["dry_run"]:
         raise click.UsageError("--local and --dry-run do not go together")
-    target: launching.Target = (
-        "local" if opts["local"] else "dry-run" if opts["dry_run"] else "cluster"
-    )
-    request = launching.Request(
-        task_file,
+    target: Target = "local" if opts["local"] else "dry-run" if opts["dry_run"] else "cluster"
+    return Request(
+        opts["task_file"],
         target,
         Overrides(**{k: opts[k] for k in _OVERRIDES}),
         gitmode.Options(**{k: opts[k] for k in _GIT_OPTIONS}) if opts["mode"] == "git" else None,
@@ -342,9 +349,6 @@ def launch(ctx: click.Context, /, task_file: Path, **_: object) -> int:
         manifest=opts["output"] is not None,
         quiet=quiet(),
     )
-    confirm = None if opts["yes"] else _confirm
-    result = launching.launch(request, confirm=confirm, report=info, progress=_byte_bar)
-    return _print_launch(result, opts["output"])
 
 
 def _confirm(prepared: Prepared) -> bool:

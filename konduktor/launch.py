@@ -101,20 +101,11 @@ def launch(
     task = tasks.load(request.task_file, request.overrides)
     cfg = config.load()
     cluster = _connect(request) if request.target == "cluster" else None
-    checkout, git_secret = None, None
-    if request.git is not None:
-        task, checkout, git_secret, notes = gitmode.checkout(
-            task, cfg, request.git, local=request.target == "local"
-        )
-        for note in notes:
-            report(f"git: {note}")
+    task, checkout, git_secret = _git_checkout(task, cfg, request, report)
     default_url, options = cfg.store_url()
     store = open_store(request.store_url or default_url, options)
     prepared = prepare(task, cfg, jobset.job_name(task), checkout)
-    for warning in prepared.warnings:
-        log.warning("%s", warning)
-    _check_clean(prepared, request.git, report)
-    _summarize(prepared, report)
+    _summarize(prepared, request.git, report)
     if request.target == "dry-run":
         return _dry_run(prepared, store, cfg, request, git_secret)
     if confirm is not None and not confirm(prepared):
@@ -136,6 +127,33 @@ def _connect(request: Request) -> Any:
     return k8s_submit.connect(request.kubeconfig, request.kube_context)
 
 
+def _git_checkout(
+    task: Task, cfg: Config, request: Request, report: Callable[[str], None]
+) -> tuple[Task, GitCheckout | None, str | None]:
+    """Git mode: (the task, with the key's mount if any; the checkout; the key's Secret)."""
+    if request.git is None:
+        return task, None, None
+    local_ = request.target == "local"
+    task, checkout, secret, notes = gitmode.checkout(task, cfg, request.git, local=local_)
+    for note in notes:
+        report(f"git: {note}")
+    return task, checkout, secret
+
+
+def _summarize(
+    prepared: Prepared, git: gitmode.Options | None, report: Callable[[str], None]
+) -> None:
+    """Warnings, then what will ship: files, bytes, the largest ones."""
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    _check_clean(prepared, git, report)
+    report(f"job {prepared.job}: {prepared.files} file(s), {units.size(prepared.bytes)} to ship")
+    for path, size in prepared.largest()[:3]:
+        report(f"  {units.size(size):>9}  {path}")
+    for warning in prepared.size_warnings:
+        log.warning("%s", warning)
+
+
 def _check_clean(
     prepared: Prepared, options: gitmode.Options | None, report: Callable[[str], None]
 ) -> None:
@@ -147,14 +165,6 @@ def _check_clean(
             "push them, or drop --clean-only"
         )
     report(f"git: uncommitted changes ship as an overlay on top of {prepared.git.commit[:12]}")
-
-
-def _summarize(prepared: Prepared, report: Callable[[str], None]) -> None:
-    report(f"job {prepared.job}: {prepared.files} file(s), {units.size(prepared.bytes)} to ship")
-    for path, size in prepared.largest()[:3]:
-        report(f"  {units.size(size):>9}  {path}")
-    for warning in prepared.size_warnings:
-        log.warning("%s", warning)
 
 
 def _report_upload(synced: Synced, store: Store, report: Callable[[str], None]) -> None:
