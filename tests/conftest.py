@@ -1,4 +1,4 @@
-"""Shared fixtures: a git configuration sandbox for the whole session.
+"""Shared fixtures: a git configuration sandbox for the whole session, a KONDUKTOR_HOME per test.
 
 git must never read the developer's ``~/.gitconfig``, the system config or
 ``core.excludesFile`` while tests run, or the oracle (git itself) and the code
@@ -93,6 +93,23 @@ def git_sandbox() -> Iterator[Path]:
         ).stdout.strip()
         assert seen == "always", "git is not reading the sandboxed global config"
         yield _sandbox
+
+
+@pytest.fixture(autouse=True)
+def konduktor_home_sandbox(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own, empty KONDUKTOR_HOME (caches, logs, local runs, config).
+
+    Outside ``tmp_path`` so that tests asserting on their ``tmp_path`` see nothing extra; a
+    module's own fixture that sets KONDUKTOR_HOME (or KONDUKTOR_CONFIG) runs after this one
+    and wins. A KONDUKTOR_CONFIG from the developer's shell is dropped: the config file is
+    the one in this home unless a test names another.
+    """
+    home = tmp_path_factory.mktemp("konduktor-home")
+    monkeypatch.setenv("KONDUKTOR_HOME", str(home))
+    monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
+    return home
 
 
 @pytest.fixture(scope="session")

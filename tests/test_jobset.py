@@ -42,10 +42,23 @@ def strict(schema: Any) -> Any:
     return schema
 
 
+def require_crd(crd: Path) -> None:
+    """Skip when the CRD is missing, or fail when CI is set: a CI run has shared/ beside it."""
+    if crd.is_file():
+        return
+    missing = (
+        f"the JobSet CRD {crd} is missing: put shared/ (holding k8s/{crd.name}, see "
+        f"shared/k8s/README.md) beside the project at {ROOT.parent / 'shared'}, or set "
+        "KONDUKTOR_SHARED to the shared/ directory"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}; CI is set: these tests fail rather than skip", pytrace=False)
+    pytest.skip(missing)
+
+
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
-    if not CRD.exists():
-        pytest.skip(f"{CRD} is missing: set KONDUKTOR_SHARED to the shared/ directory")
+    require_crd(CRD)
     crd = yaml.safe_load(CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha2")
     return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
@@ -85,6 +98,25 @@ def test_the_strict_schema_rejects_unknown_fields(task_file: Path, validator: An
     manifest = copy.deepcopy(render(task_file))
     manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["parralelism"] = 2
     assert not validator.is_valid(manifest)
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_a_missing_crd_fails_on_ci_and_skips_elsewhere(
+    ci: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absent = tmp_path / "shared" / "k8s" / CRD.name
+    if ci:
+        monkeypatch.setenv("CI", ci)
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome) as raised:
+        require_crd(absent)
+    assert str(absent) in str(raised.value)
+    assert "KONDUKTOR_SHARED" in str(raised.value)
+    absent.parent.mkdir(parents=True)
+    absent.write_text("kind: CustomResourceDefinition\n")
+    require_crd(absent)  # present: neither
 
 
 def test_konduktor_shape(task_file: Path) -> None:

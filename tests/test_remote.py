@@ -86,14 +86,18 @@ def test_uploaded_layer_carries_sha256_and_provenance(repo: Path, store: Store) 
 
 def test_store_ls_lists_layers_with_commit_and_last_use(repo: Path, store: Store) -> None:
     (repo / "new.py").write_text("x\n")
+    # last_used is the store's clock at the upload, to its resolution (whole seconds on S3).
+    slack = datetime.timedelta(seconds=2)
+    before = datetime.datetime.now(datetime.timezone.utc) - slack
     result = remote.upload(repo, store)
     found = {layer.key: layer for layer in remote.layers(store)}
+    after = datetime.datetime.now(datetime.timezone.utc) + slack
     assert set(found) == set(result.keys)
     base, overlay = (found[k] for k in result.keys)
     assert (base.kind, base.commit) == ("base", result.commit)
     assert (overlay.kind, overlay.commit) == ("overlay", result.commit)
-    age = datetime.datetime.now(datetime.timezone.utc) - base.last_used
-    assert age < datetime.timedelta(minutes=5)
+    assert before <= base.last_used <= after
+    assert before <= overlay.last_used <= after
 
 
 def test_gc_spares_recently_used_layers_and_deletes_stale_ones(
