@@ -356,7 +356,6 @@ def test_build_failure_leaves_no_output(
     (repo / "src/train.py").write_text("dirty\n")
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = snapshot.content_key
 
     def fail_late(*args: object, **kwargs: object) -> str:
         calls["n"] += 1
@@ -365,8 +364,7 @@ def test_build_failure_leaves_no_output(
     monkeypatch.setattr(snapshot, "content_key", fail_late)
     with pytest.raises(KeyboardInterrupt):
         build(repo, out)
-    assert calls["n"] == 1
-    assert real is not fail_late
+    assert calls["n"] == 1  # it failed after the base layer was written, not before
     assert list(out.iterdir()) == []
 
 
