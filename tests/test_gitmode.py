@@ -23,7 +23,7 @@ from gitrepo_helpers import commit_all, git
 from kube_server import KubeAPI
 from ssh_server import SSHServer
 from test_cli import run
-from test_jobset import CRD, K8S_VERSION, job_and_pod, strict
+from test_jobset import CRD, K8S_VERSION, job_and_pod, require_crd, strict
 from test_launch import stored
 
 from konduktor import gitmode, pod
@@ -295,6 +295,7 @@ def test_the_git_jobset_is_valid_and_carries_no_key(
     assert annotations["konduktor.dev/git-commit"] == project.head()
     assert annotations["konduktor.dev/git-branch"] == "main"
     assert annotations["konduktor.dev/git-remote"] == project.server.url(project.upstream.name)
+    require_crd(CRD)
     crd = yaml.safe_load(CRD.read_text())
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha2")
     validator = jsonschema.Draft7Validator(strict(schema["schema"]["openAPIV3Schema"]))
