@@ -151,23 +151,25 @@ class IgnoreChain:
         state = self._dirs[directory] = (excluded, own + inherited)
         return state
 
-    def decide(self, path: str, is_dir: bool = False) -> tuple[bool, Rule | None]:
-        """(excluded, deciding rule) for *path*; the rule may be a ``!`` re-include."""
-        excluded, rules = self._state(path.rpartition("/")[0])
-        if excluded is not None:
-            return True, excluded
-        rule = _last_match(rules, path, is_dir)
-        return (rule is not None and not rule.negate), rule
+    def decide(self, path: str, is_dir: bool = False) -> Rule | None:
+        """The rule that decides *path*: it excludes it unless it is a ``!`` re-include.
 
-    def excludes(self, path: str, is_dir: bool = False) -> bool:
+        None when no rule matches. Deciding marks the rule used (see :meth:`unused`).
+        """
         excluded, rules = self._state(path.rpartition("/")[0])
         if excluded is not None:
-            return True
-        for rule in rules:
+            return excluded
+        for rule in rules:  # _last_match, inlined: this runs for every file of every launch
             if rule.matches(path, is_dir):
                 self._hit.add(rule)
-                return not rule.negate
-        return False
+                return rule
+        return None
+
+    def excluded_dirs(self) -> Iterator[tuple[str, Rule]]:
+        """The directories looked at so far that a rule excludes (theirs or a parent's)."""
+        for directory, (rule, _) in self._dirs.items():
+            if rule is not None:
+                yield directory, rule
 
     def unused(self, paths: Iterable[str]) -> list[Rule]:
         """Rules read so far that match none of *paths* (files) nor their directories."""

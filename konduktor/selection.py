@@ -1,4 +1,4 @@
-"""Which files ship: the one selection used by preview, keys, archives and hooks.
+"""Which files ship: the one selection used by preview, keys, archives, hooks and --why.
 
 In a git work tree, for a sync root R: the index entries under R and the
 untracked files git's standard excludes keep, minus tracked files deleted from
@@ -7,6 +7,10 @@ semantics) exclude, never ``.git``. From a commit, the same from the commit's
 tree alone. Outside git, a walk of R applying ``.gitignore`` and
 ``.konduktorignore`` files. Paths are '/'-separated and relative to R; bytes
 that are not UTF-8 are kept as surrogate escapes (``os.fsdecode``).
+
+Asked to (``select(root, why=True)``), the same pass records the deciding rule
+of every path it looks at; :func:`explain` (``ls-files --why``) only looks
+paths up in that record, so it cannot disagree with what ships.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from pathlib import Path
 from typing import Literal
 
 from konduktor.errors import GitError, SelectionError, UsageError
-from konduktor.gitrepo import MODE_EXEC, MODE_GITLINK, MODE_LINK, Repo, Status, is_within, run_git
-from konduktor.ignore import IgnoreChain
+from konduktor.gitrepo import (
+    MODE_EXEC,
+    MODE_GITLINK,
+    MODE_LINK,
+    IndexEntry,
+    Repo,
+    Status,
+    is_within,
+    run_git,
+)
+from konduktor.ignore import IgnoreChain, Rule
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,32 @@ class Entry:
         return 0o755 if self.executable else 0o644
 
 
+class Reasons:
+    """Why one selection pass kept or dropped each path it looked at.
+
+    ``decided``: path -> (ships, deciding rule). ``trees``: directory -> the rule
+    that keeps out everything under it (an excluded directory, a nested
+    repository). ``unlisted``: directory -> the rule for files under it that the
+    pass never saw (a submodule's untracked files). Rules stay ``Rule`` objects
+    until shown, so recording costs a dict entry per path. ``commit``: the commit
+    whose tree the pass read instead of the disk.
+    """
+
+    def __init__(self, commit: str | None) -> None:
+        self.commit = commit
+        self.decided: dict[str, tuple[bool, Rule | str]] = {}
+        self.trees: dict[str, Rule | str] = {}
+        self.unlisted: dict[str, Rule | str] = {}
+
+    def merge(self, prefix: str, sub: Reasons) -> None:
+        """Take in a submodule's reasons, its paths under *prefix*."""
+        label = f"submodule {prefix}: "
+        for path, (ships, rule) in sub.decided.items():
+            self.decided[f"{prefix}/{path}"] = (ships, f"{label}{rule}")
+        for mine, theirs in ((self.trees, sub.trees), (self.unlisted, sub.unlisted)):
+            mine.update({f"{prefix}/{path}": f"{label}{rule}" for path, rule in theirs.items()})
+
+
 @dataclass(frozen=True)
 class Selection:
     root: Path
@@ -55,6 +94,7 @@ class Selection:
     repo: Repo | None = field(default=None, compare=False, repr=False)
     dirty: frozenset[str] = frozenset()  # work tree: paths that differ from HEAD per git
     checked_ns: int = 0  # work tree: when git started checking which files are clean
+    reasons: Reasons | None = field(default=None, compare=False, repr=False)  # select(why=True)
 
     def paths(self) -> list[str]:
         return [e.path for e in self.entries]
@@ -62,24 +102,30 @@ class Selection:
 
 @dataclass(frozen=True)
 class Verdict:
+    """Whether one path ships, and the rule that decided (``.konduktorignore:3:secret*``)."""
+
     path: str
     ships: bool
     rule: str
 
 
-def select(root: Path, *, commit: str | None = None) -> Selection:
-    """The files under *root* that ship, from the work tree or from *commit*'s tree."""
+def select(root: Path, *, commit: str | None = None, why: bool = False) -> Selection:
+    """The files under *root* that ship, from the work tree or from *commit*'s tree.
+
+    With *why*, the pass also records the deciding rule of every path it looks at
+    (``Selection.reasons``), for :func:`explain`.
+    """
     root = _check_root(root)
     repo = Repo.discover(root)
     if commit is not None:
         if repo is None:
             raise UsageError(f"--commit needs a git repository, and {root} is not inside one")
-        return _from_commit(repo, repo.resolve(commit))
+        return _from_commit(repo, repo.resolve(commit), why)
     if repo is None:
-        return _from_directory(root)
+        return _from_directory(root, why)
     if repo.workdir is None:
         raise UsageError(f"{root} is a bare repository: give --commit REV to snapshot a commit")
-    return _from_worktree(repo)
+    return _from_worktree(repo, why)
 
 
 def _check_root(root: Path) -> Path:
@@ -91,39 +137,79 @@ def _check_root(root: Path) -> Path:
 
 
 class _Collector:
-    """Accumulates entries and warnings for one selection."""
+    """Accumulates entries, warnings and (when asked) reasons for one selection."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, why: bool, commit: str | None = None) -> None:
         self.root = root
         self.entries: list[Entry] = []
         self.warnings: list[str] = []
+        self.reasons = Reasons(commit) if why else None
 
     def warn(self, message: str) -> None:
         log.debug("%s", message)  # callers show Selection.warnings once, however they combine
         self.warnings.append(message)
 
-    def add_from_disk(self, rel: str) -> None:
+    def add(self, entry: Entry, rule: Rule | str) -> None:
+        self.entries.append(entry)
+        if self.reasons is not None:
+            self.reasons.decided[entry.path] = (True, rule)
+
+    def skip(self, path: str, rule: Rule | str) -> None:
+        if self.reasons is not None:
+            self.reasons.decided[path] = (False, rule)
+
+    def skip_tree(self, path: str, rule: Rule | str) -> None:
+        """*path* and everything under it stay out."""
+        if self.reasons is not None:
+            self.reasons.decided[path] = (False, rule)
+            self.reasons.trees[path] = rule
+
+    def screen(
+        self, path: str, chains: Sequence[IgnoreChain], is_dir: bool = False
+    ) -> tuple[bool, Rule | None]:
+        """Whether *path* gets past ``.git`` and *chains* (if not, why is recorded), and the
+        last re-include that matched it."""
+        if _has_git_component(path):
+            (self.skip_tree if is_dir else self.skip)(path, ".git")
+            return False, None
+        kept = None
+        for chain in chains:
+            rule = chain.decide(path, is_dir)
+            if rule is not None and not rule.negate:
+                (self.skip_tree if is_dir else self.skip)(path, rule)
+                return False, rule
+            kept = rule or kept
+        return True, kept
+
+    def add_from_disk(self, rel: str, rule: Rule | str) -> None:
         """lstat *rel* and add it as a file or link; skip (with a warning) anything else."""
         full = os.path.join(self.root, rel)
         try:
             st = os.lstat(full)
         except FileNotFoundError:
-            return  # deleted between git's scan and ours: it is not there to ship
+            self.skip(rel, "not found")  # deleted between git's scan and ours
+            return
         except OSError as exc:
             raise SelectionError(
                 f"cannot read {full}: {exc.strerror}; fix its permissions"
             ) from exc
         if stat.S_ISREG(st.st_mode):
-            self.entries.append(Entry(rel, "file", bool(st.st_mode & stat.S_IXUSR), source=full))
+            self.add(Entry(rel, "file", bool(st.st_mode & stat.S_IXUSR), source=full), rule)
         elif stat.S_ISLNK(st.st_mode):
-            self.add_link(rel, os.readlink(full), source=full)
-        elif not stat.S_ISDIR(st.st_mode):
-            self.warn(f"{rel}: skipped, not a regular file or symlink (socket, FIFO or device)")
+            self.add_link(rel, os.readlink(full), rule, source=full)
+        elif not stat.S_ISDIR(st.st_mode):  # a directory: what ships from it is listed itself
+            self.warn(f"{rel}: skipped, {_NOT_A_FILE}")
+            self.skip(rel, _NOT_A_FILE)
 
-    def add_link(self, rel: str, target: str, **where: str) -> None:
+    def add_link(self, rel: str, target: str, rule: Rule | str, **where: str) -> None:
         if not is_within(target, posixpath.dirname(rel)):
             self.warn(f"{rel}: symlink to {target} points outside the synced directory")
-        self.entries.append(Entry(rel, "symlink", False, target=target, **where))
+        self.add(Entry(rel, "symlink", False, target=target, **where), rule)
+
+    def skip_excluded_dirs(self, chain: IgnoreChain) -> None:
+        if self.reasons is not None:
+            for directory, rule in chain.excluded_dirs():
+                self.skip_tree(directory, rule)
 
     def ignore_warnings(self, chain: IgnoreChain, paths: Sequence[str]) -> None:
         for message in chain.warnings + chain.unused_warnings(paths):
@@ -131,7 +217,16 @@ class _Collector:
 
     def result(self, **kwargs: object) -> Selection:
         entries = sorted(self.entries, key=lambda e: os.fsencode(e.path))
-        return Selection(self.root, tuple(entries), tuple(self.warnings), **kwargs)  # type: ignore[arg-type]
+        return Selection(
+            self.root,
+            tuple(entries),
+            tuple(self.warnings),
+            reasons=self.reasons,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+_NOT_A_FILE = "not a regular file or symlink (socket, FIFO or device)"
 
 
 def _has_git_component(path: str) -> bool:
@@ -152,60 +247,93 @@ def _fs_reader(root: Path, name: str) -> IgnoreChain:
     return IgnoreChain(name, read)
 
 
-def _from_worktree(repo: Repo, *, untracked: bool = True) -> Selection:
+def _from_worktree(repo: Repo, why: bool, *, untracked: bool = True) -> Selection:
     status = repo.status()
-    chain = _fs_reader(repo.root, IGNORE_FILE)
-    out = _Collector(repo.root)
-    lfs = _lfs_paths(repo)
-    changes = status.changes
-    root = str(repo.root)
-    tracked = []
-    for entry in repo.index_entries():
-        path = entry.path
-        tracked.append(path)
-        change = changes.get(path)
-        if (change is not None and change.work == 0) or chain.excludes(path):
-            continue
-        if _has_git_component(path):
-            continue
-        if entry.mode == MODE_GITLINK:
-            _add_submodule(repo, path, chain, out)
-        elif change is not None:
-            out.add_from_disk(path)
-        elif entry.mode == MODE_LINK:
-            out.add_link(path, os.readlink(os.path.join(root, path)), source=f"{root}/{path}")
-        else:
-            if path in lfs:
-                _check_lfs(path, out)
-            out.entries.append(
-                Entry(path, "file", entry.mode == MODE_EXEC, source=f"{root}/{path}")
-            )
+    walk = _WorkTree(repo, status, _Collector(repo.root, why))
+    tracked = list(repo.index_entries())
+    for entry in tracked:
+        walk.add_tracked(entry)
     others = status.untracked() if untracked else []
     for path in others:
-        if path.endswith("/"):
-            out.warn(f"{path}: a git repository that is not a submodule; its files are not shipped")
-        elif not _has_git_component(path) and not chain.excludes(path):
-            out.add_from_disk(path)
-    out.ignore_warnings(chain, tracked + others)
-    dirty = frozenset(changes.keys() | lfs)
+        walk.add_untracked(path)
+    out = walk.out
+    out.ignore_warnings(walk.chain, [e.path for e in tracked] + others)
+    out.skip_excluded_dirs(walk.chain)
+    dirty = frozenset(status.changes.keys() | walk.lfs)
     return out.result(commit=status.head, repo=repo, dirty=dirty, checked_ns=status.started_ns)
 
 
-def _add_submodule(repo: Repo, path: str, chain: IgnoreChain, out: _Collector) -> None:
-    sub_root = repo.root / path
-    sub_repo = Repo.discover(sub_root)
-    if not (sub_root / ".git").exists() or sub_repo is None:
-        out.warn(
-            f"{path}: submodule is not checked out, its files are not shipped; "
-            f"run `git submodule update --init {path}`"
-        )
-        return
-    sub = _from_worktree(sub_repo, untracked=False)  # a submodule ships its tracked files
-    for entry in sub.entries:
-        prefixed = f"{path}/{entry.path}"
-        if not chain.excludes(prefixed):
-            out.entries.append(replace(entry, path=prefixed))
-    out.warnings.extend(f"{path}/{w}" for w in sub.warnings)
+class _WorkTree:
+    """One pass over a work tree's index entries and untracked files."""
+
+    def __init__(self, repo: Repo, status: Status, out: _Collector) -> None:
+        self.repo = repo
+        self.changes = status.changes
+        self.out = out
+        self.chain = _fs_reader(repo.root, IGNORE_FILE)
+        self.chains = (self.chain,)
+        self.lfs = _lfs_paths(repo)
+        self.root = str(repo.root)
+
+    def add_tracked(self, entry: IndexEntry) -> None:
+        path, out = entry.path, self.out
+        change = self.changes.get(path)
+        if change is not None and change.work == 0:
+            out.skip(path, "deleted in the work tree")
+            return
+        kept, rule = out.screen(path, self.chains)
+        if not kept:
+            return
+        why = rule or "tracked"
+        full = f"{self.root}/{path}"
+        if entry.mode == MODE_GITLINK:
+            self.add_submodule(path)
+        elif change is not None:
+            out.add_from_disk(path, why)
+        elif entry.mode == MODE_LINK:
+            out.add_link(path, os.readlink(full), why, source=full)
+        else:
+            if path in self.lfs:
+                _check_lfs(path, out)
+            out.add(Entry(path, "file", entry.mode == MODE_EXEC, source=full), why)
+
+    def add_untracked(self, path: str) -> None:
+        if path.endswith("/"):
+            self.out.warn(f"{path}: {_NESTED_REPO}; its files are not shipped")
+            self.out.skip_tree(path[:-1], _NESTED_REPO)
+            return
+        kept, rule = self.out.screen(path, self.chains)
+        if kept:
+            self.out.add_from_disk(path, rule or "untracked")
+
+    def add_submodule(self, path: str) -> None:
+        sub_root = self.repo.root / path
+        sub_repo = Repo.discover(sub_root)
+        if not (sub_root / ".git").exists() or sub_repo is None:
+            hint = f"run `git submodule update --init {path}`"
+            self.out.warn(
+                f"{path}: submodule is not checked out, its files are not shipped; {hint}"
+            )
+            self.out.skip_tree(path, f"submodule not checked out; {hint}")
+            return
+        sub = _from_worktree(sub_repo, self.out.reasons is not None, untracked=False)
+        self.merge(path, sub)
+        for entry in sub.entries:
+            prefixed = f"{path}/{entry.path}"
+            if self.out.screen(prefixed, self.chains)[0]:
+                self.out.entries.append(replace(entry, path=prefixed))  # its reason is merged
+        self.out.warnings.extend(f"{path}/{w}" for w in sub.warnings)
+
+    def merge(self, path: str, sub: Selection) -> None:
+        reasons = self.out.reasons
+        if reasons is not None and sub.reasons is not None:
+            reasons.merge(path, sub.reasons)
+            reasons.unlisted[path] = (
+                f"submodule {path}: untracked (a submodule ships its tracked files)"
+            )
+
+
+_NESTED_REPO = "a git repository that is not a submodule"
 
 
 def _lfs_paths(repo: Repo) -> set[str]:
@@ -230,7 +358,7 @@ def _check_lfs(path: str, out: _Collector) -> None:
 # -- commit tree -----------------------------------------------------------------------------
 
 
-def _from_commit(repo: Repo, commit: str) -> Selection:
+def _from_commit(repo: Repo, commit: str, why: bool) -> Selection:
     entries = list(repo.tree_entries(commit))
     ignore_files = {
         posixpath.dirname(e.path): e.oid
@@ -242,122 +370,149 @@ def _from_commit(repo: Repo, commit: str) -> Selection:
         oid = ignore_files.get(directory)
         return repo.blob(oid) if oid else None
 
-    chain = IgnoreChain(IGNORE_FILE, read)
-    out = _Collector(repo.root)
+    chains = (IgnoreChain(IGNORE_FILE, read),)
+    out = _Collector(repo.root, why, commit)
     lfs = any(
         posixpath.basename(e.path) == ".gitattributes" and b"filter=lfs" in repo.blob(e.oid)
         for e in entries
     )
     for entry in entries:
-        if _has_git_component(entry.path) or chain.excludes(entry.path):
+        kept, rule = out.screen(entry.path, chains)
+        if not kept:
             continue
         if lfs and repo.attribute(entry.path, "filter", commit) == "lfs":
             out.warn(f"{entry.path}: commit layers hold the git-lfs pointer, not the content")
         if entry.mode == MODE_GITLINK:
-            log.info("%s: submodule contents are not part of commit layers", entry.path)
+            log.info("%s: %s", entry.path, _SUBMODULE_IN_COMMIT)
+            out.skip_tree(entry.path, _SUBMODULE_IN_COMMIT)
         elif entry.mode == MODE_LINK:
-            out.add_link(entry.path, os.fsdecode(repo.blob(entry.oid)), oid=entry.oid)
+            target = os.fsdecode(repo.blob(entry.oid))
+            out.add_link(entry.path, target, rule or "tracked", oid=entry.oid)
         else:
-            out.entries.append(Entry(entry.path, "file", entry.mode == MODE_EXEC, oid=entry.oid))
-    out.warnings.extend(chain.warnings)  # patterns matching nothing: told for the work tree
+            file = Entry(entry.path, "file", entry.mode == MODE_EXEC, oid=entry.oid)
+            out.add(file, rule or "tracked")
+    out.warnings.extend(chains[0].warnings)  # patterns matching nothing: told for the work tree
+    out.skip_excluded_dirs(chains[0])
     return out.result(commit=commit, repo=repo)
+
+
+_SUBMODULE_IN_COMMIT = "submodule contents are not part of commit layers"
 
 
 # -- plain directory -------------------------------------------------------------------------
 
 
-def _from_directory(root: Path) -> Selection:
+def _from_directory(root: Path, why: bool) -> Selection:
     chains = (_fs_reader(root, ".gitignore"), _fs_reader(root, IGNORE_FILE))
-    out = _Collector(root)
+    out = _Collector(root, why)
     seen: list[str] = []
     pending = [""]
     while pending:
         directory = pending.pop()
-        try:
-            children = list(os.scandir(os.path.join(root, directory)))
-        except OSError as exc:
-            raise SelectionError(f"cannot list {root / directory}: {exc.strerror}") from exc
-        for child in children:
+        for child in _scan(root, directory):
             rel = posixpath.join(directory, child.name) if directory else child.name
             is_dir = child.is_dir(follow_symlinks=False)
             if not is_dir:
                 seen.append(rel)
-            if child.name == ".git" or any(c.excludes(rel, is_dir) for c in chains):
-                continue
-            if is_dir:
+            kept, rule = out.screen(rel, chains, is_dir)
+            if kept and is_dir:
                 pending.append(rel)
-            else:
-                out.add_from_disk(rel)
+            elif kept:
+                out.add_from_disk(rel, rule or "untracked")
     out.ignore_warnings(chains[1], seen)
     return out.result()
+
+
+def _scan(root: Path, directory: str) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(os.path.join(root, directory)))
+    except OSError as exc:
+        raise SelectionError(f"cannot list {root / directory}: {exc.strerror}") from exc
 
 
 # -- explain ---------------------------------------------------------------------------------
 
 
-def explain(root: Path, paths: Sequence[str]) -> list[Verdict]:
-    """For each root-relative path: does it ship, and which rule decided."""
-    root = _check_root(root)
-    repo = Repo.discover(root)
-    if repo is None or repo.workdir is None:
-        chains = (_fs_reader(root, ".gitignore"), _fs_reader(root, IGNORE_FILE))
-        return [_explain_plain(root, p, chains) for p in paths]
-    status = repo.status()
-    tracked = {e.path for e in repo.index_entries()}
-    chain = _fs_reader(root, IGNORE_FILE)
-    return [_explain_git(repo, p, status, tracked, chain) for p in paths]
+def explain(root: Path, paths: Sequence[str], *, commit: str | None = None) -> list[Verdict]:
+    """For each root-relative path: does it ship (from the work tree, or *commit*'s tree),
+    and which rule decided.
+
+    A lookup into one selection pass (``select(root, commit=commit, why=True)``). A path
+    the pass never looked at is explained by what it did look at: the rule over a
+    directory above it, else git's own excludes (``git check-ignore``); a directory ships
+    when a file under it does.
+    """
+    selection = select(root, commit=commit, why=True)
+    assert selection.reasons is not None  # why=True always records
+    return [_lookup(selection, selection.reasons, path) for path in paths]
 
 
-def _explain_plain(root: Path, path: str, chains: tuple[IgnoreChain, ...]) -> Verdict:
-    full = root / path
+def _lookup(selection: Selection, reasons: Reasons, path: str) -> Verdict:
     if _has_git_component(path):
         return Verdict(path, False, ".git")
-    if not full.exists() and not full.is_symlink():
-        return Verdict(path, False, "not found")
-    is_dir = full.is_dir() and not full.is_symlink()
-    rule = None
-    for chain in chains:
-        excluded, rule_here = chain.decide(path, is_dir)
-        if excluded:
-            return Verdict(path, False, str(rule_here))
-        rule = rule_here or rule
-    return Verdict(path, True, str(rule) if rule else "untracked")
+    kind = _kind(selection, reasons, path)
+    if kind == "directory":
+        return _directory(selection, reasons, path)
+    decided = reasons.decided.get(path)
+    if decided is not None:
+        return Verdict(path, decided[0], str(decided[1]))
+    if kind is None:
+        where = f"in commit {reasons.commit[:12]}" if reasons.commit else "found"
+        return Verdict(path, False, f"not {where}")
+    unseen = _above(path, reasons.trees, reasons.unlisted) or _git_excludes(
+        selection, reasons, path
+    )
+    return Verdict(path, False, unseen or "not a file git lists")
 
 
-def _explain_git(
-    repo: Repo, path: str, status: Status, tracked: set[str], chain: IgnoreChain
-) -> Verdict:
-    if _has_git_component(path):
-        return Verdict(path, False, ".git")
-    if status.deleted(path):
-        return Verdict(path, False, "deleted in the work tree")
-    change = status.changes.get(path)
-    if os.path.isdir(repo.root / path) and not os.path.islink(repo.root / path):
-        excluded, rule = chain.decide(path, is_dir=True)
-        if excluded:
-            return Verdict(path, False, str(rule))
-        ignored = _git_ignore_rule(repo, path)
-        if ignored is not None:
-            return Verdict(path, False, f"{ignored} (tracked files inside still ship)")
+def _kind(selection: Selection, reasons: Reasons, path: str) -> Literal["directory", "file"] | None:
+    """What *path* is: a directory, a file (or link, FIFO, ...), or nothing (None)."""
+    if reasons.commit is not None:  # the tree's every path was decided
+        prefix = _dir_prefix(path)
+        if any(p.startswith(prefix) for p in reasons.decided):
+            return "directory"
+        return "file" if path in reasons.decided else None
+    full = os.path.join(selection.root, path)
+    if os.path.isdir(full) and not os.path.islink(full):
+        return "directory"
+    return "file" if os.path.lexists(full) else None
+
+
+def _dir_prefix(path: str) -> str:
+    return "" if path == "." else f"{path}/"
+
+
+def _directory(selection: Selection, reasons: Reasons, path: str) -> Verdict:
+    """A directory ships when a file under it does. If none does, the reason recorded for
+    the path (an excluded directory or gitlink, a tracked file it replaced), else for a
+    directory above it, else git's excludes."""
+    prefix = _dir_prefix(path)
+    if any(e.path.startswith(prefix) for e in selection.entries):
         return Verdict(path, True, "directory")
-    if path in tracked:
-        base = "tracked"
-    elif change is not None and change.untracked:
-        base = "untracked"
-    elif os.path.lexists(repo.root / path):
-        return Verdict(path, False, _git_ignore_rule(repo, path) or "not a file git lists")
-    else:
-        return Verdict(path, False, "not found")
-    excluded, rule = chain.decide(path)
-    if excluded:
-        return Verdict(path, False, str(rule))
-    return Verdict(path, True, str(rule) if rule else base)
+    decided = reasons.decided.get(path)
+    unseen = str(decided[1]) if decided else _above(path, reasons.trees)
+    unseen = unseen or _git_excludes(selection, reasons, path)
+    return Verdict(path, False, unseen or "directory with no file that ships")
 
 
-def _git_ignore_rule(repo: Repo, path: str) -> str | None:
-    """The .gitignore (or exclude) rule that ignores *path*, as file:line:pattern, if any."""
+def _above(path: str, *rules: dict[str, Rule | str]) -> str | None:
+    """The rule recorded for the nearest directory above *path*, if any."""
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        for by_dir in rules:
+            if path in by_dir:
+                return str(by_dir[path])
+    return None
+
+
+def _git_excludes(selection: Selection, reasons: Reasons, path: str) -> str | None:
+    """The .gitignore (or exclude) rule that ignores *path* in the work tree, as
+    file:line:pattern, if any."""
+    if selection.repo is None or reasons.commit is not None:
+        return None
+    stdin = os.fsencode(path)
     try:
-        out = run_git(["check-ignore", "-v", "-z", "--stdin"], repo.root, stdin=os.fsencode(path))
+        out = run_git(["check-ignore", "-v", "-z", "--stdin"], selection.root, stdin=stdin)
     except GitError:  # exit 1: not ignored
         return None
     source, line, pattern, _ = out.split(b"\0", 3)

@@ -43,6 +43,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from konduktor.selection import explain
+
 KONDUKTORIGNORE = ".konduktorignore"
 
 PINNED_IDENTITY = {
@@ -270,6 +272,52 @@ def assert_well_formed(selection: Any) -> None:
         assert entry.kind in ("file", "symlink")
         assert (entry.target is not None) == (entry.kind == "symlink"), entry
         assert all(isinstance(w, str) for w in selection.warnings)
+
+
+def tree_paths(root: Path) -> list[str]:
+    """Every file, link and directory under ``root`` (relative), without descending into
+    links or ``.git`` directories."""
+    found = []
+    pending = [""]
+    while pending:
+        directory = pending.pop()
+        for child in os.scandir(root / directory):
+            rel = f"{directory}/{child.name}" if directory else child.name
+            found.append(rel)
+            if child.is_dir(follow_symlinks=False) and child.name != ".git":
+                pending.append(rel)
+    return sorted_paths(found)
+
+
+def assert_why_agrees(root: Path, shipped: Sequence[str], *, commit: str | None = None) -> None:
+    """``ls-files --why`` (``explain``) agrees with ``ls-files`` (``shipped``) on ``root``
+    itself and every path under it (in the work tree, and in ``commit``'s tree when given):
+    a file or link ships exactly when it is listed, a directory exactly when something
+    under it is, and every verdict names a rule."""
+    listed = set(shipped)
+    holding = {d for p in listed for d in _parents(p)} | ({"."} if listed else set())
+    in_commit = ls_tree(root, commit) if commit is not None else []
+    paths = [".", *dict.fromkeys(tree_paths(root) + in_commit)]
+    verdicts = explain(root, paths, commit=commit)
+    assert [v.path for v in verdicts] == paths
+    wrong = {
+        v.path: (v.ships, v.rule)
+        for v in verdicts
+        if v.ships != (v.path in listed or v.path in holding) or not v.rule
+    }
+    assert wrong == {}, f"--why disagrees with ls-files ({sorted_paths(listed)}): {wrong}"
+
+
+def ls_tree(root: Path, commit: str) -> list[str]:
+    """Every path (trees too) of ``commit`` under ``root``, relative to ``root``."""
+    out = git(root, "ls-tree", "-r", "-t", "-z", "--name-only", commit)
+    return [os.fsdecode(p) for p in out.split(b"\0") if p and p != b"./"]
+
+
+def _parents(path: str) -> Iterable[str]:
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
 
 
 def same_inode(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

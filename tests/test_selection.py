@@ -2,7 +2,8 @@
 
 Most cases state the expected set by hand *and* check that git agrees
 (``git_oracle``), so a case documents git's behaviour and cannot pass on a
-mistaken expectation.
+mistaken expectation. Every selection a case takes (through ``select`` below) is
+also checked against ``ls-files --why`` on every path of the tree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gitrepo_helpers import (
     KONDUKTORIGNORE,
     GitFailed,
     assert_well_formed,
+    assert_why_agrees,
     check_ignore,
     commit_all,
     git,
@@ -33,10 +35,19 @@ from gitrepo_helpers import (
     write_files,
 )
 
+from konduktor import selection as konduktor_selection
 from konduktor.errors import GitError, UsageError
-from konduktor.selection import Entry, explain, select
+from konduktor.selection import Entry, Selection, explain
 
 K = KONDUKTORIGNORE
+
+
+def select(root: Path, *, commit: str | None = None) -> Selection:
+    """konduktor's selection, after checking that ``ls-files --why`` agrees with it on
+    every path under *root* (and in *commit*'s tree)."""
+    selection = konduktor_selection.select(root, commit=commit)
+    assert_why_agrees(root, selection.paths(), commit=commit)
+    return selection
 
 
 def ships(root: Path, expected: set[str], *, commit: str | None = None) -> None:
@@ -760,12 +771,14 @@ def test_plain_dir_never_ships_dot_git(tmp_path: Path) -> None:
 # --- submodules and nested repositories ----------------------------------------
 
 
-def make_superproject(tmp_path: Path, lib_files: dict[str, str], files: dict[str, str]) -> Path:
+def make_superproject(
+    tmp_path: Path, lib_files: dict[str, str], files: dict[str, str], *, at: str = "ext"
+) -> Path:
     lib = make_repo(tmp_path, lib_files, name="lib")
     main = make_repo(tmp_path, files, name="main")
-    git(main, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "ext")
+    git(main, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), at)
     commit_all(main, "add submodule")
-    assert gitlinks(main) == {"ext"}
+    assert gitlinks(main) == {at}
     return main
 
 
@@ -853,6 +866,8 @@ def test_shallow_clone(tmp_path: Path) -> None:
 def test_missing_root_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         select(tmp_path / "nope")
+    with pytest.raises(UsageError):
+        explain(tmp_path / "nope", ["a.txt"])
 
 
 # --- commit selections ------------------------------------------------------------
@@ -1048,3 +1063,84 @@ def test_explain_gitignore_rule_matches_git_check_ignore(tmp_path: Path) -> None
     }
     verdicts = explain(repo, paths)
     assert {v.path: (v.ships, v.rule) for v in verdicts} == {p: (False, want[p]) for p in paths}
+    assert select(repo).paths() == [".gitignore", "sub/.gitignore"]
+
+
+def test_explain_inside_a_checked_out_submodule(tmp_path: Path) -> None:
+    # The reported disagreement: ls-files shipped lib/s.txt, --why said "not a file git lists".
+    lib_files = {"s.txt": "", "d/t.txt": "", "x.log": "", ".gitignore": "*.tmp\n"}
+    main = make_superproject(tmp_path, lib_files, {"a.txt": "", K: "*.log\n"}, at="lib")
+    write_files(main, {"lib/new.txt": "", "lib/junk.tmp": "", "lib/e/u.txt": ""})
+    expected = {".gitmodules", K, "a.txt", "lib/.gitignore", "lib/s.txt", "lib/d/t.txt"}
+    ships(main, expected)
+    untracked = (False, "submodule lib: untracked (a submodule ships its tracked files)")
+    want = {
+        "lib/s.txt": (True, "submodule lib: tracked"),
+        "lib/d/t.txt": (True, "submodule lib: tracked"),
+        "lib/x.log": (False, f"{K}:1:*.log"),
+        "lib/new.txt": untracked,
+        "lib/junk.tmp": untracked,
+        "lib/e/u.txt": untracked,
+        "lib": (True, "directory"),
+        "lib/d": (True, "directory"),
+        "lib/e": (False, "directory with no file that ships"),
+        "lib/.git": (False, ".git"),
+    }
+    assert {v.path: (v.ships, v.rule) for v in explain(main, list(want))} == want
+
+
+def test_explain_submodule_not_checked_out_and_nested_repository(tmp_path: Path) -> None:
+    main = make_superproject(tmp_path, {"l.py": ""}, {"a.txt": ""})
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(main), str(clone))
+    make_repo(clone, {"n.txt": ""}, name="nested")
+    assert select(clone).paths() == [".gitmodules", "a.txt"]
+    hint = "submodule not checked out; run `git submodule update --init ext`"
+    nested = "a git repository that is not a submodule"
+    want = {
+        "ext": (False, hint),
+        "ext/l.py": (False, "not found"),
+        "nested": (False, nested),
+        "nested/n.txt": (False, nested),
+    }
+    assert {v.path: (v.ships, v.rule) for v in explain(clone, list(want))} == want
+
+
+def test_explain_directories(tmp_path: Path) -> None:
+    files = {".gitignore": "cache/\nvendor/\n", K: "build/\n", "vendor/v.py": "", "src/a.py": ""}
+    untracked = {"build/out.o": "", "cache/c.bin": "", "local/.keep.log": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    write_files(repo, {f"local/{K}": ".keep.log\n"})
+    want = {
+        ".": (True, "directory"),
+        "src": (True, "directory"),
+        "vendor": (True, "directory"),  # gitignored, but its tracked file ships
+        "build": (False, f"{K}:1:build/"),
+        "cache": (False, ".gitignore:1:cache/"),
+        "cache/c.bin": (False, ".gitignore:1:cache/"),
+        "local": (True, "directory"),  # its .konduktorignore ships
+        "local/.keep.log": (False, f"local/{K}:1:.keep.log"),
+    }
+    assert {v.path: (v.ships, v.rule) for v in explain(repo, list(want))} == want
+    assert git(repo, "check-ignore", "-v", "cache").startswith(b".gitignore:1:cache/")
+    assert set(select(repo).paths()) == {".gitignore", K, "vendor/v.py", "src/a.py", f"local/{K}"}
+
+
+def test_explain_a_commit_reads_only_its_tree(tmp_path: Path) -> None:
+    files = {K: "*.log\n", "a.log": "", "b.txt": "", "sub/c.txt": ""}
+    repo = make_repo(tmp_path, files, symlinks={"ln": "b.txt"})
+    (repo / "b.txt").unlink()
+    write_files(repo, {K: "", "new.txt": ""})
+    commit_all(repo, "second")
+    old = git(repo, "rev-parse", "HEAD~1").decode().strip()
+    ships(repo, {K, "b.txt", "ln", "sub/c.txt"}, commit=old)
+    want = {
+        "a.log": (False, f"{K}:1:*.log"),
+        "b.txt": (True, "tracked"),
+        "ln": (True, "tracked"),
+        "sub": (True, "directory"),
+        "new.txt": (False, f"not in commit {old[:12]}"),
+        ".git/HEAD": (False, ".git"),
+    }
+    verdicts = explain(repo, list(want), commit="HEAD~1")
+    assert {v.path: (v.ships, v.rule) for v in verdicts} == want

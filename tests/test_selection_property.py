@@ -1,4 +1,5 @@
-"""Property: for any small tree, what ships is what git says ships (DESIGN.md §3).
+"""Property: for any small tree, what ships is what git says ships (DESIGN.md §3), and
+``ls-files --why`` agrees with ``ls-files`` on every path of the tree.
 
 Trees mix tracked, untracked and deleted files under a ``.gitignore`` and one
 to three ``.konduktorignore`` files drawn from a small pattern grammar; the
@@ -13,7 +14,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitrepo_helpers import KONDUKTORIGNORE, git, git_oracle, sorted_paths, write_files
+from gitrepo_helpers import (
+    KONDUKTORIGNORE,
+    assert_why_agrees,
+    git,
+    git_oracle,
+    sorted_paths,
+    write_files,
+)
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -106,6 +114,8 @@ def test_selection_matches_git(tree: Tree) -> None:
         note(f"states: {tree.states}")
         note(f"ignore files: { {p: c for p, c in tree.contents.items() if 'ignore' in p} }")
         expected = git_oracle(root)
-        assert select(root).paths() == sorted_paths(expected)
+        shipped = select(root).paths()
+        assert shipped == sorted_paths(expected)
+        assert_why_agrees(root, shipped)  # `ls-files --why` says the same of every path
     finally:
         shutil.rmtree(root)
