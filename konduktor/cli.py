@@ -100,7 +100,7 @@ def ls_files(paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, 
     if why:
         if not paths:
             raise click.UsageError("--why needs at least one PATH to explain")
-        for verdict in selection.explain(root, [_relative(p, root) for p in paths]):
+        for verdict in selection.explain(root, [_relative(p, root) for p in paths], commit=commit):
             state = "ships" if verdict.ships else "excluded"
             out.write(os.fsencode(f"{verdict.path}\t{state}\t{verdict.rule}") + end)
     else:

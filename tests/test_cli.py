@@ -256,3 +256,11 @@ def test_only_the_layout_module_spells_the_store_layout() -> None:
         if path.is_file() and path.suffix in (".py", ".sh") and "v1/" in path.read_text()
     )
     assert spelled == ["layout.py"]
+
+
+def test_why_explains_the_commit_given(repo: Path) -> None:
+    (repo / "a.py").unlink()
+    code, out, _ = run("ls-files", "--why", "--root", repo, repo / "a.py")
+    assert (code, out) == (0, "a.py\texcluded\tdeleted in the work tree\n")
+    code, out, _ = run("ls-files", "--why", "--commit", "HEAD", "--root", repo, repo / "a.py")
+    assert (code, out) == (0, "a.py\tships\ttracked\n")
