@@ -72,7 +72,7 @@ def test_bad_create_input(
         "--kubeconfig",
         kubeconfig,
     )
-    assert code == 1
+    assert code == 2  # a bad argument: a usage error
     assert len(err.splitlines()) == 1
     for word in words:
         assert word in err
@@ -84,6 +84,6 @@ def test_delete_refuses_secrets_konduktor_did_not_make(kube_api: KubeAPI, kubeco
         "metadata": {"name": "theirs", "labels": {}}
     }
     code, _, err = run("secret", "delete", "theirs", "--kubeconfig", kubeconfig)
-    assert code == 1
+    assert code == 2  # not a Secret konduktor made: a usage error
     assert "no Secret theirs made by konduktor" in err
     assert ("secrets", "team-a", "theirs") in kube_api.objects
