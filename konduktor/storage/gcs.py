@@ -38,14 +38,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from konduktor.errors import (
-    KeyTakenError,
-    MissingKeyError,
-    NotFoundError,
-    PermissionDeniedError,
-    StorageError,
-    TransientError,
-)
+from konduktor import errors
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -65,22 +58,26 @@ _CANNOT_REACH = (
 _ERRORS = base.ErrorTable(
     (
         (gexc.Forbidden, gexc.Unauthorized),
-        PermissionDeniedError,
+        errors.PermissionDeniedError,
         "{s.url}: permission denied to {what} in bucket {s.bucket} ({exc.code}) with "
         "{s.credentials}; grant it access to the bucket (e.g. roles/storage.objectAdmin) or "
         "use other credentials",
     ),
     (
         gexc.PreconditionFailed,
-        KeyTakenError,
+        errors.KeyTakenError,
         "{s.url}: another writer created the key first ({what})",
     ),
     (
         (gexc.TooManyRequests, gexc.ServerError),
-        TransientError,
+        errors.TransientError,
         "{s.url}: the store kept failing to {what} ({exc.code} {exc.message}); try again later",
     ),
-    (gexc.GoogleAPICallError, StorageError, "{s.url}: cannot {what}: {exc.code} {exc.message}"),
+    (
+        gexc.GoogleAPICallError,
+        errors.StorageError,
+        "{s.url}: cannot {what}: {exc.code} {exc.message}",
+    ),
     (
         # never answered (not retried, or retried already)
         (
@@ -89,20 +86,20 @@ _ERRORS = base.ErrorTable(
             requests.exceptions.ChunkedEncodingError,
             google.auth.exceptions.TransportError,
         ),
-        TransientError,
+        errors.TransientError,
         _CANNOT_REACH,
     ),
     (
         # a token that cannot be refreshed (revoked, expired login, anonymous after a 401);
         # the unreachable token endpoint (TransportError) was matched above
         google.auth.exceptions.GoogleAuthError,
-        PermissionDeniedError,
+        errors.PermissionDeniedError,
         "{s.url}: the Google Cloud {s.credentials} cannot be used to {what} ({exc}); run "
         "gcloud auth application-default login or use other credentials",
     ),
     (
         DataCorruption,
-        StorageError,
+        errors.StorageError,
         "{s.url}: the data was corrupted in transit ({what}): its checksum differs; try again",
     ),
 )
@@ -110,11 +107,11 @@ _ERRORS = base.ErrorTable(
 _GAVE_UP = base.ErrorTable(
     (
         gexc.GoogleAPICallError,
-        TransientError,
+        errors.TransientError,
         "{s.url}: the store kept failing to {what} ({exc.code} {exc.message}) until the "
         "retry deadline; try again later",
     ),
-    (BaseException, TransientError, _CANNOT_REACH),
+    (BaseException, errors.TransientError, _CANNOT_REACH),
 )
 
 
@@ -152,7 +149,7 @@ class GCSBackend:
         try:
             credentials, project = google.auth.default()
         except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise PermissionDeniedError(
+            raise errors.PermissionDeniedError(
                 f"{self.url}: no Google Cloud credentials: run gcloud auth application-default "
                 f"login or set GOOGLE_APPLICATION_CREDENTIALS ({exc})"
             ) from exc
@@ -173,7 +170,7 @@ class GCSBackend:
             # GCS (and its emulator) answer the same 404 for a missing bucket and a
             # missing object: tell them apart, since only the object is a normal case
             self._check_bucket()
-            raise MissingKeyError(f"{self.url}: not found ({what})") from exc
+            raise errors.MissingKeyError(f"{self.url}: not found ({what})") from exc
         except gexc.RetryError as exc:
             raise _GAVE_UP.error(exc.cause or exc, s=self, what=what) from exc
         except _ERRORS.kinds as exc:
@@ -203,10 +200,10 @@ class GCSBackend:
             return
         try:
             found = self._lookup_bucket()
-        except PermissionDeniedError:  # objects may be readable without storage.buckets.get
+        except errors.PermissionDeniedError:  # objects may be readable without storage.buckets.get
             found = True
         if found is None:
-            raise NotFoundError(
+            raise errors.NotFoundError(
                 f"bucket {self.bucket} does not exist (store {self.url}); create it "
                 f"(gcloud storage buckets create gs://{self.bucket}) or fix jobs.bucket in "
                 "~/.konduktor/config.yaml"
@@ -228,7 +225,7 @@ class GCSBackend:
 
     def _create_bucket(self) -> None:
         if self._client.project is None:
-            raise StorageError(
+            raise errors.StorageError(
                 f"{self.url}: cannot create bucket {self.bucket}: no Google Cloud project is "
                 "known; set GOOGLE_CLOUD_PROJECT (or gcloud config set project), or create it"
             )
@@ -260,7 +257,7 @@ class GCSBackend:
         try:
             with self._errors("read object metadata"):
                 blob.reload(retry=self._retry, timeout=self._timeout)
-        except MissingKeyError:
+        except errors.MissingKeyError:
             return None
         return blob
 
@@ -304,8 +301,10 @@ class GCSBackend:
                 blob.download_to_file(
                     out, checksum="crc32c", retry=self._transfer_retry, timeout=self._timeout
                 )
-        except MissingKeyError as exc:
-            raise NotFoundError(f"{self.url}/{key} was deleted while it was downloaded") from exc
+        except errors.MissingKeyError as exc:
+            raise errors.NotFoundError(
+                f"{self.url}/{key} was deleted while it was downloaded"
+            ) from exc
         return _info(key, blob)
 
     def list(self, prefix: str) -> Iterator[base.ObjectInfo]:
@@ -326,7 +325,7 @@ class GCSBackend:
     def delete(self, key: str) -> None:
         self._ensure_bucket()
         # a missing key is fine; a missing bucket still raises (from _errors)
-        with contextlib.suppress(MissingKeyError), self._errors("delete"):
+        with contextlib.suppress(errors.MissingKeyError), self._errors("delete"):
             self._gcs_bucket.delete_blob(self._key(key), retry=self._retry, timeout=self._timeout)
 
     def mark(self, key: str) -> None:
@@ -352,7 +351,7 @@ class GCSBackend:
         ):
             return None
         if not 0 < expires_seconds <= MAX_SIGNED_SECONDS:
-            raise StorageError(
+            raise errors.StorageError(
                 f"{self.url}/{key}: a signed URL lives 1 to {MAX_SIGNED_SECONDS} s (7 days), "
                 f"not {expires_seconds} s"
             )

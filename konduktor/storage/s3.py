@@ -30,14 +30,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from konduktor.errors import (
-    KeyTakenError,
-    MissingKeyError,
-    NotFoundError,
-    PermissionDeniedError,
-    StorageError,
-    TransientError,
-)
+from konduktor import errors
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -56,20 +49,20 @@ _NO_BUCKET = (
     "or fix jobs.bucket in ~/.konduktor/config.yaml"
 )
 _KEPT_FAILING = (
-    TransientError,
+    errors.TransientError,
     "{s.url}: the store kept failing to {what} ({code}, {attempts} attempts); try again later",
 )
-_OTHER_ANSWER = (StorageError, "{s.url}: cannot {what}: {code}: {message}")
+_OTHER_ANSWER = (errors.StorageError, "{s.url}: cannot {what}: {code}: {message}")
 _DENIED = (
-    PermissionDeniedError,
+    errors.PermissionDeniedError,
     "{s.url}: permission denied to {what} in bucket {s.bucket} ({code}) with the AWS "
     "credentials from {s.credentials_from}; grant access or use other credentials "
     "(AWS_PROFILE, sync.store.profile)",
 )
 # Error answers from the store, by code; a HEAD's error has no body, so a bare status.
 # Any other code is _KEPT_FAILING when its status is 5xx (retried already), else _OTHER_ANSWER.
-_ANSWERS: dict[str, tuple[type[StorageError], str]] = {
-    "NoSuchBucket": (NotFoundError, _NO_BUCKET),
+_ANSWERS: dict[str, tuple[type[errors.StorageError], str]] = {
+    "NoSuchBucket": (errors.NotFoundError, _NO_BUCKET),
     **dict.fromkeys(
         (
             "AccessDenied",
@@ -84,14 +77,14 @@ _ANSWERS: dict[str, tuple[type[StorageError], str]] = {
         _DENIED,
     ),
     **dict.fromkeys(
-        ("NoSuchKey", "404", "NotFound"), (MissingKeyError, "{s.url}: not found ({what})")
+        ("NoSuchKey", "404", "NotFound"), (errors.MissingKeyError, "{s.url}: not found ({what})")
     ),
     **dict.fromkeys(
         ("PreconditionFailed", "ConditionalRequestConflict"),  # 412, 409
-        (KeyTakenError, "{s.url}: another writer created the key first ({what})"),
+        (errors.KeyTakenError, "{s.url}: another writer created the key first ({what})"),
     ),
     "BucketAlreadyExists": (
-        StorageError,
+        errors.StorageError,
         "{s.url}: the bucket name {s.bucket} belongs to another AWS account; choose another "
         "name with jobs.bucket",
     ),
@@ -109,23 +102,23 @@ _NOT_CONNECTED = (
 _FAILURES = base.ErrorTable(
     (
         botocore.exceptions.NoCredentialsError,
-        PermissionDeniedError,
+        errors.PermissionDeniedError,
         "{s.url}: no AWS credentials found; set AWS_PROFILE (or sync.store.profile) "
         "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws configure`",
     ),
     (
         (botocore.exceptions.PartialCredentialsError, botocore.exceptions.CredentialRetrievalError),
-        PermissionDeniedError,
+        errors.PermissionDeniedError,
         "{s.url}: unusable AWS credentials: {exc}",
     ),
     (
         # HTTPClientError: connection closed, read timeout, broken stream
         (*_NOT_CONNECTED, botocore.exceptions.HTTPClientError),
-        TransientError,
+        errors.TransientError,
         "{s.url}: cannot reach {s.endpoint} to {what} after retries ({exc}); check the "
         "network, or sync.store.endpoint_url",
     ),
-    (botocore.exceptions.BotoCoreError, StorageError, "{s.url}: cannot {what}: {exc}"),
+    (botocore.exceptions.BotoCoreError, errors.StorageError, "{s.url}: cannot {what}: {exc}"),
 )
 
 
@@ -152,7 +145,7 @@ class S3Backend:
                 profile_name=self.options.profile, region_name=self.options.region
             )
         except botocore.exceptions.ProfileNotFound as exc:
-            raise PermissionDeniedError(
+            raise errors.PermissionDeniedError(
                 f"{self.url}: AWS profile {self.options.profile!r} is not in the AWS config "
                 "files; fix sync.store.profile or add the profile (aws configure --profile)"
             ) from exc
@@ -207,7 +200,7 @@ class S3Backend:
         try:
             with self._errors("find the bucket"):
                 self._client.head_bucket(Bucket=self.bucket)
-        except MissingKeyError:  # HEAD says a bare 404 for a missing bucket
+        except errors.MissingKeyError:  # HEAD says a bare 404 for a missing bucket
             self._create_bucket()
         self._bucket_ready = True
 
@@ -236,7 +229,7 @@ class S3Backend:
         try:
             with self._errors(what):
                 return call(Bucket=self.bucket, Key=self._key(key))
-        except MissingKeyError:
+        except errors.MissingKeyError:
             return None
 
     def create(
@@ -398,9 +391,9 @@ class S3Backend:
         try:
             with self._errors("find the bucket's region"):
                 head = self._client.head_bucket(Bucket=self.bucket)
-        except MissingKeyError as exc:
-            raise NotFoundError(_NO_BUCKET.format(s=self)) from exc
-        except PermissionDeniedError:  # HeadBucket needs s3:ListBucket, which GETs do not
+        except errors.MissingKeyError as exc:
+            raise errors.NotFoundError(_NO_BUCKET.format(s=self)) from exc
+        except errors.PermissionDeniedError:  # HeadBucket needs s3:ListBucket, which GETs do not
             log.debug("cannot read the region of %s; signing for %s", self.bucket, configured)
             return configured
         return str(head.get("BucketRegion") or configured)
@@ -416,7 +409,7 @@ class S3Backend:
         return base.join_key(self.prefix, key)
 
 
-def _answer(exc: botocore.exceptions.ClientError, **fields: object) -> StorageError:
+def _answer(exc: botocore.exceptions.ClientError, **fields: object) -> errors.StorageError:
     """The konduktor error for an error answer from the store: by its code, else its status."""
     metadata = exc.response.get("ResponseMetadata", {})
     status = metadata.get("HTTPStatusCode", 0)
