@@ -33,6 +33,7 @@ from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Tree
 from konduktor.storage import Progress, Store, open_store
 from konduktor.task import WORKDIR_TARGET, Overrides, Task
+from konduktor.task import load as load_task
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class Synced:
 
 @dataclass(frozen=True)
 class LaunchResult:
+    """What a launch did: the job, what was synced, and what ran or was submitted."""
+
     job: str
     target: Target
     store: str  # the store's URL
@@ -95,10 +98,9 @@ def launch(
 ) -> LaunchResult:
     """Launch *request*; *report* gets one-line progress notes, *confirm* (if given) may
     stop the launch after the summary and before anything is sent."""
-    from konduktor import task as tasks
     from konduktor.k8s import jobset
 
-    task = tasks.load(request.task_file, request.overrides)
+    task = load_task(request.task_file, request.overrides)
     cfg = config.load()
     cluster = _connect(request) if request.target == "cluster" else None
     task, checkout, git_secret = _git_checkout(task, cfg, request, report)
