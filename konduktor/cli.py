@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -36,9 +36,6 @@ from konduktor.errors import KonduktorError
 if TYPE_CHECKING:
     from konduktor.launch import LaunchResult, Prepared, Request, Target
     from konduktor.snapshot import SnapshotInfo
-    from konduktor.storage import Store
-
-F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_UNEXPECTED, EXIT_INTERRUPTED = 3, 130
 _LARGE_TRANSFER = 4_000_000  # bytes: smaller transfers get no progress bar
@@ -160,9 +157,7 @@ def snapshot(
 
     level = level or config.load().compression_level
     if upload:
-        if out is not None:
-            raise click.UsageError("--out and --upload do not go together")
-        return _upload(path, commit, level, as_json, open_store(store_url))
+        return _upload(path, commit, level, as_json, out, store_url)
     with _progress("snapshot") as progress:
         info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
     warn(info.warnings)
@@ -172,9 +167,14 @@ def snapshot(
         _print_snapshot(info)
 
 
-def _upload(path: Path, commit: str | None, level: int, as_json: bool, store: Store) -> None:
+def _upload(
+    path: Path, commit: str | None, level: int, as_json: bool, out: Path | None, url: str | None
+) -> None:
     from konduktor import remote
 
+    if out is not None:
+        raise click.UsageError("--out and --upload do not go together")
+    store = open_store(url)
     result = remote.upload(path, store, commit=commit, level=level, progress=_byte_bar)
     if result.info is not None:
         warn(result.info.warnings)

@@ -264,3 +264,23 @@ def test_why_explains_the_commit_given(repo: Path) -> None:
     assert (code, out) == (0, "a.py\texcluded\tdeleted in the work tree\n")
     code, out, _ = run("ls-files", "--why", "--commit", "HEAD", "--root", repo, repo / "a.py")
     assert (code, out) == (0, "a.py\tships\ttracked\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("snapshot", "{repo}", "--upload", "--out", "{tmp}/out"),
+        ("launch", "--local", "--dry-run", "{tmp}/task.yaml"),
+        ("launch", "-o", "yaml", "{tmp}/task.yaml"),
+    ],
+    ids=["upload-out", "local-dry-run", "output-without-dry-run"],
+)
+def test_options_that_do_not_go_together_are_usage_errors(
+    repo: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    (tmp_path / "task.yaml").write_text("name: t\nrun: 'true'\n")
+    code, out, err = run(*(a.format(repo=repo, tmp=tmp_path) for a in args))
+    assert (code, out) == (2, "")
+    assert "Error: " in err
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "khome" / "store").exists()
