@@ -96,3 +96,49 @@ class HashCache:
             atomic_write(self.path, json.dumps(self._entries, separators=(",", ":")).encode())
         except OSError as exc:  # a cache that cannot be written only costs time
             log.debug("cannot write hash cache %s: %s", self.path, exc)
+
+
+class Vouched:
+    """The sha256 and size of every layer this machine built, by layer name.
+
+    These are the only digests a launch hands a pod (DESIGN §4's trust rule): a
+    digest read back from store metadata could have been written by anyone who can
+    write the bucket. A lost entry (two launches saving at once) only costs one
+    rebuild to verify that layer again.
+    """
+
+    def __init__(self) -> None:
+        self.path = konduktor_home() / "cache" / "vouched.json"
+        self._entries: dict[str, list[object]] = self._read()
+        self._added: dict[str, list[object]] = {}
+
+    def _read(self) -> dict[str, list[object]]:
+        try:
+            entries: dict[str, list[object]] = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.debug("ignoring unreadable cache %s: %s", self.path, exc)
+            return {}
+        return entries
+
+    def get(self, name: str) -> tuple[str, int] | None:
+        found = self._entries.get(name)
+        if found is None or len(found) != 2:
+            return None
+        sha256, size = found
+        return (sha256, size) if isinstance(sha256, str) and isinstance(size, int) else None
+
+    def put(self, name: str, sha256: str, size: int) -> None:
+        self._entries[name] = self._added[name] = [sha256, size]
+
+    def save(self) -> None:
+        """Add this run's entries to what is on disk now (another launch may have saved)."""
+        if not self._added:
+            return
+        entries = {**self._read(), **self._added}
+        try:
+            atomic_write(self.path, json.dumps(entries, separators=(",", ":")).encode())
+        except OSError as exc:  # a cache that cannot be written only costs time
+            log.debug("cannot write %s: %s", self.path, exc)
+        self._added.clear()

@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from konduktor import layout, snapshot
-from konduktor.errors import KonduktorError, StorageError, UsageError
+from konduktor.cache import Vouched
+from konduktor.errors import ConflictError, KonduktorError, StorageError, UsageError
 from konduktor.plan import Layer
-from konduktor.storage import Progress, Store
+from konduktor.storage import ObjectInfo, Progress, Store
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +63,73 @@ def upload_plan(
     progress: Callable[[str, int], Progress | None] | None = None,
     dry_run: bool = False,
 ) -> UploadResult:
-    """:func:`upload` for a snapshot plan made already; *dry_run* only looks."""
+    """:func:`upload` for a snapshot plan made already; *dry_run* only looks (it still
+    verifies the layers the store holds).
+
+    The digests in the result are this machine's own: of the layers it builds now, or
+    of those it built before (:class:`~konduktor.cache.Vouched`). A stored layer it
+    never built is built here once, without writing it, and must match what the store
+    says it holds; else ConflictError, before anything is uploaded.
+    """
     names = p.names()
     found = {name: store.stat(name.key) for name in names}
-    stored = {n: (i.sha256 or "", i.size) for n, i in found.items() if i is not None}
-    missing = [layer for layer, name in zip(p.layers, names, strict=True) if found[name] is None]
+    vouched = Vouched()
+    digests = _verified(p, [n for n in names if found[n] is not None], found, store, vouched)
+    missing = [name for name in names if found[name] is None]
     info, sent = None, 0
     if missing and dry_run:
-        stored.update({name: (TO_UPLOAD, 0) for name in names if found[name] is None})
+        digests.update({name: (TO_UPLOAD, 0) for name in missing})
     elif missing:
-        info, sent = _put_layers(p, missing, store, progress, stored)
+        info, sent = _put_layers(p, _layers(p, missing), store, progress, digests)
+        for name in missing:
+            vouched.put(name, *digests[name])
+    vouched.save()
     if not dry_run:
         for name in names:
             store.mark(name.used)
     return UploadResult(
         info,
         names,
-        tuple(Layer(n.key, la.kind, *stored[n]) for la, n in zip(p.layers, names, strict=True)),
+        tuple(Layer(n.key, la.kind, *digests[n]) for la, n in zip(p.layers, names, strict=True)),
         tuple(n for n in names if found[n] is None),
         tuple(n for n in names if found[n] is not None),
         sent,
         p.commit,
         p.dirty,
     )
+
+
+def _verified(
+    p: snapshot.SnapshotPlan,
+    names: list[layout.Name],
+    found: dict[layout.Name, ObjectInfo | None],
+    store: Store,
+    vouched: Vouched,
+) -> dict[layout.Name, tuple[str, int]]:
+    """This machine's digest of each stored layer in *names*, checked against the store's
+    metadata; layers it never built are built (in memory, not written) to learn it."""
+    unknown = [name for name in names if vouched.get(name) is None]
+    for built in snapshot.build_layers(p, _layers(p, unknown)) if unknown else ():
+        vouched.put(built.key, built.sha256, built.compressed_bytes)
+    digests = {}
+    for name in names:
+        ours, info = vouched.get(name), found[name]
+        assert ours is not None
+        assert info is not None
+        if (info.sha256, info.size) != ours:
+            raise ConflictError(
+                f"{store.url}/{name.key} is not the layer this machine builds for it (the "
+                f"store says sha256 {info.sha256 or 'missing'}, {info.size} bytes; built: "
+                f"{ours[0]}, {ours[1]} bytes): someone replaced it, or it was built by another "
+                "konduktor or zstd version; delete that object and launch again"
+            )
+        digests[name] = ours
+    return digests
+
+
+def _layers(p: snapshot.SnapshotPlan, names: list[layout.Name]) -> list[snapshot.LayerPlan]:
+    wanted = set(names)
+    return [layer for layer in p.layers if layer.key in wanted]
 
 
 def _put_layers(

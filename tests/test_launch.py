@@ -119,7 +119,7 @@ def test_a_sync_failure_exits_with_the_scripts_code(tmp_path: Path, khome: Path)
     assert launch_cli("--local", task).returncode == 0
     for layer in (khome / "store" / "v1" / "objects").rglob("*.tar.zst"):
         layer.chmod(0o644)
-        layer.write_bytes(b"garbage")
+        layer.write_bytes(b"g" * layer.stat().st_size)  # the size (which stat sees) unchanged
     (tmp_path / "w" / "f").write_text("x")  # same content: the same layer key
     result = launch_cli("--local", task)
     assert result.returncode == pod.SYNC_FAILED
@@ -494,3 +494,30 @@ def test_launch_is_one_library_call(quickstart: Path, khome: Path) -> None:
             launch.Request(quickstart / "task.yaml", "local"), confirm=lambda prepared: False
         )
     assert not (khome / "store").exists()
+
+
+def test_a_replaced_layer_stops_the_launch_before_it_submits(
+    quickstart: Path, khome: Path, kube_api: KubeAPI
+) -> None:
+    """A bucket writer swaps the base layer and its metadata: nothing is submitted."""
+    import hashlib
+    import json
+
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 0, err
+    for base in (khome / "store" / "v1" / "bases").rglob("*.tar.zst"):
+        meta = base.with_name(base.name + ".meta.json")
+        for path in (base, meta):
+            path.chmod(0o644)
+        base.write_bytes(b"injected")
+        fields = json.loads(meta.read_text())
+        fields.update(sha256=hashlib.sha256(b"injected").hexdigest(), size="8")
+        meta.write_text(json.dumps(fields))
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 1
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ")
+    assert "is not the layer this machine builds for it" in last
+    assert [line for line in err.splitlines() if line.startswith("error")] == [last]
+    assert len(kube_api.requests) == 1  # the first launch's JobSet only

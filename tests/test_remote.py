@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 from gitrepo_helpers import make_repo
 from test_cli import run
 
-from konduktor import layout, remote
-from konduktor.errors import UsageError
+from konduktor import layout, remote, snapshot
+from konduktor.errors import ConflictError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -207,3 +208,64 @@ def test_cli_bad_store_url_is_one_line(repo: Path, url: str, message: str) -> No
     assert code == 2  # a bad argument: a usage error
     assert message in err
     assert err.count("\n") == 1
+
+
+# -- trust: the digests a pod gets are this machine's own ----------------------------------
+
+
+def _replace(store: Store, key: str, data: bytes, tmp_path: Path) -> None:
+    """What anyone who can write the bucket can do: other bytes under a key, with their
+    own (consistent) sha256 and size metadata."""
+    store.delete(key)
+    evil = tmp_path / "evil"
+    evil.write_bytes(data)
+    store.put(key, evil, sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_a_replaced_layer_is_refused_here_and_on_a_machine_that_never_built_it(
+    repo: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = remote.upload(repo, store)
+    _replace(store, first.keys[0].key, b"injected", tmp_path)
+    for home in ("khome", "machine-b"):
+        monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / home))
+        with pytest.raises(ConflictError, match="is not the layer this machine builds") as err:
+            remote.upload(repo, store)
+        assert first.keys[0].key in str(err.value)
+        assert hashlib.sha256(b"injected").hexdigest() in str(err.value)
+
+
+def test_a_layer_without_sha256_metadata_is_refused_in_one_line(
+    repo: Path, store: Store, tmp_path: Path
+) -> None:
+    first = remote.upload(repo, store)
+    key = first.keys[0].key
+    store.get(key, tmp_path / "layer")
+    store.delete(key)
+    store._backend.create(  # a foreign writer: no konduktor metadata at all
+        key, tmp_path / "layer", (tmp_path / "layer").stat().st_size, {}, None
+    )
+    with pytest.raises(ConflictError, match="sha256 missing"):
+        remote.upload(repo, store)
+
+
+def test_a_stored_layer_this_machine_did_not_build_is_verified_once(
+    repo: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = remote.upload(repo, store)  # another machine, or the pre-push hook elsewhere
+    monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "machine-b"))
+    built: list[int] = []
+    build_layers = snapshot.build_layers
+
+    def counting(p: snapshot.SnapshotPlan, layers: list[snapshot.LayerPlan], **kw: Path) -> object:
+        built.append(len(layers))
+        return build_layers(p, layers, **kw)
+
+    monkeypatch.setattr(snapshot, "build_layers", counting)
+    second = remote.upload(repo, store)
+    assert second.uploaded == ()
+    assert built == [len(first.keys)]  # built in memory, to learn its digest
+    assert [la.sha256 for la in second.layers] == [la.sha256 for la in first.layers]
+    assert [la.size for la in second.layers] == [la.size for la in first.layers]
+    remote.upload(repo, store)
+    assert built == [len(first.keys)]  # remembered: not built again
