@@ -98,8 +98,13 @@ class HashCache:
             log.debug("cannot write hash cache %s: %s", self.path, exc)
 
 
+Built = tuple[str, int, int, int]
+"""A layer as this machine built it: sha256 and size of the compressed bytes, tar members
+and the tar's uncompressed size."""
+
+
 class Vouched:
-    """The sha256 and size of every layer this machine built, by layer name.
+    """What every layer this machine built is (:data:`Built`), by layer name.
 
     These are the only digests a launch hands a pod (DESIGN §4's trust rule): a
     digest read back from store metadata could have been written by anyone who can
@@ -122,15 +127,19 @@ class Vouched:
             return {}
         return entries
 
-    def get(self, name: str) -> tuple[str, int] | None:
+    def get(self, name: str) -> Built | None:
         found = self._entries.get(name)
-        if found is None or len(found) != 2:
+        if found is None or len(found) != 4:
             return None
-        sha256, size = found
-        return (sha256, size) if isinstance(sha256, str) and isinstance(size, int) else None
+        sha256, size, members, tar_bytes = found
+        if not isinstance(sha256, str):
+            return None
+        if isinstance(size, int) and isinstance(members, int) and isinstance(tar_bytes, int):
+            return sha256, size, members, tar_bytes
+        return None
 
-    def put(self, name: str, sha256: str, size: int) -> None:
-        self._entries[name] = self._added[name] = [sha256, size]
+    def put(self, name: str, built: Built) -> None:
+        self._entries[name] = self._added[name] = list(built)
 
     def save(self) -> None:
         """Add this run's entries to what is on disk now (another launch may have saved)."""

@@ -82,6 +82,7 @@ def _environment(home: Path, task: Task) -> dict[str, str]:
     env.update(
         HOME=str(home),
         KONDUKTOR_CREDENTIALS_DIR=str(home / ".konduktor-no-secret"),
+        KONDUKTOR_TERMINATION_LOG=str(home / ".konduktor" / "termination-log"),
         KONDUKTOR_PYTHON=sys.executable,  # has zstandard, whatever python3 on PATH lacks
         NUM_NODES="1",
         RANK="0",

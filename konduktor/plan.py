@@ -15,6 +15,7 @@ from typing import Any
 from konduktor.task import WORKDIR_TARGET
 
 FORMAT = 1
+TO_UPLOAD = "(to upload)"  # a dry run's digest of a layer not built yet: never submitted
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Layer:
     kind: str  # base, overlay or full
     sha256: str  # of the compressed bytes
     size: int
+    members: int  # bounds the pod checks before extracting: the tar's member count
+    tar_bytes: int  # and its exact uncompressed size
     https: str | None = None
 
 

@@ -21,15 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from konduktor import layout, snapshot
-from konduktor.cache import Vouched
+from konduktor.cache import Built, Vouched
 from konduktor.errors import ConflictError, KonduktorError, StorageError, UsageError
-from konduktor.plan import Layer
+from konduktor.plan import TO_UPLOAD, Layer
 from konduktor.storage import ObjectInfo, Progress, Store
 
 log = logging.getLogger(__name__)
 
 MIN_GC_AGE = datetime.timedelta(hours=1)
-TO_UPLOAD = "(to upload)"  # a dry run's digest of a layer not built yet
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,11 @@ def upload_plan(
     missing = [name for name in names if found[name] is None]
     info, sent = None, 0
     if missing and dry_run:
-        digests.update({name: (TO_UPLOAD, 0) for name in missing})
+        digests.update({name: (TO_UPLOAD, 0, 0, 0) for name in missing})
     elif missing:
         info, sent = _put_layers(p, _layers(p, missing), store, progress, digests)
         for name in missing:
-            vouched.put(name, *digests[name])
+            vouched.put(name, digests[name])
     vouched.save()
     if not dry_run:
         for name in names:
@@ -105,18 +104,18 @@ def _verified(
     found: dict[layout.Name, ObjectInfo | None],
     store: Store,
     vouched: Vouched,
-) -> dict[layout.Name, tuple[str, int]]:
+) -> dict[layout.Name, Built]:
     """This machine's digest of each stored layer in *names*, checked against the store's
     metadata; layers it never built are built (in memory, not written) to learn it."""
     unknown = [name for name in names if vouched.get(name) is None]
     for built in snapshot.build_layers(p, _layers(p, unknown)) if unknown else ():
-        vouched.put(built.key, built.sha256, built.compressed_bytes)
+        vouched.put(built.key, _built(built))
     digests = {}
     for name in names:
         ours, info = vouched.get(name), found[name]
         assert ours is not None
         assert info is not None
-        if (info.sha256, info.size) != ours:
+        if (info.sha256, info.size) != ours[:2]:
             raise ConflictError(
                 f"{store.url}/{name.key} is not the layer this machine builds for it (the "
                 f"store says sha256 {info.sha256 or 'missing'}, {info.size} bytes; built: "
@@ -125,6 +124,10 @@ def _verified(
             )
         digests[name] = ours
     return digests
+
+
+def _built(layer: snapshot.BuiltLayer) -> Built:
+    return layer.sha256, layer.compressed_bytes, layer.members, layer.tar_bytes
 
 
 def _layers(p: snapshot.SnapshotPlan, names: list[layout.Name]) -> list[snapshot.LayerPlan]:
@@ -137,7 +140,7 @@ def _put_layers(
     missing: list[snapshot.LayerPlan],
     store: Store,
     progress: Callable[[str, int], Progress | None] | None,
-    stored: dict[layout.Name, tuple[str, int]],
+    stored: dict[layout.Name, Built],
 ) -> tuple[snapshot.SnapshotInfo, int]:
     """Build the *missing* layers and put them; record each digest in *stored*."""
     sent = 0
@@ -154,7 +157,7 @@ def _put_layers(
                 progress=bar,
             )
             sent += layer.compressed_bytes if result.uploaded else 0
-            stored[layer.key] = (layer.sha256, layer.compressed_bytes)
+            stored[layer.key] = _built(layer)
     return snapshot.SnapshotInfo(p.root, p.commit, p.dirty, built, p.warnings, 0.0), sent
 
 

@@ -107,6 +107,8 @@ class BuiltLayer:
     bytes: int  # file contents
     compressed_bytes: int
     files: int
+    members: int  # tar members: files, symlinks and whiteouts
+    tar_bytes: int  # the uncompressed tar's exact size
     path: Path | None
     manifest: dict[str, object] = field(repr=False)
 
@@ -411,7 +413,19 @@ def _build_layer(
     manifest = _manifest(p, layer, key, records, sha256, compressed)
     placed = _place(out, key, written, manifest) if out is not None else None
     size = sum(r.size for r in records)
-    return BuiltLayer(layer.kind, key, sha256, size, compressed, len(records), placed, manifest)
+    members = len(records) + len(layer.deletions)
+    return BuiltLayer(
+        layer.kind,
+        key,
+        sha256,
+        size,
+        compressed,
+        len(records),
+        members,
+        writer.tar_bytes,
+        placed,
+        manifest,
+    )
 
 
 def _place(out: Path, key: layout.Name, written: list[Path], manifest: dict[str, object]) -> Path:

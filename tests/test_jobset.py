@@ -206,9 +206,17 @@ def launch_plan() -> LaunchPlan:
         "c" * 40,
         True,
         (
-            Layer(base, "base", "1" * 64, 1000, "https://s3.example/base?X-Amz-Signature=1"),
             Layer(
-                overlay, "overlay", "2" * 64, 100, "https://s3.example/overlay?X-Amz-Signature=2"
+                base, "base", "1" * 64, 1000, 12, 20480, "https://s3.example/base?X-Amz-Signature=1"
+            ),
+            Layer(
+                overlay,
+                "overlay",
+                "2" * 64,
+                100,
+                3,
+                4096,
+                "https://s3.example/overlay?X-Amz-Signature=2",
             ),
         ),
     )

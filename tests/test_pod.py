@@ -41,12 +41,15 @@ def _coreutils() -> list[Path]:
 
 
 def toolbox(tmp_path: Path, *tools: str) -> str:
-    """A PATH holding coreutils, tar and sh, plus *tools* (python3 and aws are wrapped so
+    """A PATH holding coreutils, tar, grep, awk and sh, plus *tools* (python3 and aws are wrapped so
     that their own installation, with its packages, is what runs)."""
     bin_dir = tmp_path / ("bin-" + "-".join(tools or ("bare",)))
     bin_dir.mkdir()
-    for program in [*_coreutils(), Path(shutil.which("tar") or "tar")]:
+    # coreutils, tar, grep and awk: what every Debian or Ubuntu image has (essential and
+    # required packages)
+    for program in [*_coreutils(), *(Path(shutil.which(p) or p) for p in ("tar", "grep"))]:
         (bin_dir / program.name).symlink_to(program)
+    (bin_dir / "awk").symlink_to(os.path.realpath(shutil.which("awk") or "awk"))
     (bin_dir / "sh").symlink_to("/bin/sh")
     for tool in tools:
         if tool == "python3":
@@ -271,7 +274,8 @@ def _layer(store: Path, name: str, members: list[tuple[str, bytes | None, str | 
     path = store / "v1" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
-    return Layer(f"v1/{name}", "full", sha256_file(path), path.stat().st_size)
+    size, tar_bytes = path.stat().st_size, len(raw.getvalue())
+    return Layer(f"v1/{name}", "full", sha256_file(path), size, len(members), tar_bytes)
 
 
 @pytest.mark.parametrize(
@@ -438,7 +442,10 @@ def test_as_root_without_a_decompressor_it_installs_zstd(project: Path, tmp_path
     result = run_script(plan, home, path)
     assert_placed(project, home, result)
     assert "installing zstd" in result.stderr
-    assert calls.read_text().splitlines() == ["update -qq", "install -y -qq zstd"]
+    assert calls.read_text().splitlines() == [
+        "update -qq",
+        "install -y -qq --no-install-recommends zstd",
+    ]
 
 
 def test_busybox_ash_and_busybox_tools(project: Path, tmp_path: Path) -> None:

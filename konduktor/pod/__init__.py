@@ -9,10 +9,11 @@ anything before ``run:`` fails.
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from importlib import resources
 
-from konduktor.plan import File, LaunchPlan
+from konduktor.plan import TO_UPLOAD, File, LaunchPlan
 
 SYNC_FAILED = 97
 _TEMPLATE = resources.files(__package__).joinpath("startup.sh")
@@ -43,8 +44,9 @@ def render(plan: LaunchPlan) -> str:
                 f"k_git {q(g.url)} {q(g.branch)} {g.commit} {_path(g.key)} {int(g.submodules)}"
             )
         lines += [
-            f"k_layer {q(_url(plan, layer.key))} {q(layer.https or '')} {layer.sha256}"
-            for layer in tree.layers
+            f"k_layer {q(_url(plan, la.key))} {q(la.https or '')} {_digest(la.sha256)} "
+            f"{la.members:d} {la.tar_bytes:d}"
+            for la in tree.layers
         ]
         lines.append("k_place")
     lines += [_file(plan, f) for f in inside]
@@ -67,7 +69,17 @@ def render(plan: LaunchPlan) -> str:
 def _file(plan: LaunchPlan, f: File) -> str:
     q = shlex.quote
     url = _url(plan, f.key)
-    return f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {f.sha256} {f.mode:o}"
+    return f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {_digest(f.sha256)} {f.mode:o}"
+
+
+def _digest(sha256: str) -> str:
+    """A sha256 the launcher computed (DESIGN §4's trust rule): 64 hex digits, nothing else
+    (a dry run shows its placeholder for layers not built yet)."""
+    if sha256 == TO_UPLOAD:
+        return shlex.quote(sha256)
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not a sha256 the launcher computed: {sha256!r}")
+    return sha256
 
 
 def _path(target: str) -> str:

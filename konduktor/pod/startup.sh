@@ -1,20 +1,28 @@
 #!/bin/sh
 # konduktor pod startup script: fetch, verify and place the launch's files, then run `run:`.
 # Rendered from a launch plan by konduktor.pod.render; the functions below are fixed, the
-# calls at the end come from the plan. POSIX sh (dash, busybox ash); needs coreutils and
-# tar, plus a way to fetch (cp for file://, curl, wget, python3, aws or gcloud) and to
-# decompress zstd (zstd, or python3 with zstandard or compression.zstd).
+# calls at the end come from the plan. POSIX sh (dash, busybox ash); needs coreutils (or
+# busybox), awk and tar (GNU or busybox), plus a way to fetch (cp for file://, curl, wget,
+# python3, aws or gcloud) and to decompress zstd (zstd, or python3 with zstandard or
+# compression.zstd); as root it installs curl, CA certificates and zstd when they lack.
 set -u
 
 K_EXIT=97  # sync failed: nothing of run: has started
 K_CRED=${KONDUKTOR_CREDENTIALS_DIR:-/run/konduktor/credentials}
 K_STATE="$HOME/.konduktor/pod"
 K_PY=${KONDUKTOR_PYTHON:-python3}  # the local target names its own Python
+K_TERMLOG=${KONDUKTOR_TERMINATION_LOG:-/dev/termination-log}  # Kubernetes shows it in the pod
+K_IMAGE_LINE="RUN apt-get update && apt-get install -y curl ca-certificates zstd (or: apk add curl ca-certificates zstd)"
 K_TMP=""
 K_STAGE=""
+K_UNZ=""
 
 k_log() { [ -n "${KONDUKTOR_QUIET:-}" ] || printf 'konduktor: %s\n' "$*" >&2; }
-k_fail() { printf 'konduktor: sync failed: %s\n' "$*" >&2; exit "$K_EXIT"; }
+k_fail() {
+  printf 'konduktor: sync failed: %s\n' "$*" >&2
+  { printf 'konduktor: sync failed: %s\n' "$*" >"$K_TERMLOG"; } 2>/dev/null
+  exit "$K_EXIT"
+}
 k_have() { command -v "$1" >/dev/null 2>&1; }
 k_cleanup() {
   if [ -n "$K_STAGE" ]; then rm -rf "$K_STAGE"; fi
@@ -27,6 +35,10 @@ trap 'exit 143' TERM
 k_start() {
   mkdir -p "$K_STATE/done" || k_fail "cannot create $K_STATE; is \$HOME ($HOME) writable?"
   K_TMP=$(mktemp -d "$K_STATE/tmp.XXXXXX") || k_fail "cannot create a temporary directory in $K_STATE"
+  k_have awk || k_fail "the image has no awk, which konduktor needs to check layers; add one (apt-get install mawk, or busybox)"
+  k_checker >"$K_TMP/check.awk" || k_fail "cannot write $K_TMP/check.awk"
+  K_TAR_STYLE=busybox  # names listed as they are; GNU tar escapes them (\n, \\, \ooo)
+  if tar --version 2>/dev/null | grep -q 'GNU tar'; then K_TAR_STYLE=gnu; fi
   k_credentials
 }
 
@@ -131,9 +143,9 @@ KONDUKTOR_PY
 
 # k_get URL HTTPS SHA256 DEST: fetch and verify, or fail naming the object.
 k_get() {
-  k_fetch "$1" "$2" "$4" || {
+  k_fetch "$1" "$2" "$4" || k_fetch_installed "$1" "$2" "$4" || {
     if [ -z "$K_TRIED" ]; then
-      k_fail "cannot fetch $1: the image has none of curl, wget, python3 (with boto3 or google-cloud-storage), aws or gcloud; add curl to the image (apt-get install curl)"
+      k_fail "cannot fetch $1: the image has none of curl, wget, python3 (with boto3 or google-cloud-storage), aws or gcloud, and konduktor runs as $(id -u), not root, so it cannot install them; add to the image: $K_IMAGE_LINE"
     fi
     k_fail "cannot fetch $1 (tried:$K_TRIED); see the messages above"
   }
@@ -141,32 +153,52 @@ k_get() {
   [ "$K_SUM" = "$3" ] || k_fail "$1 is corrupt: sha256 $K_SUM, expected $3; delete it from the store and launch again"
 }
 
-# Decompress a zstd file: zstd; python3 with zstandard or compression.zstd; as root, install zstd.
-k_unzstd() {
-  if k_have zstd; then zstd -q -d -c "$1" >"$2" && return 0; fi
-  if k_have "$K_PY" && "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY'; then return 0; fi
-import shutil, sys
-try:
-    import zstandard
-    with open(sys.argv[1], "rb") as f, open(sys.argv[2], "wb") as out:
-        zstandard.ZstdDecompressor().copy_stream(f, out)
-except ImportError:
-    from compression import zstd  # Python 3.14+
-    with zstd.open(sys.argv[1]) as f, open(sys.argv[2], "wb") as out:
-        shutil.copyfileobj(f, out, 1 << 20)
-KONDUKTOR_PY
-  if ! k_have zstd && k_install zstd; then zstd -q -d -c "$1" >"$2" && return 0; fi
-  k_fail "cannot decompress $3: the image has no zstd and no python3 with zstandard; add zstd to the image (apt-get install zstd, apk add zstd) or pip install zstandard"
+# As root, an image that cannot fetch over HTTPS at all gets curl and CA certificates.
+k_fetch_installed() {
+  [ -z "$K_TRIED" ] && [ -n "$2" ] && k_install curl ca-certificates && k_fetch "$1" "$2" "$3"
 }
 
+# k_choose_unz WHAT: pick the decompressor once: zstd; python3 with zstandard or
+# compression.zstd; as root, zstd from the image's package manager.
+k_choose_unz() {
+  [ -n "$K_UNZ" ] && return 0
+  if k_have zstd; then K_UNZ=zstd
+  elif k_have "$K_PY" && "$K_PY" -c 'import zstandard' 2>/dev/null; then K_UNZ=zstandard
+  elif k_have "$K_PY" && "$K_PY" -c 'from compression import zstd' 2>/dev/null; then K_UNZ=compression.zstd
+  elif k_install zstd && k_have zstd; then K_UNZ=zstd
+  else
+    k_fail "cannot decompress $1: the image has no zstd and no python3 with zstandard; add zstd to the image (apt-get install zstd, apk add zstd) or pip install zstandard"
+  fi
+}
+
+# k_unpack FILE TAR_BYTES: the layer's tar on stdout, never more than its manifest's size
+# (a decompression bomb stops there; nothing uncompressed is written to disk).
+k_unpack() {
+  case $K_UNZ in
+    zstd) zstd -q -d -c "$1" ;;
+    *) "$K_PY" - "$1" "$K_UNZ" <<'KONDUKTOR_PY' ;;
+import shutil, sys
+if sys.argv[2] == "zstandard":
+    import zstandard
+    with open(sys.argv[1], "rb") as f:
+        zstandard.ZstdDecompressor().copy_stream(f, sys.stdout.buffer)
+else:
+    from compression import zstd  # Python 3.14+
+    with zstd.open(sys.argv[1]) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+KONDUKTOR_PY
+  esac 2>"$K_TMP/unpack.err" | head -c "$2"
+}
+
+# k_install PACKAGE...: as root, with the image's package manager.
 k_install() {
   [ "$(id -u)" = 0 ] || return 1
-  k_log "installing $1 with the image's package manager"
+  k_log "installing $* with the image's package manager"
   if k_have apt-get; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } >/dev/null 2>&1
-  elif k_have apk; then apk add --no-cache -q "$1" >/dev/null 2>&1
-  elif k_have dnf; then dnf install -y -q "$1" >/dev/null 2>&1
-  elif k_have yum; then yum install -y -q "$1" >/dev/null 2>&1
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >/dev/null 2>&1
+  elif k_have apk; then apk add --no-cache -q "$@" >/dev/null 2>&1
+  elif k_have dnf; then dnf install -y -q "$@" >/dev/null 2>&1
+  elif k_have yum; then yum install -y -q "$@" >/dev/null 2>&1
   else return 1
   fi
 }
@@ -185,6 +217,9 @@ k_tree() {
   K_PARENT=$(dirname "$K_TARGET")
   mkdir -p "$K_PARENT" || k_fail "cannot create $K_PARENT"
   K_STAGE=$(mktemp -d "$K_PARENT/.konduktor-stage.XXXXXX") || k_fail "cannot create a staging directory in $K_PARENT"
+  : >"$K_TMP/links"  # the symlinks placed in this tree so far, as tar lists their names
+  K_DISK=""  # set when the stage holds files no layer listed (git mode's checkout)
+  K_LATER=""  # set once a layer is applied: later layers may replace what it placed
 }
 
 # Git mode: the host keys pinned at launch (stdin), then k_git clones into the staging dir.
@@ -221,6 +256,7 @@ k_git() {
   git -C "$K_STAGE" cat-file -e "$3^{commit}" 2>/dev/null \
     || k_fail "commit $3 is not reachable from $2 on $1: was it force-pushed away? launch again"
   git -C "$K_STAGE" checkout -q -B "$2" "$3" || k_fail "cannot check out $3"
+  K_DISK=1 K_LATER=1
   if [ "$5" = 1 ]; then
     git -C "$K_STAGE" submodule update -q --init --recursive 2>"$K_TMP/git.err" \
       || k_fail "cannot fetch the submodules of $1: $(tail -n 1 "$K_TMP/git.err")"
@@ -238,34 +274,135 @@ k_git_refused() {
   esac
 }
 
-# k_layer URL HTTPS SHA256: fetch, verify, and apply one layer onto the staging directory.
+# k_layer URL HTTPS SHA256 MEMBERS TAR_BYTES: fetch, verify, check and apply one layer onto
+# the staging directory. Every shell and tar alike: the layer's listing is checked before
+# anything is written (only regular files, directories and symlinks; no setuid, setgid or
+# sticky bit; no absolute or '..' name, none that tar rewrites; nothing under a symlink of
+# this tree; at most MEMBERS members and TAR_BYTES bytes); then whiteouts are applied and
+# tar extracts with the container user as owner and its umask on modes.
 k_layer() {
   [ -n "$K_SKIP" ] && return 0
   k_get "$1" "$2" "$3" "$K_TMP/layer.zst"
-  k_unzstd "$K_TMP/layer.zst" "$K_TMP/layer.tar" "$1"
-  rm -f "$K_TMP/layer.zst"
-  tar -tf "$K_TMP/layer.tar" >"$K_TMP/names" || k_fail "$1 is not a readable tar archive"
-  while IFS= read -r name; do
-    case /$name/ in
-      //* | */../*) k_fail "$1 holds $name, which would leave the destination; refusing it" ;;
-    esac
-    k_unlinked "$name" "$1"
-    case ${name##*/} in
-      .wh.*) K_BASE=${name##*/}; rm -rf "${K_STAGE:?}/$(k_dir "$name")${K_BASE#.wh.}" ;;
-      *) if [ -L "$K_STAGE/$name" ]; then rm -f "$K_STAGE/$name"; fi ;;
-    esac
-  done <"$K_TMP/names"
-  tar -xmf "$K_TMP/layer.tar" -C "$K_STAGE" || k_fail "cannot extract $1"
-  while IFS= read -r name; do
-    case ${name##*/} in .wh.*) rm -f "$K_STAGE/$name" ;; esac
-  done <"$K_TMP/names"
-  rm -f "$K_TMP/layer.tar"
+  k_is_zstd "$K_TMP/layer.zst" "$1"
+  k_choose_unz "$1"
+  k_unpack "$K_TMP/layer.zst" "$5" | LC_ALL=C tar -tvf - >"$K_TMP/list" 2>"$K_TMP/list.err" \
+    || k_fail "$1 is not a readable tar archive: $(k_first_error)"
+  awk -v members="$4" -v style="$K_TAR_STYLE" -v disk="$K_DISK" -v later="$K_LATER" \
+    -v links="$K_TMP/links" -v after="$K_TMP/after.sh" -f "$K_TMP/check.awk" \
+    "$K_TMP/links" "$K_TMP/list" >"$K_TMP/apply.sh" 2>"$K_TMP/why" \
+    || k_fail "$1: $(head -n 1 "$K_TMP/why"); the layer is corrupt or hostile, refusing it"
+  mv "$K_TMP/links.new" "$K_TMP/links" || k_fail "cannot write $K_TMP/links"
+  if grep -q 'emoving leading' "$K_TMP/list.err"; then
+    k_fail "$1 holds an absolute or '..' member name (tar rewrote it), which would leave the destination; refusing it"
+  fi
+  # shellcheck disable=SC1091  # written just above: whiteouts, replaced links, checks
+  . "$K_TMP/apply.sh"
+  k_unpack "$K_TMP/layer.zst" "$5" | tar -xmo --no-same-permissions -f - -C "$K_STAGE" 2>"$K_TMP/list.err" \
+    || k_fail "cannot extract $1: $(k_first_error)"
+  # shellcheck disable=SC1091  # the whiteout markers themselves go
+  . "$K_TMP/after.sh"
+  rm -f "$K_TMP/layer.zst" "$K_TMP/list"
+  K_LATER=1
 }
 
-k_dir() {
-  case $1 in */*) printf '%s/' "${1%/*}" ;; esac
+k_first_error() {
+  head -n 1 "$K_TMP/unpack.err" "$K_TMP/list.err" 2>/dev/null | grep -v '^==>' | grep . | head -n 1
 }
 
+# k_is_zstd FILE WHAT: a layer that is not zstd is not one of ours.
+k_is_zstd() {
+  K_MAGIC=$(od -An -tx1 -N4 "$1" | tr -d ' \n')
+  [ "$K_MAGIC" = 28b52ffd ] || k_fail "$2 is not a zstd file (it starts with ${K_MAGIC:-nothing}), so not a konduktor layer; delete it from the store and launch again"
+}
+
+# The layer checker (awk: every image has one). It reads the tree's symlinks so far (the
+# file links), then a layer's `tar -tv` listing; prints the shell lines to run before
+# extracting (whiteouts, symlinks the layer replaces) and, into `after`, those to run
+# after it (the whiteout markers go); keeps links.new; refuses with one line on stderr.
+k_checker() {
+  cat <<'KONDUKTOR_AWK'
+function refuse(why) { print why > "/dev/stderr"; failed = 1; exit 1 }
+function q(s) { gsub(/'/, "'\\''", s); return "'" s "'" }
+function octal(s,   n, i) { for (i = 1; i <= 3; i++) n = n * 8 + substr(s, i, 1); return n }
+function raw(s,   out, c, i) {  # a name as GNU tar escaped it, as it is
+  if (style != "gnu" || index(s, "\\") == 0) return s
+  for (i = 1; i <= length(s); i++) {
+    c = substr(s, i, 1)
+    if (c == "\\") {
+      c = substr(s, ++i, 1)
+      if (c ~ /[0-7]/) { c = sprintf("%c", octal(substr(s, i, 3))); i += 2 }
+      else if (c == "n") c = "\n"
+      else if (c == "t") c = "\t"
+      else if (c == "r") c = "\r"
+      else if (c == "f") c = "\f"
+      else if (c == "v") c = "\v"
+      else if (c == "a") c = "\007"
+      else if (c == "b") c = "\b"
+    }
+    out = out c
+  }
+  return out
+}
+function under_link(path,   p) {  # the nearest parent of path that is a symlink, if any
+  for (p = path; match(p, /\/[^\/]*$/); ) {
+    p = substr(p, 1, RSTART - 1)
+    if (p in link) return p
+  }
+  return ""
+}
+BEGIN {
+  kinds["h"] = "hard links"; kinds["c"] = "character devices"; kinds["b"] = "block devices"
+  kinds["p"] = "FIFOs"; kinds["s"] = "sockets"
+  printf "" > after
+  printf "" > (links ".new")
+}
+FILENAME == links { link[$0] = 1; next }
+{
+  if (++n > members + 0) refuse("its listing has more members than its manifest says (" members "): a corrupt or hostile layer, or, under busybox tar, a name with a newline (use an image with GNU tar)")
+  type = substr($0, 1, 1); perm = substr($0, 2, 9); name = $0
+  if (!sub(/^[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ /, "", name)) refuse("an unreadable listing line: " $0)
+  if (type == "l") {
+    k = index(name, " -> ")
+    if (!k || index(substr(name, k + 4), " -> ")) refuse("symlink " name " cannot be listed unambiguously (' -> ' in its name or target)")
+    name = substr(name, 1, k - 1)
+  } else if (type == "-" || type == "d") {
+    if (index(name, " -> ")) refuse(name " is a hard link (or its name holds ' -> ', which cannot be listed unambiguously)")
+  } else refuse(name ": " (type in kinds ? kinds[type] : "members of type '" type "'") " are not allowed")
+  if (perm ~ /[sStT]/) refuse(name ": setuid, setgid and sticky bits are not allowed")
+  if (type == "d") sub(/\/+$/, "", name)
+  if (name == "" || name ~ /^\// || ("/" name "/") ~ /\/\.\.?\//) refuse("it holds " name ", which would leave the destination (an empty, absolute, '.' or '..' name)")
+  if ((p = under_link(name)) != "") refuse(p " is a symlink in this tree; refusing to write through it")
+  base = name; sub(/^.*\//, "", base); dir = substr(name, 1, length(name) - length(base))
+  if (substr(base, 1, 4) == ".wh.") {
+    target = dir substr(base, 5)
+    if (seen) refuse(name ": whiteouts must come before every other member")
+    if (type != "-" || substr(base, 5) ~ /^(\.\.?)?$/) refuse(name ": not a whiteout konduktor writes")
+    print "rm -rf -- \"$K_STAGE\"/" q(raw(target))
+    for (l in link) if (l == target || index(l, target "/") == 1) delete link[l]
+    print "rm -f -- \"$K_STAGE\"/" q(raw(name)) > after
+    next
+  }
+  seen = 1
+  if (disk) print "k_unlinked " q(raw(name))
+  if (name in link) { print "rm -f -- \"$K_STAGE\"/" q(raw(name)); delete link[name] }
+  else if (later && type != "d") print "k_replace " q(raw(name))
+  if (type == "l") link[name] = 1
+}
+END {
+  if (failed) exit 1
+  for (l in link) print l > (links ".new")
+}
+KONDUKTOR_AWK
+}
+
+# A file or symlink of a later layer takes the place of an (emptied) directory.
+k_replace() {
+  if [ -d "$K_STAGE/$1" ] && [ ! -L "$K_STAGE/$1" ]; then rmdir "$K_STAGE/$1" 2>/dev/null; fi
+  return 0
+}
+
+# Run inside apply.sh for each member when the stage holds a checkout: no parent may be a
+# symlink there either.
 # Nothing is written or deleted through a symlink: no parent of NAME may be one.
 k_unlinked() {
   K_REST=${1%/}
@@ -274,7 +411,7 @@ k_unlinked() {
     case $K_REST in */*) ;; *) return 0 ;; esac
     K_AT="$K_AT/${K_REST%%/*}"
     K_REST=${K_REST#*/}
-    [ -L "$K_AT" ] && k_fail "$2: ${K_AT#"$K_STAGE"/} is a symlink in an earlier layer; refusing to write through it"
+    [ -L "$K_AT" ] && k_fail "${K_AT#"$K_STAGE"/} is a symlink in this tree; refusing to write through it (a corrupt or hostile layer)"
   done
 }
 
