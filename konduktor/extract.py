@@ -17,8 +17,8 @@ Layers may come from a shared bucket, so they are treated as hostile:
 * only regular files (type ``0``, or the old ``NUL`` type), symlinks and
   directories are extracted; hard links, devices, FIFOs, contiguous and sparse
   files are refused;
-* modes become 0o755 (any exec bit) or 0o644 for files and 0o755 for
-  directories, so setuid/setgid/sticky bits never arrive; owners and mtimes
+* setuid, setgid and sticky bits are refused; other modes become 0o755 (any
+  exec bit) or 0o644 for files and 0o755 for directories; owners and mtimes
   are not restored.
 
 Empty and ``.`` components inside a name (``./a//b``) are dropped: they name
@@ -318,6 +318,9 @@ def _kind(member: tarfile.TarInfo) -> _Kind:
     # tarfile.isreg() also accepts contiguous and sparse files: test the type itself.
     if member.sparse is not None:
         raise RefusedMemberError("GNU sparse files are not allowed")
+    if member.mode & 0o7000 and member.type != tarfile.SYMTYPE:
+        # refused, as the pod refuses them: busybox tar would create them before any check
+        raise RefusedMemberError("setuid, setgid and sticky bits are not allowed")
     if member.type in _REGULAR_TYPES:
         return "file"
     if member.type == tarfile.SYMTYPE:

@@ -184,7 +184,7 @@ def _plan_layers(work: Selection, level: int) -> SnapshotPlan:
         e for e in work.entries if e.path in work.dirty or _differs(e, base_entries.get(e.path))
     )
     work_paths = {e.path for e in work.entries}
-    deletions = tuple(p for p in base_entries if p not in work_paths)
+    deletions = _deletions([p for p in base_entries if p not in work_paths], work_paths)
     key = base_key(work.repo, work.commit, level)
     layers = [LayerPlan("base", key, base.entries)]
     if adds or deletions:
@@ -196,6 +196,18 @@ def _plan_layers(work: Selection, level: int) -> SnapshotPlan:
     # The work tree's warnings say what ships; the base's would repeat them.
     before = work.checked_ns - _CLOCK_MARGIN_NS
     return replace(result, clean_paths=clean, clean_before_ns=before)
+
+
+def _deletions(gone: list[str], work_paths: set[str]) -> tuple[str, ...]:
+    """The whiteouts for base paths *gone* from the work tree. Where a file or symlink now
+    stands in place of a directory, the directory itself is deleted (one whiteout), so that
+    no whiteout inside it keeps the directory alive when the file takes its place."""
+    out = []
+    for path in gone:
+        parts = path.split("/")
+        prefixes = ("/".join(parts[:i]) for i in range(1, len(parts)))
+        out.append(next((a for a in prefixes if a in work_paths), path))
+    return tuple(dict.fromkeys(out))
 
 
 def _differs(work: Entry, base: Entry | None) -> bool:

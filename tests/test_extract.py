@@ -263,7 +263,7 @@ def test_overlay_member_replaces_without_whiteout(tmp_path: Path) -> None:
 
 
 def test_directory_members_are_accepted(tmp_path: Path) -> None:
-    base = [entry("d", tarfile.DIRTYPE, mode=0o700), entry("s", tarfile.DIRTYPE, mode=0o1777)]
+    base = [entry("d", tarfile.DIRTYPE, mode=0o700), entry("s", tarfile.DIRTYPE, mode=0o777)]
     base += [file("d/f", b"f"), symlink("l", "d")]
     overlay = [
         entry("l", tarfile.DIRTYPE),
@@ -285,18 +285,23 @@ def test_dot_and_empty_components_are_dropped(tmp_path: Path) -> None:
     assert snapshot(dest) == {"a": DIR, "a/b": DIR, "a/b/c": ("file", 0o644, b"x")}
 
 
-def test_special_mode_bits_are_stripped(tmp_path: Path) -> None:
-    modes = {"suid": 0o4755, "sgid": 0o2755, "sticky": 0o1755, "all": 0o6711}
-    modes |= {"suid-noexec": 0o4644, "sgid-private": 0o2600, "world": 0o666}
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o1755, 0o6711, 0o4644, 0o2600])
+def test_special_mode_bits_are_refused(tmp_path: Path, mode: int) -> None:
+    """As the pod refuses them (busybox tar would create them before any check)."""
+    layer = make_layer(tmp_path / "layer.tar.zst", [file("ok"), file("special", b"x", mode)])
+    with pytest.raises(ExtractError, match="setuid, setgid and sticky bits are not allowed"):
+        extract([layer], tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_plain_modes_become_0644_or_0755(tmp_path: Path) -> None:
+    modes = {"exec": 0o711, "private": 0o600, "world": 0o666, "all": 0o777}
     dest, _ = extract_layers(tmp_path, [file(name, b"x", mode) for name, mode in modes.items()])
     assert {name: stat.S_IMODE((dest / name).lstat().st_mode) for name in modes} == {
-        "suid": 0o755,
-        "sgid": 0o755,
-        "sticky": 0o755,
-        "all": 0o755,
-        "suid-noexec": 0o644,
-        "sgid-private": 0o644,
+        "exec": 0o755,
+        "private": 0o644,
         "world": 0o644,
+        "all": 0o755,
     }
 
 

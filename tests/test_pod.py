@@ -145,6 +145,7 @@ def run_script(
         "HOME": str(home),
         "PATH": path,
         "KONDUKTOR_CREDENTIALS_DIR": str(credentials or home.parent / "no-secret"),
+        "KONDUKTOR_TERMINATION_LOG": str(home / ".konduktor" / "termination-log"),
     }
     return subprocess.run(
         [shell, str(script)], env=env, capture_output=True, text=True, timeout=120

@@ -297,7 +297,7 @@ k_layer() {
   fi
   # shellcheck disable=SC1091  # written just above: whiteouts, replaced links, checks
   . "$K_TMP/apply.sh"
-  k_unpack "$K_TMP/layer.zst" "$5" | tar -xmo --no-same-permissions -f - -C "$K_STAGE" 2>"$K_TMP/list.err" \
+  k_unpack "$K_TMP/layer.zst" "$5" | (umask 022 && tar -xmo --no-same-permissions -f - -C "$K_STAGE") 2>"$K_TMP/list.err" \
     || k_fail "cannot extract $1: $(k_first_error)"
   # shellcheck disable=SC1091  # the whiteout markers themselves go
   . "$K_TMP/after.sh"
@@ -366,11 +366,15 @@ FILENAME == links { link[$0] = 1; next }
     if (!k || index(substr(name, k + 4), " -> ")) refuse("symlink " name " cannot be listed unambiguously (' -> ' in its name or target)")
     name = substr(name, 1, k - 1)
   } else if (type == "-" || type == "d") {
-    if (index(name, " -> ")) refuse(name " is a hard link (or its name holds ' -> ', which cannot be listed unambiguously)")
+    # busybox tar lists a hard link as a file NAME -> TARGET (GNU tar: type h)
+    if (style != "gnu" && index(name, " -> ")) refuse(name " is a hard link (or its name holds ' -> ', which busybox tar cannot list unambiguously)")
   } else refuse(name ": " (type in kinds ? kinds[type] : "members of type '" type "'") " are not allowed")
   if (perm ~ /[sStT]/) refuse(name ": setuid, setgid and sticky bits are not allowed")
-  if (type == "d") sub(/\/+$/, "", name)
-  if (name == "" || name ~ /^\// || ("/" name "/") ~ /\/\.\.?\//) refuse("it holds " name ", which would leave the destination (an empty, absolute, '.' or '..' name)")
+  if (name ~ /^\// || ("/" name "/") ~ /\/\.\.\//) refuse("it holds " name ", which would leave the destination (an absolute or '..' name)")
+  name = "/" name "/"  # as konduktor extract: '.' and empty components name the same path
+  while (gsub(/\/\.\//, "/", name)) {}
+  gsub(/\/+/, "/", name); name = substr(name, 2, length(name) - 2)
+  if (name == "") refuse("a member names the destination itself")
   if ((p = under_link(name)) != "") refuse(p " is a symlink in this tree; refusing to write through it")
   base = name; sub(/^.*\//, "", base); dir = substr(name, 1, length(name) - length(base))
   if (substr(base, 1, 4) == ".wh.") {
@@ -383,6 +387,10 @@ FILENAME == links { link[$0] = 1; next }
     next
   }
   seen = 1
+  if (type == "d" && perm != "rwxr-xr-x" || type == "-" && perm !~ /^(rw-r--r--|rwxr-xr-x)$/) {
+    mode = type == "d" || perm ~ /x/ ? "755" : "644"  # as konduktor extract: 0644 or 0755
+    print "chmod " mode " -- \"$K_STAGE\"/" q(raw(name)) > after
+  }
   if (disk) print "k_unlinked " q(raw(name))
   if (name in link) { print "rm -f -- \"$K_STAGE\"/" q(raw(name)); delete link[name] }
   else if (later && type != "d") print "k_replace " q(raw(name))
