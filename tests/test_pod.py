@@ -462,3 +462,22 @@ def test_busybox_ash_and_busybox_tools(project: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = run_script(plan, home, str(bin_dir), shell=str(bin_dir / "sh"))
     assert_placed(project, home, result)
+
+
+def test_a_file_that_replaced_a_directory_reaches_the_pod(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "conf").mkdir(parents=True)
+    (repo / "conf" / "a.yaml").write_text("a: 1\n")
+    (repo / "conf" / "b.yaml").write_text("b: 2\n")
+    (repo / "kept.txt").write_text("kept\n")
+    git(repo, "init", "-q")
+    commit_all(repo)
+    shutil.rmtree(repo / "conf")
+    (repo / "conf").write_text("now a file\n")
+    (repo / "task.yaml").write_text("name: swap\nworkdir: .\nrun: cat conf\n")
+    plan = make_plan(repo, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "zstd"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "now a file\n"
+    assert tree(home / "konduktor_workdir") == tree(repo)
