@@ -76,6 +76,10 @@ def _wrapper(path: Path, target: str) -> None:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> Path:
     """A repository with a base commit and dirty changes (modified, added, deleted), a
     plain directory and a private key to mount, and a task file using them."""
     repo = tmp_path / "repo"
