@@ -403,7 +403,7 @@ def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_fact
     assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, "python3")))
 
 
-def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli(
+def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli_or_boto3(
     tmp_path: Path, s3_store_factory: Any
 ) -> None:
     import boto3
@@ -426,8 +426,11 @@ def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli(
     result = run_script(plan, home, toolbox(tmp_path, "aws"), credentials=secret)
     assert result.returncode == 0, result.stderr
     assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}
+    with_python = run_script(plan, tmp_path / "home3", toolbox(tmp_path, "python3"), secret)
+    assert with_python.returncode == 0, with_python.stderr  # boto3, without the aws CLI
+    assert tree(tmp_path / "home3" / "ref") == tree(home / "ref")
     bare = run_script(plan, tmp_path / "home2", toolbox(tmp_path))
-    assert_sync_failed(bare, tmp_path / "home2", "aws CLI", f"s3://{bucket}/ref")
+    assert_sync_failed(bare, tmp_path / "home2", "aws CLI", "boto3", f"s3://{bucket}/ref")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs packages only as root")
@@ -485,3 +488,23 @@ def test_a_file_that_replaced_a_directory_reaches_the_pod(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert result.stdout == "now a file\n"
     assert tree(home / "konduktor_workdir") == tree(repo)
+
+
+def test_a_gcs_bucket_mount_is_copied_with_python3(tmp_path: Path, gcs_store_factory: Any) -> None:
+    from gcs_server import emulator_client
+
+    url, options = gcs_store_factory()
+    bucket = emulator_client(str(options.endpoint_url)).bucket(url.removeprefix("gs://"))
+    for key, body in {"ref/a.txt": "A", "ref/sub/b.txt": "B", "other/c.txt": "C"}.items():
+        bucket.blob(key).upload_from_string(body)
+    plan = LaunchPlan(
+        job="bucket",
+        store=url,
+        run="cat /dev/null\n",
+        buckets=(Bucket("~/ref", f"{url}/ref"),),
+        endpoint_url=options.endpoint_url,
+    )
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "python3"))
+    assert result.returncode == 0, result.stderr
+    assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}

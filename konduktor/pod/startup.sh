@@ -455,18 +455,58 @@ k_file() {
   k_log "placed $K_TARGET"
 }
 
-# k_bucket TARGET URL MARK: a bucket prefix copied as is into TARGET.
+# k_bucket TARGET URL MARK: a bucket prefix copied as is into TARGET: with the aws CLI or
+# gcloud, else python3 with boto3 or google-cloud-storage.
 k_bucket() {
   K_TARGET=$1
   K_MARK="$K_STATE/done/bucket-$3"
   if [ -f "$K_MARK" ] && [ -d "$K_TARGET" ]; then return 0; fi
   mkdir -p "$K_TARGET" || k_fail "cannot create $K_TARGET"
   case $2 in
-    s3://*) k_have aws && aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3 sync --only-show-errors "$2" "$K_TARGET" ;;
-    gs://*) k_have gcloud && gcloud storage rsync --recursive --quiet "$2" "$K_TARGET" ;;
-  esac || k_fail "cannot copy $2 to $1: it needs the aws CLI (s3://) or gcloud (gs://) in the image, and credentials (konduktor check s3|gs)"
+    s3://*) { k_have aws && aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3 sync --only-show-errors "$2" "$K_TARGET"; } || k_bucket_py "$2" "$K_TARGET" boto3 ;;
+    gs://*) { k_have gcloud && gcloud storage rsync --recursive --quiet "$2" "$K_TARGET"; } || k_bucket_py "$2" "$K_TARGET" google.cloud.storage ;;
+  esac || k_fail "cannot copy $2 to $1: it needs the aws CLI (s3://) or gcloud (gs://), or python3 with boto3 or google-cloud-storage, in the image, and credentials (konduktor check s3|gs)"
   : >"$K_MARK"
   k_log "placed $K_TARGET from $2"
+}
+
+# k_bucket_py URL DIR MODULE: every object under URL into DIR, through python3's SDK.
+k_bucket_py() {
+  k_have "$K_PY" && "$K_PY" -c "import $3" 2>/dev/null || return 1
+  "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY'
+import os, sys
+scheme, _, rest = sys.argv[1].partition("://")
+bucket, _, prefix = rest.partition("/")
+prefix = prefix.rstrip("/") + "/" if prefix else ""
+endpoint = os.environ.get("K_ENDPOINT") or None
+if scheme == "s3":
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("K_REGION") or None)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    fetch = lambda key, dest: s3.download_file(bucket, key, dest)
+else:
+    from google.cloud import storage
+    if endpoint:
+        from google.auth.credentials import AnonymousCredentials
+        client = storage.Client(project="konduktor", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": endpoint})
+    else:
+        client = storage.Client()
+    blobs = {b.name: b for b in client.list_blobs(bucket, prefix=prefix)}
+    keys = list(blobs)
+    fetch = lambda key, dest: blobs[key].download_to_filename(dest)
+root = os.path.realpath(sys.argv[2])
+for key in keys:
+    rel = key[len(prefix):]
+    dest = os.path.realpath(os.path.join(root, rel))
+    if not rel or rel.endswith("/"):
+        continue
+    if not dest.startswith(root + os.sep):
+        sys.exit(f"konduktor: {key} would leave {root}; refusing it")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    fetch(key, dest)
+KONDUKTOR_PY
 }
 
 # Run `run:` in the workdir, with bash when the image has it.
