@@ -403,6 +403,17 @@ def test_gcs_emulator_with_python3(project: Path, tmp_path: Path, gcs_store_fact
     assert_placed(project, home, run_script(plan, home, toolbox(tmp_path, "python3")))
 
 
+def bucket_plan(url: str, options: StoreOptions) -> LaunchPlan:
+    """A plan that mounts the prefix ref/ of the bucket *url* at ~/ref, and nothing else."""
+    return LaunchPlan(
+        job="bucket",
+        store=url,
+        run="cat /dev/null\n",
+        buckets=(Bucket("~/ref", f"{url}/ref"),),
+        endpoint_url=options.endpoint_url,
+    )
+
+
 def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli_or_boto3(
     tmp_path: Path, s3_store_factory: Any
 ) -> None:
@@ -414,13 +425,7 @@ def test_a_bucket_mount_is_copied_as_is_with_the_aws_cli_or_boto3(
     client.put_object(Bucket=bucket, Key="ref/a.txt", Body=b"A")
     client.put_object(Bucket=bucket, Key="ref/sub/b.txt", Body=b"B")
     client.put_object(Bucket=bucket, Key="other/c.txt", Body=b"C")
-    plan = LaunchPlan(
-        job="bucket",
-        store=url,
-        run="cat /dev/null\n",
-        buckets=(Bucket("~/ref", f"s3://{bucket}/ref"),),
-        endpoint_url=options.endpoint_url,
-    )
+    plan = bucket_plan(url, options)
     secret = aws_secret(tmp_path)
     home = tmp_path / "home"
     result = run_script(plan, home, toolbox(tmp_path, "aws"), credentials=secret)
@@ -497,13 +502,7 @@ def test_a_gcs_bucket_mount_is_copied_with_python3(tmp_path: Path, gcs_store_fac
     bucket = emulator_client(str(options.endpoint_url)).bucket(url.removeprefix("gs://"))
     for key, body in {"ref/a.txt": "A", "ref/sub/b.txt": "B", "other/c.txt": "C"}.items():
         bucket.blob(key).upload_from_string(body)
-    plan = LaunchPlan(
-        job="bucket",
-        store=url,
-        run="cat /dev/null\n",
-        buckets=(Bucket("~/ref", f"{url}/ref"),),
-        endpoint_url=options.endpoint_url,
-    )
+    plan = bucket_plan(url, options)
     home = tmp_path / "home"
     result = run_script(plan, home, toolbox(tmp_path, "python3"))
     assert result.returncode == 0, result.stderr
