@@ -62,13 +62,10 @@ def upload_plan(
     progress: Callable[[str, int], Progress | None] | None = None,
     dry_run: bool = False,
 ) -> UploadResult:
-    """:func:`upload` for a snapshot plan made already; *dry_run* only looks (it still
-    verifies the layers the store holds).
+    """:func:`upload` for a snapshot plan made already; *dry_run* only looks.
 
-    The digests in the result are this machine's own: of the layers it builds now, or
-    of those it built before (:class:`~konduktor.cache.Vouched`). A stored layer it
-    never built is built here once, without writing it, and must match what the store
-    says it holds; else ConflictError, before anything is uploaded.
+    The digests in the result are this machine's own (:func:`_verified`), never the
+    store's metadata: a pod is only handed bytes this machine vouches for.
     """
     names = p.names()
     found = {name: store.stat(name.key) for name in names}

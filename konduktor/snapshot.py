@@ -424,20 +424,9 @@ def _build_layer(
     key = layer.key or content_key(records, layer.deletions, p.level)
     manifest = _manifest(p, layer, key, records, sha256, compressed)
     placed = _place(out, key, written, manifest) if out is not None else None
+    counts = (len(records), len(records) + len(layer.deletions), writer.tar_bytes)
     size = sum(r.size for r in records)
-    members = len(records) + len(layer.deletions)
-    return BuiltLayer(
-        layer.kind,
-        key,
-        sha256,
-        size,
-        compressed,
-        len(records),
-        members,
-        writer.tar_bytes,
-        placed,
-        manifest,
-    )
+    return BuiltLayer(layer.kind, key, sha256, size, compressed, *counts, placed, manifest)
 
 
 def _place(out: Path, key: layout.Name, written: list[Path], manifest: dict[str, object]) -> Path:
