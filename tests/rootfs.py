@@ -20,7 +20,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import missing_on_this_machine
 
 CACHE = Path(os.environ.get("KONDUKTOR_ROOTFS_CACHE", "/var/tmp/konduktor-rootfs"))
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
@@ -35,10 +35,7 @@ def require() -> None:
     if not shutil.which("debootstrap"):
         missing.append("debootstrap (apt-get install debootstrap)")
     if missing:
-        message = f"the image tests need {' and '.join(missing)}; .ci/run installs them"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_on_this_machine(f"the image tests need {' and '.join(missing)}")
 
 
 def cached(kind: str) -> Path:
