@@ -8,6 +8,7 @@ through presigned URLs (the root shares this machine's loopback).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,34 +49,40 @@ def assert_refused(result: Any, *words: str) -> None:
     assert "hello" not in result.stdout
 
 
-def test_ubuntu_as_root_installs_zstd_and_syncs_from_a_file_store(
-    project: Path, tmp_path: Path
-) -> None:
-    root = rootfs.fresh("minbase", tmp_path)
-    result = rootfs.run(root, pod.render(file_plan(project, root)), user=False)
-    assert_synced(project, root, result)
-    assert "installing zstd" in result.stderr
-
-
-def test_ubuntu_as_root_installs_curl_and_zstd_and_syncs_from_s3(
-    project: Path, tmp_path: Path, s3_store_factory: Any
-) -> None:
-    root = rootfs.fresh("minbase", tmp_path)
+def script(project: Path, root: Path, store: str, s3_store_factory: Any) -> str:
+    """The startup script for the project, its store file:// (inside the root) or S3."""
+    if store == "file":
+        return pod.render(file_plan(project, root))
     url, options = s3_store_factory()
-    result = rootfs.run(root, pod.render(make_plan(project, url, options)), user=False)
+    return pod.render(make_plan(project, url, options))
+
+
+@pytest.mark.parametrize(
+    ("store", "installs"), [("file", "zstd"), ("s3", "curl ca-certificates zstd")]
+)
+def test_ubuntu_as_root_installs_what_it_lacks_and_syncs(
+    project: Path, tmp_path: Path, s3_store_factory: Any, store: str, installs: str
+) -> None:
+    root = rootfs.fresh("minbase", tmp_path)
+    result = rootfs.run(root, script(project, root, store, s3_store_factory), user=False)
     assert_synced(project, root, result)
-    assert "installing curl ca-certificates" in result.stderr
+    for package in installs.split():
+        assert package in " ".join(re.findall(r"installing ([^\n]*) with", result.stderr))
 
 
+@pytest.mark.parametrize(
+    ("store", "words"),
+    [
+        ("file", ("no zstd", "apt-get install zstd")),
+        ("s3", ("none of curl, wget", "not root", "apt-get install -y curl")),
+    ],
+)
 def test_ubuntu_as_a_user_names_what_to_add_to_the_image(
-    project: Path, tmp_path: Path, s3_store_factory: Any
+    project: Path, tmp_path: Path, s3_store_factory: Any, store: str, words: tuple[str, ...]
 ) -> None:
     root = rootfs.fresh("minbase", tmp_path)
-    result = rootfs.run(root, pod.render(file_plan(project, root)), user=True)
-    assert_refused(result, "no zstd", "apt-get install zstd")
-    url, options = s3_store_factory()
-    result = rootfs.run(root, pod.render(make_plan(project, url, options)), user=True)
-    assert_refused(result, "none of curl, wget", "not root", "apt-get install -y curl")
+    result = rootfs.run(root, script(project, root, store, s3_store_factory), user=True)
+    assert_refused(result, *words)
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["root", "user"])
@@ -83,8 +90,7 @@ def test_python_slim_needs_no_curl_and_no_zstd_binary(
     project: Path, tmp_path: Path, s3_store_factory: Any, user: bool
 ) -> None:
     root = rootfs.fresh("python", tmp_path)
-    url, options = s3_store_factory()
-    result = rootfs.run(root, pod.render(make_plan(project, url, options)), user=user)
+    result = rootfs.run(root, script(project, root, "s3", s3_store_factory), user=user)
     assert_synced(project, root, result)
     assert "installing" not in result.stderr
     assert not (root / "usr" / "bin" / "curl").exists()
@@ -97,10 +103,5 @@ def test_busybox_with_its_own_tools(
     project: Path, tmp_path: Path, s3_store_factory: Any, user: bool, store: str
 ) -> None:
     root = rootfs.fresh("busybox", tmp_path)
-    if store == "file":
-        plan = file_plan(project, root)
-    else:
-        url, options = s3_store_factory()
-        plan = make_plan(project, url, options)
-    result = rootfs.run(root, pod.render(plan), user=user)
+    result = rootfs.run(root, script(project, root, store, s3_store_factory), user=user)
     assert_synced(project, root, result)
