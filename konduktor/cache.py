@@ -125,11 +125,11 @@ class Vouched:
         except (OSError, ValueError) as exc:
             log.debug("ignoring unreadable cache %s: %s", self.path, exc)
             return {}
-        return entries
+        return entries if isinstance(entries, dict) else {}
 
     def get(self, name: str) -> Built | None:
         found = self._entries.get(name)
-        if found is None or len(found) != 4:
+        if not isinstance(found, list) or len(found) != 4:
             return None
         sha256, size, members, tar_bytes = found
         if not isinstance(sha256, str):

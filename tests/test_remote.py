@@ -269,3 +269,14 @@ def test_a_stored_layer_this_machine_did_not_build_is_verified_once(
     assert [la.size for la in second.layers] == [la.size for la in first.layers]
     remote.upload(repo, store)
     assert built == [len(first.keys)]  # remembered: not built again
+
+
+@pytest.mark.parametrize("garbage", ["[1, 2]", '{"x": 3}', "{not json"])
+def test_an_unreadable_record_of_built_layers_only_costs_a_rebuild(
+    repo: Path, store: Store, tmp_path: Path, garbage: str
+) -> None:
+    first = remote.upload(repo, store)
+    vouched = tmp_path / "khome" / "cache" / "vouched.json"
+    vouched.write_text(garbage.replace("x", first.keys[0]))
+    again = remote.upload(repo, store)
+    assert [la.sha256 for la in again.layers] == [la.sha256 for la in first.layers]
