@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from konduktor.cli_manage import (
     store_option,
     warn,
 )
-from konduktor.errors import KonduktorError
+from konduktor.errors import Interrupted, KonduktorError
 
 if TYPE_CHECKING:
     from konduktor.launch import LaunchResult, Prepared, Request, Target
@@ -413,6 +414,7 @@ for _command in (store, check, secret, hooks):
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: one handler maps every failure to a message and an exit code."""
     verbose = False
+    _end_on_signals()
     try:
         with cli.make_context("konduktor", list(sys.argv[1:] if argv is None else argv)) as ctx:
             verbose = bool(ctx.params["verbose"])
@@ -424,14 +426,35 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except KonduktorError as exc:
         _fail(f"error: {exc}", exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _fail("interrupted", EXIT_INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except Exception as exc:
         if verbose:
             raise
         reason = f"{type(exc).__name__}: {exc}"
         _fail(f"unexpected error: {reason}; rerun with -v for the traceback and report it", 3)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _end_on_signals() -> None:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does: uploads in flight are aborted and
+    scratch files removed. A second one ends it at once (the cleanup itself may hang)."""
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    """Exit 130 after Ctrl-C, 128 + N after signal N (click turns a KeyboardInterrupt at a
+    prompt into Abort: the signal is then its context)."""
+    cause = exc if isinstance(exc, Interrupted) else exc.__context__
+    if isinstance(cause, Interrupted):
+        _fail(f"interrupted ({signal.Signals(cause.signum).name})", 128 + cause.signum)
+    _fail("interrupted", EXIT_INTERRUPTED)
 
 
 def _fail(message: str, code: int) -> NoReturn:

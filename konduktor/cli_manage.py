@@ -280,5 +280,5 @@ def hooks_run(remote: str | None, url: str | None, foreground: bool) -> int:
         click.echo(result.verdict, err=True)
     if result.timed_out:
         sys.stderr.flush()
-        os._exit(result.exit_code)  # the work may be stuck in the store: no waiting for it
+        os._exit(result.exit_code)  # cleaned up; threads stuck in the store are not waited for
     return result.exit_code

@@ -14,6 +14,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
     ├── ClusterError      the Kubernetes API is unreachable or refused a request
+    ├── ScratchError      $TMPDIR is full or unusable for the layers being built
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
         │   └── MissingKeyError    the key does not exist (backends: a normal answer)
@@ -28,7 +29,8 @@ Exit codes of the ``konduktor`` command:
     1    a KonduktorError (other than UsageError), "aborted" at a prompt included
     2    a usage error: bad options or arguments (UsageError, and click's own)
     3    an unexpected error, a bug: rerun with -v for the traceback
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C); 143 on SIGTERM, 129 on SIGHUP (both handled as Ctrl-C is:
+         uploads in flight are aborted and scratch files removed before the exit)
     N    `launch --local` without -d: the exit code of the task itself
 A pod whose startup script cannot sync its files exits 97 before `run:` starts.
 """
@@ -42,6 +44,19 @@ class KonduktorError(Exception):
     """Base of every error konduktor raises on purpose."""
 
     exit_code: ClassVar[int] = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so that every cleanup a Ctrl-C
+    runs (aborting uploads, removing scratch files) runs for them too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class ScratchError(KonduktorError):
+    """The scratch directory under $TMPDIR has no room, or cannot be used."""
 
 
 class UsageError(KonduktorError):

@@ -24,9 +24,10 @@ Keys are those of ``konduktor snapshot``, so a clean-tree launch at a pushed
 commit uploads nothing.
 
 It never blocks a push unless ``hooks.strict`` is set: a failure comes back
-as one line in :attr:`RunResult.failure`. The work runs in a daemon thread
-given ``hooks.timeout`` seconds; after that the caller exits without waiting
-for it (a store that hangs would otherwise hold the push). With
+as one line in :attr:`RunResult.failure`. The work gets ``hooks.timeout``
+seconds; then it is interrupted, as Ctrl-C would, so that an upload in flight
+is aborted and scratch files are removed, and the caller exits without waiting
+for threads still stuck in a store that hangs (which would otherwise hold the push). With
 ``hooks.background`` it runs in a detached process logging to
 ``~/.konduktor/logs/pre-push.log`` and the push returns at once. git runs
 hooks with ``GIT_*`` variables that describe the pushing repository: they are
@@ -41,9 +42,9 @@ import datetime
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,7 @@ class RunResult:
     layers: tuple[PushedLayer, ...]  # done before any failure or time-out
     failure: str | None = None  # one line: what went wrong
     strict: bool = False  # the failure must block the push
-    timed_out: bool = False  # the work may still be running: exit without waiting for it
+    timed_out: bool = False  # interrupted and cleaned up; threads may hang in the store
     log: Path | None = None  # background mode: where the detached run writes
 
     @property
@@ -328,26 +329,33 @@ def _describe(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__}: {exc}; please report it"
 
 
+class _TimedOut(BaseException):
+    """hooks.timeout passed: raised in the main thread where the work is, so that its
+    cleanups run (an upload in flight is aborted, scratch files are removed)."""
+
+
+GRACE_SECONDS = 10.0  # how long those cleanups may take before they are cut short too
+
+
 def _within(seconds: float, work: Callable[[], None]) -> bool:
-    """Run *work* in a daemon thread for up to *seconds*: False if it is still running.
+    """Run *work* for up to *seconds* (a SIGALRM interrupts it then): False if it ran out
+    of time. Exceptions it raises are raised here. Call it from the main thread."""
 
-    An exception it raised is raised here.
-    """
-    errors: list[Exception] = []
+    def expire(signum: int, frame: object) -> None:
+        signal.setitimer(signal.ITIMER_REAL, GRACE_SECONDS)
+        raise _TimedOut
 
-    def target() -> None:
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
         try:
             work()
-        except Exception as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="konduktor-pre-push", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _TimedOut:
         return False
-    if errors:
-        raise errors[0]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
     return True
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from konduktor import __version__, config, gitmode, layout, local, pod, remote, snapshot, units
+from konduktor import __version__, config, gitmode, layout, local, pod, remote, scratch, snapshot, units
 from konduktor.cache import HashCache
 from konduktor.config import Config
 from konduktor.errors import AbortedError, GitError, SelectionError
@@ -69,7 +68,7 @@ class Request:
 class Synced:
     """What :func:`sync` sent (a dry run: would send), and the plan it wrote."""
 
-    plan: LaunchPlan  # as written to the store (a dry run: as it would be, not presigned)
+    plan: LaunchPlan  # presigned for the pod (the store's copy, and a dry run's, are not)
     uploaded: tuple[str, ...]  # store keys put (a dry run: to put)
     uploaded_bytes: int
     reused: tuple[str, ...]  # store keys the store already had
@@ -306,8 +305,8 @@ def sync(
             sent += f.size if missing and not dry_run else 0
     plan = _plan(prepared, store, cfg, trees, files)
     if not dry_run:
+        _write_plan(plan, store)  # without URLs: a plan kept in the bucket holds no credential
         plan = _presigned(plan, store, cfg.presign_seconds)
-        _write_plan(plan, store)
     return Synced(plan, tuple(uploaded), sent, tuple(reused))
 
 
@@ -375,8 +374,8 @@ def _presigned(plan: LaunchPlan, store: Store, seconds: int) -> LaunchPlan:
 
 def _write_plan(plan: LaunchPlan, store: Store) -> None:
     data = plan.to_json().encode()
-    with tempfile.TemporaryDirectory(prefix="konduktor-plan-") as tmp:
-        path = Path(tmp) / "plan.json"
+    with scratch.directory("plan") as tmp:
+        path = tmp / "plan.json"
         path.write_bytes(data)
         store.put(
             layout.plan(plan.job),

@@ -21,6 +21,7 @@ _ROOT = f"{VERSION}/"
 _BASES = "bases/"
 _OBJECTS = "objects/"
 USED = f"{_ROOT}used/"  # the prefix of every last-used marker
+PLANS = f"{_ROOT}plans/"
 LAYER_PREFIXES = (f"{_ROOT}{_BASES}", f"{_ROOT}{_OBJECTS}")  # where layers (and files) live
 
 
@@ -73,7 +74,7 @@ def file(digest: str) -> Name:
 
 
 def plan(job: str) -> str:
-    return f"{_ROOT}plans/{job}.json"
+    return f"{PLANS}{job}.json"
 
 
 def probe(stamp: str) -> str:

@@ -15,12 +15,11 @@ import hashlib
 import importlib.util
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from konduktor import layout, snapshot
+from konduktor import layout, scratch, snapshot
 from konduktor.cache import Built, Vouched
 from konduktor.errors import ConflictError, KonduktorError, StorageError, UsageError
 from konduktor.plan import TO_UPLOAD, Layer
@@ -141,8 +140,8 @@ def _put_layers(
 ) -> tuple[snapshot.SnapshotInfo, int]:
     """Build the *missing* layers and put them; record each digest in *stored*."""
     sent = 0
-    with tempfile.TemporaryDirectory(prefix="konduktor-upload-") as tmp:
-        built = snapshot.build_layers(p, missing, out=Path(tmp))
+    with scratch.directory("upload") as tmp:
+        built = snapshot.build_layers(p, missing, out=tmp)
         for layer in built:
             assert layer.path is not None
             bar = progress(layer.key, layer.compressed_bytes) if progress else None
@@ -201,9 +200,7 @@ def layers(store: Store) -> Iterator[StoredLayer]:
 
 def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -> list[StoredLayer]:
     """Delete layers not used within *older_than*; return them."""
-    if older_than < MIN_GC_AGE:
-        raise UsageError("--older-than must be at least 1h, so layers in use are never deleted")
-    cutoff = _utcnow() - older_than
+    cutoff = _cutoff(older_than)
     victims = [layer for layer in layers(store) if layer.last_used < cutoff]
     if not dry_run:
         for layer in victims:
@@ -211,6 +208,25 @@ def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -
             store.delete(layer.key.used)
             log.debug("deleted %s", layer.key)
     return victims
+
+
+def gc_plans(
+    store: Store, older_than: datetime.timedelta, *, dry_run: bool = False
+) -> list[ObjectInfo]:
+    """Delete launch plans written before *older_than* ago; return them. A plan is a
+    record of a launch (the pod never reads it), so no running job needs it."""
+    cutoff = _cutoff(older_than)
+    victims = [info for info in store.list(layout.PLANS) if info.modified < cutoff]
+    if not dry_run:
+        for info in victims:
+            store.delete(info.key)
+    return victims
+
+
+def _cutoff(older_than: datetime.timedelta) -> datetime.datetime:
+    if older_than < MIN_GC_AGE:
+        raise UsageError("--older-than must be at least 1h, so layers in use are never deleted")
+    return _utcnow() - older_than
 
 
 def _utcnow() -> datetime.datetime:
@@ -237,14 +253,14 @@ def check(store: Store) -> list[Check]:
     """Identity, reachability and a write/read/delete probe; stops at the first failure."""
     results: list[Check] = []
     probe = layout.probe(f"{datetime.datetime.now().timestamp():.0f}")
-    with tempfile.TemporaryDirectory(prefix="konduktor-check-") as tmp:
-        source = Path(tmp) / "probe"
+    with scratch.directory("check") as tmp:
+        source = tmp / "probe"
         source.write_bytes(b"konduktor check\n")
         steps: list[tuple[str, Callable[[], str]]] = [
             ("identity", store.identity),
             ("bucket reachable", lambda: f"{sum(1 for _ in store.list(layout.USED))} markers"),
             ("write", lambda: _write_probe(store, probe, source)),
-            ("read", lambda: str(store.get(probe, Path(tmp) / "back").size) + " bytes"),
+            ("read", lambda: str(store.get(probe, tmp / "back").size) + " bytes"),
             ("delete", lambda: _delete_probe(store, probe)),
         ]
         for step, action in steps:

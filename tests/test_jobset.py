@@ -154,11 +154,20 @@ def test_default_max_run_duration(tmp_path: Path) -> None:
     assert manifest["metadata"]["annotations"]["kueue.x-k8s.io/maxRunDurationSeconds"] == "604800"
 
 
-def test_job_names_are_name_dash_four_hex(task_file: Path) -> None:
+def test_job_names_are_name_dash_eight_hex(task_file: Path) -> None:
     name = jobset.job_name(load(task_file))
     assert name.startswith("train-")
-    assert len(name) == len("train-") + 4
-    int(name[-4:], 16)
+    assert len(name) == len("train-") + 8
+    int(name[-8:], 16)
+
+
+def test_a_long_task_name_is_cut_to_fit_a_kubernetes_name(tmp_path: Path) -> None:
+    path = tmp_path / "task.yaml"
+    long = "a" * 53 + ".b" + "c" * 3  # 58 characters, the most a task name may have
+    path.write_text(f"name: {long}\nrun: echo\n")
+    name = jobset.job_name(load(path))
+    assert len(name) <= 63
+    assert name.startswith("a" * 53 + "-")  # the cut never leaves a dot before the dash
 
 
 def test_golden(task_file: Path) -> None:

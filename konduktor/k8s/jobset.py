@@ -42,9 +42,14 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     return yaml.dump(manifest, Dumper=Dumper, sort_keys=False)
 
 
+_NAME_ROOM = 63 - 9  # a Kubernetes name holds 63 characters; "-" and 8 hex follow
+
+
 def job_name(task: Task) -> str:
-    """``<name>-<4 hex>``: unique per launch, at most 63 characters."""
-    return f"{task.name}-{secrets.token_hex(2)}"
+    """``<name>-<8 hex>``, at most 63 characters (a longer name is cut): 32 random bits,
+    so that launches of one task practically never collide with a plan kept in the store
+    (16 bits did, with probability N/65536 once N plans existed)."""
+    return f"{task.name[:_NAME_ROOM].rstrip('-._')}-{secrets.token_hex(4)}"
 
 
 def render(
