@@ -24,7 +24,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from konduktor import __version__, config, gitmode, layout, local, pod, remote, scratch, snapshot, units
+from konduktor import (
+    __version__,
+    config,
+    gitmode,
+    layout,
+    local,
+    pod,
+    remote,
+    scratch,
+    snapshot,
+    units,
+)
 from konduktor.cache import HashCache
 from konduktor.config import Config
 from konduktor.errors import AbortedError, GitError, SelectionError
