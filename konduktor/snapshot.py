@@ -421,12 +421,27 @@ def _build_layer(
     finally:
         if tmp is not None:
             tmp.close()
-    key = layer.key or content_key(records, layer.deletions, p.level)
+    key = _built_key(p, layer, records)
     manifest = _manifest(p, layer, key, records, sha256, compressed)
     placed = _place(out, key, written, manifest) if out is not None else None
     counts = (len(records), len(records) + len(layer.deletions), writer.tar_bytes)
     size = sum(r.size for r in records)
     return BuiltLayer(layer.kind, key, sha256, size, compressed, *counts, placed, manifest)
+
+
+def _built_key(p: SnapshotPlan, layer: LayerPlan, records: list[Record]) -> layout.Name:
+    """The key of the layer built from *records*: a base layer's is its commit's; a
+    content-addressed one's must be the key planned (and maybe found missing in the store),
+    else the bytes just read are not those hashed and would land under another's key."""
+    if layer.kind == "base" and layer.key is not None:
+        return layer.key
+    key = content_key(records, layer.deletions, p.level)
+    if layer.key is not None and key != layer.key:
+        raise SelectionError(
+            f"{p.root}: a file changed between hashing and archiving (its {layer.kind} layer "
+            f"is no longer {layer.key}); run again once the files stop changing"
+        )
+    return key
 
 
 def _place(out: Path, key: layout.Name, written: list[Path], manifest: dict[str, object]) -> Path:

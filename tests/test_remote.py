@@ -13,7 +13,7 @@ from gitrepo_helpers import make_repo
 from test_cli import run
 
 from konduktor import layout, remote, snapshot
-from konduktor.errors import ConflictError, UsageError
+from konduktor.errors import ConflictError, SelectionError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -280,3 +280,20 @@ def test_an_unreadable_record_of_built_layers_only_costs_a_rebuild(
     vouched.write_text(garbage.replace("x", first.keys[0]))
     again = remote.upload(repo, store)
     assert [la.sha256 for la in again.layers] == [la.sha256 for la in first.layers]
+
+
+def test_a_file_changed_after_hashing_never_lands_under_the_planned_key(
+    repo: Path, store: Store
+) -> None:
+    """The overlay's key is planned from hashes; a file that changes (same size) before it
+    is archived would put other bytes under that content-addressed key for good."""
+    (repo / "train.py").write_text("print(2)\n")
+    p = snapshot.plan(repo)
+    planned = p.names()[-1]
+    (repo / "train.py").write_text("print(3)\n")
+    with pytest.raises(SelectionError, match="changed between hashing and archiving"):
+        remote.upload_plan(p, store)
+    assert store.stat(planned.key) is None
+    again = remote.upload(repo, store)
+    assert again.keys[-1] != planned
+    assert store.stat(again.keys[-1].key) is not None
