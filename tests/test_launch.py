@@ -4,6 +4,7 @@ fast-fail order, and bad input (one clear line, exit 1, nothing uploaded or subm
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import stat
@@ -19,8 +20,9 @@ from kube_server import KubeAPI
 from test_cli import run
 from test_pod import toolbox
 
-from konduktor import pod
+from konduktor import layout, pod
 from konduktor.extract import sha256_file
+from konduktor.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -521,3 +523,31 @@ def test_a_replaced_layer_stops_the_launch_before_it_submits(
     assert "is not the layer this machine builds for it" in last
     assert [line for line in err.splitlines() if line.startswith("error")] == [last]
     assert len(kube_api.requests) == 1  # the first launch's JobSet only
+
+
+def test_the_plan_kept_in_the_bucket_holds_no_presigned_url(
+    quickstart: Path, khome: Path, kube_api: KubeAPI, s3_store_factory: Any
+) -> None:
+    """Presigned URLs carry the access key id (and a session token): only the JobSet,
+    which needs them while they are valid, holds them; the plan kept in the bucket not."""
+    url, options = s3_store_factory()
+    khome.mkdir()
+    (khome / "config.yaml").write_text(
+        f"jobs:\n  bucket: {url}\nsync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    )
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 0, err
+    (request,) = kube_api.requests
+    assert "X-Amz-Credential=testing" in str(request.body)  # the pod fetches over HTTPS
+    store = open_store(url, options)
+    plan = json.loads(_read(store, layout.plan(out.strip()), khome))
+    assert plan["trees"]
+    assert "X-Amz" not in json.dumps(plan)
+    assert all(layer["https"] is None for tree in plan["trees"] for layer in tree["layers"])
+
+
+def _read(store: Any, key: str, scratch: Path) -> bytes:
+    dest = scratch / "read"
+    store.get(key, dest)
+    return dest.read_bytes()
