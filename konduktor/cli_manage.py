@@ -95,20 +95,23 @@ def store_ls(store_url: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
 @store_option
 def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
-    """Delete layers that no upload or launch used within AGE.
+    """Delete layers that no upload or launch used within AGE, and launch plans older.
 
     Every upload and launch refreshes a last-used marker of each layer it uses
     before it submits anything, so a layer about to be used is never deleted.
     """
     from konduktor import remote
 
-    victims = remote.gc(open_store(store_url), remote.parse_age(older_than), dry_run=dry_run)
+    target, age = open_store(store_url), remote.parse_age(older_than)
+    victims = remote.gc(target, age, dry_run=dry_run)
+    plans = remote.gc_plans(target, age, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     now = datetime.datetime.now(datetime.timezone.utc)
     for layer in victims:
         unused = units.age(now - layer.last_used)
         click.echo(f"{verb} {layer.key} ({units.size(layer.size)}, unused for {unused})")
-    click.echo(f"{verb} {len(victims)} layer(s), {units.size(sum(v.size for v in victims))}")
+    size = units.size(sum(v.size for v in victims))
+    click.echo(f"{verb} {len(victims)} layer(s), {size}, and {len(plans)} launch plan(s)")
 
 
 @click.command()

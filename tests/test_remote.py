@@ -193,7 +193,7 @@ def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
     assert [row["kind"] for row in rows] == ["base"]
     code, out, _ = run("store", "gc", "--older-than", "30d", "--dry-run", "--store", url)
     assert code == 0
-    assert "would delete 0 layer(s)" in out
+    assert "would delete 0 layer(s), 0 B, and 0 launch plan(s)" in out
     code, _, err = run("store", "gc", "--older-than", "5m", "--store", url)
     assert code == 2  # a bad argument: a usage error
     assert "at least 1h" in err
@@ -297,3 +297,20 @@ def test_a_file_changed_after_hashing_never_lands_under_the_planned_key(
     again = remote.upload(repo, store)
     assert again.keys[-1] != planned
     assert store.stat(again.keys[-1].key) is not None
+
+
+def test_gc_deletes_plans_older_than_the_cutoff(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(b"{}")
+    digest = hashlib.sha256(b"{}").hexdigest()
+    store.put(layout.plan("old-0000"), plan, sha256=digest)
+    assert remote.gc_plans(store, datetime.timedelta(days=1)) == []  # young: kept
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+    monkeypatch.setattr(remote, "_utcnow", lambda: later)
+    [doomed] = remote.gc_plans(store, datetime.timedelta(days=1), dry_run=True)
+    assert doomed.key == layout.plan("old-0000")
+    assert store.stat(doomed.key) is not None
+    remote.gc_plans(store, datetime.timedelta(days=1))
+    assert store.stat(doomed.key) is None
