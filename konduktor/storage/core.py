@@ -73,22 +73,34 @@ class Store:
     ) -> PutResult:
         """Create *key* from the file *path*, create-only, if its bytes have this *sha256*.
 
-        *lock* names a marker key (``layout.lock``): while this put uploads, other puts
-        of *key* with the same *lock* wait for it instead of sending the bytes too.
+        *lock* names a marker key (``layout.Name.lock``): while this put uploads, other
+        puts of *key* with the same *lock* wait for it instead of sending the bytes too.
         """
         size = path.stat().st_size
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
         if lock is None:
             return self._put(key, path, size, meta, progress)
-        upload_lock = UploadLock(self._backend, lock)
-        while True:  # each round ends in a result, or waits for the holder to end
+        return self._put_locked(UploadLock(self._backend, lock), key, path, size, meta, progress)
+
+    def _put_locked(
+        self,
+        lock: UploadLock,
+        key: str,
+        path: Path,
+        size: int,
+        meta: dict[str, str],
+        progress: Progress | None,
+    ) -> PutResult:
+        """Put while holding *lock*, or wait for its holder: each round ends in a result,
+        or in a wait that ends when the holder does (or is found dead)."""
+        while True:
             existing = self._backend.head(key)
             if existing is not None:
-                return self._already_there(existing, sha256)
-            if upload_lock.acquire():
-                with upload_lock.held():
-                    return self._put(key, path, size, meta, progress)
-            upload_lock.wait(until=lambda: self._backend.head(key) is not None)
+                return self._already_there(existing, meta[SHA256])
+            if lock.acquire():
+                with lock.held():
+                    return self._put(key, path, size, meta, progress)  # it looks again first
+            lock.wait(until=lambda: self._backend.head(key) is not None)
 
     def _put(
         self, key: str, path: Path, size: int, meta: dict[str, str], progress: Progress | None
