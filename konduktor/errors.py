@@ -19,6 +19,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
         ├── NotFoundError          the object or bucket does not exist
         │   └── MissingKeyError    the key does not exist (backends: a normal answer)
         ├── PermissionDeniedError  the credentials may not do this
+        ├── SourceChangedError     a file changed while it was uploaded (the key stays free)
         ├── ConflictError          a key holds different content than the one being written
         │   └── KeyTakenError      a create-only write lost to another writer (the store retries)
         └── TransientError         the store stayed unreachable after retries
@@ -109,6 +110,11 @@ class MissingKeyError(NotFoundError):
 
 class PermissionDeniedError(StorageError):
     """The credentials in use may not do this."""
+
+
+class SourceChangedError(StorageError):
+    """The file being uploaded changed while it was read: its bytes are not those of the
+    sha256 the key was named by, so the upload was aborted and the key left free."""
 
 
 class ConflictError(StorageError):

@@ -352,7 +352,12 @@ def _put_file(
     if missing:
         bar = progress(name.key, size) if progress else None
         done = store.put(
-            name.key, source.path, sha256=f.sha256, metadata={"kind": "file"}, progress=bar
+            name.key,
+            source.path,
+            sha256=f.sha256,
+            metadata={"kind": "file"},
+            progress=bar,
+            lock=name.lock,
         )
         missing = done.uploaded
     store.mark(name.used)

@@ -7,6 +7,7 @@ Under the store URL::
     v1/objects/<xx>/<sha256>                        single mounted files (content-addressed)
     v1/plans/<job>.json                             launch plans, what a pod fetches
     v1/used/<name>                                  last-used markers, for gc
+    v1/locks/<name>                                 upload locks: who is uploading <name>
     v1/check/probe-<stamp>                          `konduktor check`'s write probe
 
 An object's :class:`Name` is its path below ``v1/``: manifests, ``--out`` file names
@@ -22,6 +23,7 @@ _BASES = "bases/"
 _OBJECTS = "objects/"
 USED = f"{_ROOT}used/"  # the prefix of every last-used marker
 PLANS = f"{_ROOT}plans/"
+LOCKS = f"{_ROOT}locks/"  # the prefix of every upload lock (never a layer: see LAYER_PREFIXES)
 LAYER_PREFIXES = (f"{_ROOT}{_BASES}", f"{_ROOT}{_OBJECTS}")  # where layers (and files) live
 
 
@@ -43,6 +45,11 @@ class Name(str):
     def used(self) -> str:
         """The key of its last-used marker."""
         return USED + self
+
+    @property
+    def lock(self) -> str:
+        """The key of its upload lock (``Store.put(..., lock=name.lock)``)."""
+        return LOCKS + self
 
     @property
     def is_base(self) -> bool:

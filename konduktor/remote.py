@@ -151,6 +151,7 @@ def _put_layers(
                 sha256=layer.sha256,
                 metadata=_metadata(p, layer),
                 progress=bar,
+                lock=layer.key.lock,
             )
             sent += layer.compressed_bytes if result.uploaded else 0
             stored[layer.key] = _built(layer)

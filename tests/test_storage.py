@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +15,19 @@ from typing import Any
 import pytest
 from storage_helpers import put_concurrently
 
+from konduktor import layout, remote
 from konduktor.errors import (
     ConflictError,
     KeyTakenError,
     NotFoundError,
+    SourceChangedError,
     StorageError,
     TransientError,
     UsageError,
 )
-from konduktor.storage import Store, StoreOptions, core, open_store, parse_url
+from konduktor.storage import Store, StoreOptions, core, lock, open_store, parse_url
+from konduktor.storage import s3 as s3_module
+from konduktor.storage.base import Source
 from konduktor.storage.local import LocalBackend
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -174,6 +181,147 @@ def test_interrupted_upload_leaves_nothing_visible(store: Store, tmp_path: Path,
     assert store.put("half/key", src, sha256=digest).uploaded  # and it can be retried
 
 
+# -- a source that changes: the key stays free ------------------------------------------------
+
+
+def leftovers(store: Store, tmp_path: Path) -> list[str]:
+    """What an aborted put may have left: unfinished writes, and hidden files (file://)."""
+    found = [p.key for p in store.pending()]
+    if store.url.startswith("file://"):
+        found += [p.name for p in (tmp_path / "store").rglob(".*")]
+    return found
+
+
+def rewrite_tail(path: Path, how: str) -> None:
+    """Change the last MiB of *path* in place ("rewrite"), or add to its end ("append")."""
+    with path.open("r+b") as f:
+        f.seek(0, os.SEEK_END) if how == "append" else f.seek(-(1 << 20), os.SEEK_END)
+        f.write(os.urandom(1 << 20))
+
+
+@pytest.mark.parametrize("mib", [1, 20], ids=["small", "chunked"])
+def test_a_stale_sha256_is_source_changed_and_leaves_the_key_free(
+    store: Store, tmp_path: Path, mib: int
+) -> None:
+    """The caller hashed the file earlier (a stat-keyed cache); it changed since."""
+    src, stale = big_file(tmp_path / "a", mib)
+    rewrite_tail(src, "rewrite")
+    with pytest.raises(SourceChangedError) as raised:
+        store.put("v1/objects/ab/stale", src, sha256=stale)
+    assert str(raised.value) == (
+        f"{src} changed while it was being uploaded (its sha256 is no longer {stale[:12]}); "
+        "wait until it stops changing and launch again"
+    )
+    assert store.stat("v1/objects/ab/stale") is None
+    assert leftovers(store, tmp_path) == []
+    settled = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert store.put("v1/objects/ab/stale", src, sha256=settled).uploaded
+
+
+@pytest.fixture
+def read_as_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 streams what it reads from 8 MiB on, one part in flight: a change after the
+    first part's progress is read into the next. (Below the multipart threshold it reads
+    the whole file before sending: test_storage_s3 shows a late change does not matter.)"""
+    monkeypatch.setattr(s3_module, "MULTIPART_THRESHOLD", 8 << 20)
+    monkeypatch.setattr(s3_module, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(s3_module, "PARALLEL_PARTS", 1)
+
+
+@pytest.mark.usefixtures("read_as_sent")
+@pytest.mark.parametrize("how", ["rewrite", "append"])
+def test_a_file_changed_while_it_is_sent_never_lands_under_its_key(
+    store: Store, tmp_path: Path, how: str
+) -> None:
+    src, digest = big_file(tmp_path / "a", 20)
+    changes = []
+
+    def change_after_the_first_chunk(n: int) -> None:
+        if not changes:
+            changes.append(n)
+            rewrite_tail(src, how)
+
+    with pytest.raises(SourceChangedError, match=f"{src} changed while it was being uploaded"):
+        store.put("v1/objects/cd/moving", src, sha256=digest, progress=change_after_the_first_chunk)
+    assert changes
+    assert store.stat("v1/objects/cd/moving") is None
+    assert leftovers(store, tmp_path) == []
+    settled = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert store.put("v1/objects/cd/moving", src, sha256=settled).uploaded
+    store.get("v1/objects/cd/moving", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+
+
+# -- concurrent puts of one key: one sends the bytes ------------------------------------------
+
+KEY = layout.layer("ab" * 32)
+LOCK = KEY.lock
+
+
+@pytest.fixture
+def quick_locks(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Heartbeats every second (S3 dates have whole seconds); the stale period, 3 s."""
+    monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 1.0)
+    monkeypatch.setattr(lock, "STALE_HEARTBEATS", 3)
+    monkeypatch.setattr(lock, "POLL_SECONDS", 0.05)
+    return lock.HEARTBEAT_SECONDS * lock.STALE_HEARTBEATS
+
+
+def test_concurrent_puts_of_one_key_send_its_bytes_once(
+    store: Store, tmp_path: Path, quick_locks: float
+) -> None:
+    """The holder is slower than the stale period, yet alive (it heartbeats): the others
+    wait for it instead of taking over, then find its object."""
+    src, digest = big_file(tmp_path / "a", 3)
+    sent: list[int] = []
+    counting = threading.Lock()
+
+    def slow_holder(n: int) -> None:
+        with counting:
+            sent.append(n)
+            first = len(sent) == 1
+        if first:
+            time.sleep(quick_locks + 1)
+
+    results, errors = put_concurrently(
+        store, KEY.key, src, digest, writers=8, progress=slow_holder, lock=LOCK
+    )
+    assert errors == []
+    assert sorted(r.uploaded for r in results) == [False] * 7 + [True]
+    assert sum(sent) == 3 << 20  # the bytes went up once
+    assert store.stat(LOCK) is None  # released
+
+
+def test_a_dead_holder_delays_a_put_by_the_stale_period_only(
+    store: Store, tmp_path: Path, quick_locks: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.mark(LOCK)  # left by a launcher that died: never refreshed
+    src, digest = write(tmp_path / "a", b"layer")
+    started = time.monotonic()
+    results, errors = put_concurrently(store, KEY.key, src, digest, writers=1, lock=LOCK)
+    assert time.monotonic() - started >= quick_locks  # it did wait for the holder
+    assert errors == []
+    assert [r.uploaded for r in results] == [True]
+    assert f"upload lock {LOCK} was not refreshed" in caplog.text
+    assert store.stat(LOCK) is None
+
+
+def test_a_failed_put_releases_its_lock(store: Store, tmp_path: Path, quick_locks: float) -> None:
+    src, stale = write(tmp_path / "a", b"before")
+    src.write_bytes(b"after!")
+    with pytest.raises(SourceChangedError):
+        store.put(KEY.key, src, sha256=stale, lock=LOCK)
+    assert store.stat(LOCK) is None
+    assert store.stat(KEY.key) is None
+
+
+def test_upload_locks_are_not_layers(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/s")
+    store.mark(LOCK)
+    assert not LOCK.startswith(layout.LAYER_PREFIXES)
+    assert list(remote.layers(store)) == []
+
+
 def test_mark_creates_and_refreshes(store: Store) -> None:
     store.mark("used/x")
     first = store.stat("used/x")
@@ -239,9 +387,13 @@ def test_local_interrupted_upload_leaves_no_metadata(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "s" / "k").iterdir()] == []
 
 
-def test_get_verifies_content_against_its_sha256(store: Store, tmp_path: Path) -> None:
+def test_get_verifies_content_against_its_sha256(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, _ = write(tmp_path / "a", b"real content")
-    store.put("lying", src, sha256="0" * 64)  # metadata that does not match the bytes
+    with monkeypatch.context() as unchecked:  # a writer that does not check what it sends
+        unchecked.setattr(Source, "check", lambda self: None)
+        store.put("lying", src, sha256="0" * 64)  # metadata that does not match the bytes
     with pytest.raises(StorageError, match="sha256"):
         store.get("lying", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -269,12 +421,14 @@ def test_missing_bucket_names_the_store(missing_store: Store, tmp_path: Path) ->
 
 
 class LossyBackend(LocalBackend):
-    """Stores one byte less than it was given: an upload that does not land intact."""
+    """Stores one byte less than it was given, after checking what it read: an upload
+    that does not land intact."""
 
-    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
-        short = path.with_name(path.name + ".short")
-        short.write_bytes(path.read_bytes()[:-1])
-        return super().create(key, short, size, *args)
+    def create(self, key: str, *args: Any) -> str | None:
+        version = super().create(key, *args)
+        object_path = self.root / key
+        object_path.write_bytes(object_path.read_bytes()[:-1])
+        return version
 
 
 def test_upload_that_does_not_land_intact_is_refused_and_removed(tmp_path: Path) -> None:
@@ -308,3 +462,89 @@ def test_writers_that_keep_colliding_give_up_after_race_attempts(tmp_path: Path)
 
 def test_identity_of_a_local_store_is_not_applicable(tmp_path: Path) -> None:
     assert open_store(f"file://{tmp_path}/s").identity() == "not applicable"
+
+
+# -- the file:// store is private ------------------------------------------------------------
+
+
+def modes(root: Path) -> dict[str, int]:
+    """The permission bits of everything under *root*, and of *root* itself ("")."""
+    found = {"": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[path.relative_to(root).as_posix()] = stat.S_IMODE(path.stat().st_mode)
+    return found
+
+
+def test_a_local_store_is_0700_with_0600_objects(tmp_path: Path) -> None:
+    """A file mount may be an SSH key: nobody else may read it in the store."""
+    store = open_store(f"file://{tmp_path}/home/store")
+    src, digest = write(tmp_path / "key", b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    src.chmod(0o600)
+    store.put("v1/objects/ab/key", src, sha256=digest)
+    store.mark("v1/used/objects/ab/key")
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700  # made by the store
+    assert modes(tmp_path / "home" / "store") == {
+        "": 0o700,
+        "v1": 0o700,
+        "v1/objects": 0o700,
+        "v1/objects/ab": 0o700,
+        "v1/objects/ab/key": 0o600,
+        "v1/objects/ab/key.meta.json": 0o600,
+        "v1/used": 0o700,
+        "v1/used/objects": 0o700,
+        "v1/used/objects/ab": 0o700,
+        "v1/used/objects/ab/key": 0o600,
+    }
+
+
+def test_an_open_local_store_root_is_made_0700_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "store"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    store = open_store(f"file://{root}")
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("k", src, sha256=digest)
+    store.put("k2", src, sha256=digest)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{root} was readable by other users; made it 0700 (objects may be private files)"
+    ]
+
+
+# -- unfinished writes in a file:// store ----------------------------------------------------
+
+
+def test_local_partial_files_and_orphan_metadata_older_than_the_cutoff_are_swept(
+    tmp_path: Path,
+) -> None:
+    """create() writes the metadata just before it links the object: a young orphan may
+    be a write in progress, so only what is older than the cutoff goes."""
+    store = open_store(f"file://{tmp_path}/s")
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("v1/objects/ab/done", src, sha256=digest)
+    ab = tmp_path / "s" / "v1" / "objects" / "ab"
+    old = time.time() - 7200
+    for name in (".big.tar.zst.k2j4_x9q", "lost.meta.json", ".young.a1b2c3d4", "new.meta.json"):
+        (ab / name).write_bytes(b"{}")
+    for name in (".big.tar.zst.k2j4_x9q", "lost.meta.json"):
+        os.utime(ab / name, (old, old))
+    listed = [(p.key, p.what) for p in store.pending()]
+    assert listed == [
+        ("v1/objects/ab/big.tar.zst", "partial file"),
+        ("v1/objects/ab/lost", "orphan metadata"),
+        ("v1/objects/ab/new", "orphan metadata"),
+        ("v1/objects/ab/young", "partial file"),
+    ]
+    assert [p.key for p in store.pending("v1/objects/ab/n")] == ["v1/objects/ab/new"]
+    swept = store.sweep(datetime.timedelta(hours=1))
+    assert [p.key for p in swept] == ["v1/objects/ab/big.tar.zst", "v1/objects/ab/lost"]
+    assert sorted(p.name for p in ab.iterdir()) == [
+        ".young.a1b2c3d4",
+        "done",
+        "done.meta.json",
+        "new.meta.json",
+    ]
+    assert [i.key for i in store.list()] == ["v1/objects/ab/done"]

@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -321,10 +321,14 @@ class ShortBackend(GCSBackend):
         super().__init__(*args, **kwargs)
         self.generations: list[str | None] = []
 
-    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
+    def create(
+        self, key: str, path: Path, size: int, meta: Mapping[str, str], progress: Any
+    ) -> str | None:
         short = path.with_name(path.name + ".short")
         short.write_bytes(path.read_bytes()[:-1])
-        self.generations.append(super().create(key, short, size - 1, *args))
+        # the metadata still says 12 bytes; the bytes sent pass their check as read
+        sent = {**meta, "sha256": hashlib.sha256(short.read_bytes()).hexdigest()}
+        self.generations.append(super().create(key, short, size - 1, sent, progress))
         return self.generations[-1]
 
 

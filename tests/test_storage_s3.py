@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from konduktor.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    SourceChangedError,
     StorageError,
     TransientError,
 )
@@ -176,10 +177,14 @@ def test_rival_with_other_content_after_the_head_check_is_a_conflict(
 class ShortBackend(S3Backend):
     """Uploads one byte less than it was given: an upload that does not land intact."""
 
-    def create(self, key: str, path: Path, size: int, *args: Any) -> str | None:
+    def create(
+        self, key: str, path: Path, size: int, meta: Mapping[str, str], progress: Any
+    ) -> str | None:
         short = path.with_name(path.name + ".short")
         short.write_bytes(path.read_bytes()[:-1])
-        return super().create(key, short, size - 1, *args)
+        # the metadata still says 12 bytes; the bytes sent pass their check as read
+        sent = {**meta, "sha256": hashlib.sha256(short.read_bytes()).hexdigest()}
+        return super().create(key, short, size - 1, sent, progress)
 
 
 def test_upload_that_does_not_land_intact_is_refused_and_left_with_a_warning(
@@ -235,6 +240,119 @@ def test_interrupted_multipart_upload_is_aborted(
     assert store.stat("k") is None
     assert pending_uploads(url, options) == []
     assert store.put("k", tmp_path / "big", sha256=digest).uploaded  # and it can be retried
+    assert pending_uploads(url, options) == []
+
+
+def sparse_file(path: Path, mib: int) -> str:
+    """A file of *mib* MiB of zeros, made in no time; its sha256."""
+    with path.open("wb") as f:
+        f.truncate(mib << 20)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_64_mib_file_changed_while_its_parts_are_read_aborts_the_upload(
+    s3_store_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are read in order and at most PARALLEL_PARTS are in flight: the change made
+    when the first part is sent lands in a part read later, whose hash gives it away."""
+    monkeypatch.setattr(s3_module, "PARALLEL_PARTS", 2)
+    url, options = s3_store_factory("team")
+    store = open_store(url, options)
+    big = tmp_path / "big"
+    digest = sparse_file(big, 64)
+    changed: list[int] = []
+
+    def change_the_last_part(n: int) -> None:
+        if not changed:
+            changed.append(n)
+            with big.open("r+b") as f:
+                f.seek(-1, os.SEEK_END)
+                f.write(b"!")
+
+    with pytest.raises(SourceChangedError, match=f"{big} changed while it was being uploaded"):
+        store.put("v1/objects/00/big", big, sha256=digest, progress=change_the_last_part)
+    assert store.stat("v1/objects/00/big") is None
+    assert pending_uploads(url, options) == []  # aborted, never completed
+    settled = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert store.put("v1/objects/00/big", big, sha256=settled).uploaded
+    assert pending_uploads(url, options) == []
+
+
+def test_a_single_put_sends_the_bytes_it_read_and_checked(
+    s3_store_factory: Factory, tmp_path: Path
+) -> None:
+    """Below the multipart threshold the file is read whole, checked, then sent from
+    memory: a change once it was read cannot reach the object (botocore reads a body
+    more than once, for its checksum and on retries)."""
+    url, options = s3_store_factory()
+    store = open_store(url, options)
+    src = tmp_path / "a"
+    digest = file_of(src, 3)
+    original = src.read_bytes()
+
+    def change_while_sending(n: int) -> None:
+        src.write_bytes(b"other bytes" * 1000)
+
+    assert store.put("k", src, sha256=digest, progress=change_while_sending).uploaded
+    assert raw(options).get_object(Bucket=bucket_of(url), Key="k")["Body"].read() == original
+
+
+# -- unfinished uploads ---------------------------------------------------------------------
+
+
+def test_unfinished_multipart_uploads_are_listed_and_swept(
+    s3_store_factory: Factory, tmp_path: Path
+) -> None:
+    url, options = s3_store_factory("team")
+    store = open_store(url, options)
+    big = tmp_path / "big"
+    digest = sparse_file(big, 64)
+
+    def ctrl_c(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put("v1/objects/00/big", big, sha256=digest, progress=ctrl_c)
+    assert list(store.pending()) == []  # the interrupted put aborted its own upload
+    # a launcher killed mid-upload (or a lost CreateMultipartUpload answer) leaves one
+    left = raw(options).create_multipart_upload(Bucket=bucket_of(url), Key="team/v1/objects/00/x")
+    raw(options).create_multipart_upload(Bucket=bucket_of(url), Key="elsewhere/y")
+    [pending] = store.pending()
+    assert (pending.key, pending.what) == (
+        "v1/objects/00/x",
+        f"multipart upload {left['UploadId']}",
+    )
+    assert pending.started.utcoffset() == datetime.timedelta(0)
+    assert list(store.pending("v1/objects/00/")) == [pending]
+    assert list(store.pending("v1/plans/")) == []
+    # (moto says every upload started in 2010: the cutoff's test is on file://)
+    assert store.sweep(datetime.timedelta(0)) == [pending]
+    assert list(store.pending()) == []
+    assert [u["Key"] for u in pending_uploads(url, options)] == ["elsewhere/y"]  # not ours
+    store.sweep(datetime.timedelta(0))  # aborting what is gone already is fine
+    open_store(url, options)._backend.abort(pending)
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_retried_create_multipart_upload_leaves_one_upload(
+    s3_store_factory: Factory, tmp_path: Path
+) -> None:
+    """The first CreateMultipartUpload succeeds but its answer is lost (botocore is made
+    to retry it): the upload it made is aborted, only the second one is used."""
+    url, options = s3_store_factory()
+    store = open_store(url, options)
+    backend: S3Backend = store._backend  # type: ignore[assignment]
+    attempts = iter(range(1_000))
+
+    def lose_the_first_answer(**_: Any) -> int | None:
+        return 0 if next(attempts) == 0 else None  # retry at once, as after a timeout
+
+    backend._client.meta.events.register_first(
+        "needs-retry.s3.CreateMultipartUpload", lose_the_first_answer
+    )
+    digest = file_of(tmp_path / "a", 12)
+    assert store.put("k", tmp_path / "a", sha256=digest).uploaded
+    assert next(attempts) == 2  # the create was sent twice
     assert pending_uploads(url, options) == []
 
 

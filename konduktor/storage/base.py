@@ -7,6 +7,7 @@ Nothing here imports a backend or an SDK, so backends import this module freely.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from konduktor.errors import StorageError, UsageError
+from konduktor.errors import SourceChangedError, StorageError, UsageError
 
 Progress = Callable[[int], None]
 """Called with the number of bytes transferred since the previous call."""
@@ -93,6 +94,17 @@ class PutResult:
     uploaded: bool  # False: the key already held this content
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A write that started and never finished: no reader sees it, but it takes space
+    (on S3, billed parts) until it is aborted."""
+
+    key: str  # the key it was writing
+    started: datetime.datetime  # timezone-aware, UTC; file://: when last written to
+    what: str  # for people: "multipart upload <id>", "partial file", "orphan metadata"
+    ref: str = field(default="", repr=False)  # the backend's handle: an upload id, a path
+
+
 class Backend(Protocol):
     """The SDK calls behind a :class:`~konduktor.storage.Store`, and nothing more: the
     semantics (create-only, verification, atomic download) are the Store's, written once.
@@ -110,7 +122,10 @@ class Backend(Protocol):
         self, key: str, path: Path, size: int, meta: Metadata, progress: Progress | None
     ) -> str | None:
         """Upload *path* as *key* only if the key is absent, else raise KeyTakenError; no
-        partial object ever shows. Returns the new object's version, where stores have one."""
+        partial object ever shows. The bytes sent are read once, through a :class:`Source`
+        that checks them against ``meta["sha256"]`` before the object may show
+        (SourceChangedError otherwise). Returns the new object's version, where stores
+        have one."""
         ...
 
     def discard(self, key: str, version: str | None) -> None:
@@ -130,8 +145,17 @@ class Backend(Protocol):
         """Delete *key*; deleting a key that does not exist is not an error."""
         ...
 
-    def mark(self, key: str) -> None:
-        """Create or replace the small marker object *key* (its modified time says when)."""
+    def mark(self, key: str, *, create_only: bool = False, note: str = "") -> None:
+        """Create or replace the small marker object *key* (its modified time says when)
+        holding the time and *note*; *create_only*: KeyTakenError when the key exists."""
+        ...
+
+    def pending(self, prefix: str) -> Iterator[Pending]:
+        """The unfinished writes to keys under *prefix*, in key order."""
+        ...
+
+    def abort(self, pending: Pending) -> None:
+        """Remove what the unfinished write *pending* left; gone already is not an error."""
         ...
 
     def sign(self, key: str, expires_seconds: int) -> str | None:
@@ -176,9 +200,62 @@ def join_key(prefix: str, key: str) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
-def utc_now() -> str:
-    """The content of a marker object: when it was written."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+def marker_text(note: str) -> bytes:
+    """The content of a marker object: when it was written, then *note* on a line."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return f"{now}\n{note}".encode() if note else now.encode()
+
+
+class Source:
+    """The file a put sends, read once and in order, its sha256 computed on the way.
+
+    A backend sends exactly the bytes it read from here, so :meth:`check` (after the last
+    read) proves what the object holds: the file's sha256 may have been computed earlier
+    (from a stat-keyed cache), and the file may change while it is read. Not thread-safe:
+    one thread reads, in order.
+    """
+
+    def __init__(self, path: Path, size: int, sha256: str | None) -> None:
+        self.path = path
+        self.size = size
+        self.sha256 = sha256  # None: a test's foreign writer, nothing to check but the size
+        self.offset = 0
+        self._hash = hashlib.sha256()
+        self._f = path.open("rb")
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def read(self, n: int) -> bytes:
+        """The next bytes, at most *n*, never past the size the put started with."""
+        data = self._f.read(min(n, self.size - self.offset))
+        self._hash.update(data)
+        self.offset += len(data)
+        return data
+
+    def chunks(self, n: int) -> Iterator[bytes]:
+        """The remaining bytes, *n* at a time."""
+        while chunk := self.read(n):
+            yield chunk
+
+    def check(self) -> None:
+        """SourceChangedError unless the file held exactly *size* bytes, of that sha256."""
+        grew = self._f.read(1) != b""
+        digest = self._hash.hexdigest()
+        if self.offset == self.size and not grew and self.sha256 in (None, digest):
+            return
+        raise SourceChangedError(changed(self.path, self.sha256 or digest))
+
+
+def changed(path: Path, sha256: str) -> str:
+    """The message of a SourceChangedError on *path*, whose content should be *sha256*."""
+    return (
+        f"{path} changed while it was being uploaded (its sha256 is no longer "
+        f"{sha256[:12]}); wait until it stops changing and launch again"
+    )
 
 
 class ReportingReader(io.RawIOBase):

@@ -5,14 +5,20 @@ Objects are immutable: a key is written once ("create-only"), carries its
 sha256 and size as metadata, and is verified after the upload. A put that
 finds the key already there with the same sha256 succeeds without uploading
 (two launches racing on one key both succeed); a different sha256 is a
-ConflictError. No partial object is ever visible: a failed or interrupted
-upload leaves the key absent. A download lands under its name only once its
-bytes matched the object's sha256.
+ConflictError. The sha256 is checked against the bytes as they are sent (a
+file that changed since the caller hashed it, or while it is read, is a
+SourceChangedError and the key stays free). No partial object is ever visible:
+a failed or interrupted upload leaves the key absent, and what it left behind
+is listed by :meth:`Store.pending` and removed by :meth:`Store.sweep`. With a
+*lock*, concurrent puts of one key send its bytes once (:mod:`.lock`). A
+download lands under its name only once its bytes matched the object's sha256.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import datetime
 import hashlib
 import io
 from collections.abc import Iterator, Mapping
@@ -32,9 +38,11 @@ from konduktor.storage.base import (
     SIZE,
     Backend,
     ObjectInfo,
+    Pending,
     Progress,
     PutResult,
 )
+from konduktor.storage.lock import UploadLock
 
 RACE_ATTEMPTS = 3  # rounds of look + create-only write when other writers keep colliding
 
@@ -61,10 +69,44 @@ class Store:
         sha256: str,
         metadata: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        lock: str | None = None,
     ) -> PutResult:
-        """Create *key* from the file *path* (whose sha256 the caller computed), create-only."""
+        """Create *key* from the file *path*, create-only, if its bytes have this *sha256*.
+
+        *lock* names a marker key (``layout.Name.lock``): while this put uploads, other
+        puts of *key* with the same *lock* wait for it instead of sending the bytes too.
+        """
         size = path.stat().st_size
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
+        if lock is None:
+            return self._put(key, path, size, meta, progress)
+        return self._put_locked(UploadLock(self._backend, lock), key, path, size, meta, progress)
+
+    def _put_locked(
+        self,
+        lock: UploadLock,
+        key: str,
+        path: Path,
+        size: int,
+        meta: dict[str, str],
+        progress: Progress | None,
+    ) -> PutResult:
+        """Put while holding *lock*, or wait for its holder: each round ends in a result,
+        or in a wait that ends when the holder does (or is found dead)."""
+        while True:
+            existing = self._backend.head(key)
+            if existing is not None:
+                return self._already_there(existing, meta[SHA256])
+            if lock.acquire():
+                with lock.held():
+                    return self._put(key, path, size, meta, progress)  # it looks again first
+            lock.wait(until=lambda: self._backend.head(key) is not None)
+
+    def _put(
+        self, key: str, path: Path, size: int, meta: dict[str, str], progress: Progress | None
+    ) -> PutResult:
+        """Look, then create-only; a lost race looks again, RACE_ATTEMPTS times at most."""
+        sha256 = meta[SHA256]
         for _ in range(RACE_ATTEMPTS):
             existing = self._backend.head(key)
             if existing is not None:
@@ -123,6 +165,19 @@ class Store:
     def mark(self, key: str) -> None:
         """Create or replace the small marker object *key* (its modified time says when)."""
         self._backend.mark(key)
+
+    def pending(self, prefix: str = "") -> Iterator[Pending]:
+        """Unfinished writes under *prefix* (interrupted uploads), in key order."""
+        return self._backend.pending(prefix)
+
+    def sweep(self, older_than: datetime.timedelta, prefix: str = "") -> builtins.list[Pending]:
+        """Abort the unfinished writes under *prefix* started more than *older_than* ago;
+        the younger ones may be writes in progress. Returns those aborted."""
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
+        swept = [p for p in self._backend.pending(prefix) if p.started < cutoff]
+        for pending in swept:
+            self._backend.abort(pending)
+        return swept
 
     def signed_url(self, key: str, expires_seconds: int) -> str | None:
         """An HTTPS URL a pod can GET without credentials, or None if the store cannot sign."""

@@ -20,10 +20,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import io
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from konduktor.storage import base
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 16 << 20  # resumable upload chunk (GCS wants a multiple of 256 KiB)
+SINGLE_REQUEST_LIMIT = 8 << 20  # the SDK sends files up to this size in one request
 RETRY_DEADLINE = 10.0  # seconds of retries for one metadata request, at most
 MAX_SIGNED_SECONDS = 7 * 24 * 3600  # GCS refuses V4 signatures that outlive 7 days
 EMULATOR_PROJECT = "konduktor-emulator"  # an emulator needs a project name, any name
@@ -264,25 +266,60 @@ class GCSBackend:
     def create(
         self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
     ) -> str | None:
-        """The new object's generation."""
-        # The SDK uploads files over 8 MiB resumable (in these chunks), smaller ones in a
-        # single request that carries their crc32c. A resumable upload is given the whole
-        # file's crc32c up front, so that GCS refuses to finalize damaged bytes (the SDK's
-        # own check runs once the object is visible, then deletes it).
+        """The new object's generation.
+
+        A file the SDK sends in one request is read, checked and sent from memory. A larger
+        one goes up resumable, in chunks the SDK may read again on a retry: it is hashed in
+        a first pass (sha256, md5 and crc32c), and the object GCS made is compared with
+        that pass, by GCS's own md5 and crc32c, then deleted by its generation if it
+        differs. GCS is also given the crc32c up front, so that it refuses to finalize
+        other bytes (the SDK's own check runs once the object is visible)."""
         blob = self._gcs_bucket.blob(self._key(key), chunk_size=CHUNK_SIZE)
         blob.metadata = dict(meta)
-        whole_crc32c = _crc32c(path)
-        with path.open("rb") as f, self._errors("upload"):
+        before = path.stat()
+        with base.Source(path, size, meta.get(base.SHA256)) as source:
+            if size <= SINGLE_REQUEST_LIMIT:
+                data = source.read(size)
+                source.check()
+                self._upload(blob, io.BytesIO(data), size, _Sums([data]), progress)
+                return str(blob.generation)
+            sums = _Sums(source.chunks(_CRC_BLOCK))
+            source.check()
+        try:
+            with path.open("rb") as f:
+                self._upload(blob, f, size, sums, progress)
+        except errors.StorageError as exc:  # e.g. GCS refused other bytes than the crc32c's
+            if _fingerprint(path.stat()) != _fingerprint(before):
+                raise errors.SourceChangedError(base.changed(path, source.sha256 or "")) from exc
+            raise
+        self._check_sent(key, blob, size, sums, path, before)
+        return str(blob.generation)
+
+    def _upload(
+        self, blob: Any, f: Any, size: int, sums: _Sums, progress: base.Progress | None
+    ) -> None:
+        with self._errors("upload"):
             blob.upload_from_file(
                 base.ReportingReader(f, progress),
                 size=size,
                 if_generation_match=0,
                 checksum="crc32c",
-                crc32c_checksum_value=whole_crc32c,
+                crc32c_checksum_value=sums.crc32c(),
                 retry=self._transfer_retry,
                 timeout=self._timeout,
             )
-        return str(blob.generation)
+
+    def _check_sent(
+        self, key: str, blob: Any, size: int, sums: _Sums, path: Path, before: os.stat_result
+    ) -> None:
+        """Delete the new object, SourceChangedError, unless GCS got the bytes hashed first
+        and the file did not change while it was read again."""
+        md5 = blob.md5_hash  # None for composite objects; crc32c is always there
+        same = (int(blob.size), blob.crc32c) == (size, sums.crc32c()) and md5 in (None, sums.md5())
+        if same and _fingerprint(path.stat()) == _fingerprint(before):
+            return
+        self.discard(key, str(blob.generation))
+        raise errors.SourceChangedError(base.changed(path, blob.metadata[base.SHA256]))
 
     def discard(self, key: str, version: str | None) -> None:
         # only this upload's generation (create always names it): never a rival's object
@@ -328,15 +365,28 @@ class GCSBackend:
         with contextlib.suppress(errors.MissingKeyError), self._errors("delete"):
             self._gcs_bucket.delete_blob(self._key(key), retry=self._retry, timeout=self._timeout)
 
-    def mark(self, key: str) -> None:
+    def mark(self, key: str, *, create_only: bool = False, note: str = "") -> None:
         self._ensure_bucket()
         blob = self._gcs_bucket.blob(self._key(key))
-        # An overwrite, so not create-only. GCS allows one write per second to a name and
-        # answers 429 beyond that, which the retry absorbs.
+        condition = {"if_generation_match": 0} if create_only else {}
+        # GCS allows one write per second to a name and answers 429 beyond that, which the
+        # retry absorbs.
         with self._errors("write a marker"):
             blob.upload_from_string(
-                base.utc_now(), content_type="text/plain", retry=self._retry, timeout=self._timeout
+                base.marker_text(note),
+                content_type="text/plain",
+                retry=self._retry,
+                timeout=self._timeout,
+                **condition,
             )
+
+    def pending(self, prefix: str) -> Iterator[base.Pending]:
+        """Nothing: GCS cannot list resumable upload sessions; it drops unfinished ones
+        itself after a week, and they are not billed as objects."""
+        return iter(())
+
+    def abort(self, pending: base.Pending) -> None:
+        """Nothing to do: :meth:`pending` never lists anything here."""
 
     def sign(self, key: str, expires_seconds: int) -> str | None:
         """A V4 signed GET URL; None when the credentials hold no private key to sign with.
@@ -383,13 +433,25 @@ def _metadata_retry(options: base.StoreOptions) -> Retry:
     return retry.with_timeout(deadline)
 
 
-def _crc32c(path: Path) -> str:
-    """The file's CRC32C as GCS writes it: base64 of the big-endian 32-bit value."""
-    checksum = _new_crc32c()
-    with path.open("rb") as f:
-        while block := f.read(_CRC_BLOCK):
-            checksum.update(block)
-    return base64.b64encode(checksum.digest()).decode("ascii")
+class _Sums:
+    """The md5 and crc32c of bytes, as GCS writes them: base64 of the digests."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._crc32c = _new_crc32c()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        for chunk in chunks:
+            self._crc32c.update(chunk)
+            self._md5.update(chunk)
+
+    def crc32c(self) -> str:
+        return base64.b64encode(self._crc32c.digest()).decode("ascii")
+
+    def md5(self) -> str:
+        return base64.b64encode(self._md5.digest()).decode("ascii")
+
+
+def _fingerprint(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _info(key: str, blob: Any) -> base.ObjectInfo:

@@ -1,9 +1,14 @@
 """``file://PATH``: a directory as an object store (the embedded default).
 
 An object is a file at PATH/<key> with its metadata in PATH/<key>.meta.json.
-Writes go to a temporary name in the same directory; the object appears with
-``os.link`` (which refuses an existing name: the create-only write), so a reader
-never sees a partial object, and metadata is in place before the object is.
+Writes go to a temporary name in the same directory (hidden: ``.<name>.<random>``),
+hashed on the way; the object appears with ``os.link`` (which refuses an existing
+name: the create-only write) once its bytes matched their sha256, so a reader never
+sees a partial object, and metadata is in place (written just before) when it appears.
+
+The store is private, since file mounts (an SSH key) land in it: directories are 0700,
+the root included (a group- or world-accessible root of this user's is tightened on
+the first write), objects and metadata 0600. The pod copies from it as the same user.
 """
 
 from __future__ import annotations
@@ -12,17 +17,25 @@ import contextlib
 import datetime
 import io
 import json
+import logging
 import os
+import posixpath
+import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from konduktor.cache import atomic_file, atomic_write
 from konduktor.errors import KeyTakenError, MissingKeyError, PermissionDeniedError, StorageError
 from konduktor.storage import base
 
+log = logging.getLogger(__name__)
+
 _META = ".meta.json"
 _CHUNK = 1 << 20
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")  # cache.atomic_file's names
 
 _ERRORS = base.ErrorTable(
     (FileNotFoundError, MissingKeyError, "{s.url}: {reason}"),
@@ -38,6 +51,7 @@ class LocalBackend:
         _, path, _ = base.parse_url(url)
         self.root = Path(os.path.expanduser(path))
         self.url = f"file://{self.root}"
+        self._private = False  # the root is known to be 0700
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -73,16 +87,42 @@ class LocalBackend:
         target = self._path(key)
         try:
             with self._errors():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(_meta_path(target), json.dumps(meta).encode())
-                with atomic_file(target, place=_link) as out, path.open("rb") as src:
-                    os.fchmod(out.fileno(), 0o644)  # not the temporary file's 0600
-                    shutil.copyfileobj(base.ReportingReader(src, progress), out, _CHUNK)
+                self._make_dirs(target.parent)
+                with (
+                    base.Source(path, size, meta.get(base.SHA256)) as source,
+                    atomic_file(target, place=_link) as out,
+                ):
+                    _copy(source, out, progress)
+                    source.check()  # before the link: changed bytes never show
+                    atomic_write(_meta_path(target), json.dumps(meta).encode())
         except BaseException:
             if not target.exists():  # no object: its metadata must not linger either
                 _meta_path(target).unlink(missing_ok=True)
             raise
         return None  # no versions: the link made the object this writer's own
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create *directory* and its missing parents 0700; tighten an open root once."""
+        if not self._private:
+            self._tighten_root()
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a rival writer made it
+                d.mkdir(mode=0o700)
+
+    def _tighten_root(self) -> None:
+        """Make this user's existing root 0700: objects may be private files (SSH keys)."""
+        try:
+            st = self.root.stat()
+        except FileNotFoundError:
+            return  # _make_dirs creates it 0700
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            log.warning(
+                "%s was readable by other users; made it 0700 (objects may be private files)",
+                self.root,
+            )
+            self.root.chmod(0o700)
+        self._private = True
 
     def discard(self, key: str, version: str | None) -> None:
         self.delete(key)  # the object is this writer's: keys are never overwritten here
@@ -115,9 +155,47 @@ class LocalBackend:
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
 
-    def mark(self, key: str) -> None:
+    def mark(self, key: str, *, create_only: bool = False, note: str = "") -> None:
+        target = self._path(key)
         with self._errors():
-            atomic_write(self._path(key), base.utc_now().encode())
+            self._make_dirs(target.parent)
+            with atomic_file(target, place=_link if create_only else os.replace) as out:
+                out.write(base.marker_text(note))
+
+    def pending(self, prefix: str) -> Iterator[base.Pending]:
+        """Temporary files left by interrupted writes, and metadata without its object."""
+        found = []
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                pending = self._pending(Path(dirpath) / name)
+                if pending is not None and pending.key.startswith(prefix):
+                    found.append(pending)
+        yield from sorted(found, key=lambda p: (p.key, p.ref))
+
+    def _pending(self, path: Path) -> base.Pending | None:
+        """The unfinished write *path* is a trace of, if it is one."""
+        temporary = _TEMPORARY.match(path.name)
+        if temporary is not None:
+            name, what = temporary["name"].removesuffix(_META), "partial file"
+        elif path.name.endswith(_META) and not _object_of(path).exists():
+            name, what = path.name.removesuffix(_META), "orphan metadata"
+        else:
+            return None
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:  # finished or removed meanwhile
+            return None
+        rel = path.relative_to(self.root).as_posix()
+        key = posixpath.join(posixpath.dirname(rel), name)
+        started = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
+        return base.Pending(key, started, what, ref=rel)
+
+    def abort(self, pending: base.Pending) -> None:
+        path = self.root / pending.ref
+        if pending.what == "orphan metadata" and _object_of(path).exists():
+            return  # its write finished since it was listed
+        with self._errors():
+            path.unlink(missing_ok=True)
 
     def sign(self, key: str, expires_seconds: int) -> str | None:
         return None  # the pod copies from the path itself
@@ -128,6 +206,17 @@ class LocalBackend:
 
 def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + _META)
+
+
+def _object_of(meta: Path) -> Path:
+    return meta.with_name(meta.name.removesuffix(_META))
+
+
+def _copy(source: base.Source, out: BinaryIO, progress: base.Progress | None) -> None:
+    for chunk in source.chunks(_CHUNK):
+        out.write(chunk)
+        if progress is not None:
+            progress(len(chunk))
 
 
 def _link(tmp: str, target: Path) -> None:

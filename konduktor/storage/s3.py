@@ -19,10 +19,10 @@ import contextlib
 import datetime
 import io
 import logging
-import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -235,10 +235,11 @@ class S3Backend:
     def create(
         self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
     ) -> str | None:
-        if size < MULTIPART_THRESHOLD:
-            self._put_single(key, path, meta, progress)
-        else:
-            self._put_multipart(key, path, size, meta, progress)
+        with base.Source(path, size, meta.get(base.SHA256)) as source:
+            if size < MULTIPART_THRESHOLD:
+                self._put_single(key, source, meta, progress)
+            else:
+                self._put_multipart(key, source, meta, progress)
         return None  # S3 objects carry no generation to tell this one from a rival's
 
     def discard(self, key: str, version: str | None) -> None:
@@ -246,31 +247,63 @@ class S3Backend:
         log.warning("%s/%s failed its check after the upload; delete it by hand", self.url, key)
 
     def _put_single(
-        self, key: str, path: Path, meta: base.Metadata, progress: base.Progress | None
+        self, key: str, source: base.Source, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
-        with path.open("rb") as f, self._errors("upload"):
-            body = base.ReportingReader(f, progress)
+        """One conditional PUT of bytes read and checked first: botocore reads a body more
+        than once (checksums, retries), so a streamed file could change in between."""
+        data = source.read(source.size)
+        source.check()
+        with self._errors("upload"):
             self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=meta, IfNoneMatch="*"
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=base.ReportingReader(io.BytesIO(data), progress),
+                Metadata=meta,
+                IfNoneMatch="*",
             )
 
     def _put_multipart(
-        self, key: str, path: Path, size: int, meta: base.Metadata, progress: base.Progress | None
+        self, key: str, source: base.Source, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
         target = {"Bucket": self.bucket, "Key": self._key(key)}
-        with self._errors("start a multipart upload"):
-            upload_id = self._client.create_multipart_upload(**target, Metadata=meta)["UploadId"]
+        upload_id = self._start_multipart(target, meta)
         try:
-            parts = self._send_parts(target, upload_id, path, size, progress)
+            parts = self._send_parts(target, upload_id, source, progress)
             with self._errors("finish the multipart upload"):
                 self._client.complete_multipart_upload(
                     **target, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
                 )
         except BaseException:
             # Parts of an unfinished upload are invisible but stored (and billed) until
-            # aborted: a failed part, a lost race (412 on complete) and Ctrl-C all abort.
+            # aborted: a failed part, a changed file, a lost race (412 on complete) and
+            # Ctrl-C all abort.
             self._abort(target, upload_id)
             raise
+
+    def _start_multipart(self, target: dict[str, str], meta: base.Metadata) -> str:
+        """A new upload's id. A create whose answer was lost, then retried, made an upload
+        nobody knows: the one started just before ours, on this key, is aborted."""
+        started = time.monotonic()
+        with self._errors("start a multipart upload"):
+            answer = self._client.create_multipart_upload(**target, Metadata=meta)
+        upload_id: str = answer["UploadId"]
+        if answer.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0:
+            window = datetime.timedelta(seconds=time.monotonic() - started + 1)
+            for orphan in self._orphans(target["Key"], upload_id, window):
+                self._abort(target, orphan)
+        return upload_id
+
+    def _orphans(self, key: str, upload_id: str, window: datetime.timedelta) -> list[str]:
+        """Uploads of *key* started within *window* before *upload_id* (by the store's clock)."""
+        uploads = [u for u in self._uploads(key) if u["Key"] == key]
+        ours = [u["Initiated"] for u in uploads if u["UploadId"] == upload_id]
+        if not ours:
+            return []
+        return [
+            u["UploadId"]
+            for u in uploads
+            if u["UploadId"] != upload_id and ours[0] - window <= u["Initiated"] <= ours[0]
+        ]
 
     def _abort(self, target: dict[str, str], upload_id: str) -> None:
         try:
@@ -279,7 +312,8 @@ class S3Backend:
             # the failure being handled matters more; say what is left behind
             log.warning(
                 "could not abort multipart upload %s of s3://%s/%s; its parts stay until a "
-                "lifecycle rule (AbortIncompleteMultipartUpload) removes them",
+                "lifecycle rule (AbortIncompleteMultipartUpload) or `konduktor store gc` "
+                "removes them",
                 upload_id,
                 target["Bucket"],
                 target["Key"],
@@ -290,17 +324,17 @@ class S3Backend:
         self,
         target: dict[str, str],
         upload_id: str,
-        path: Path,
-        size: int,
+        source: base.Source,
         progress: base.Progress | None,
     ) -> list[dict[str, Any]]:
-        part_size = _part_size(size)
+        """Read the parts in order in this thread (hashing them), send them from a pool, at
+        most PARALLEL_PARTS in flight; the parts, once the bytes read passed their check."""
+        part_size = _part_size(source.size)
+        slots = threading.BoundedSemaphore(PARALLEL_PARTS)
+        failed = threading.Event()
         lock = threading.Lock()  # the caller's progress callback need not be thread-safe
-        fd = os.open(path, os.O_RDONLY)
 
-        def send(number: int) -> dict[str, Any]:
-            offset = (number - 1) * part_size
-            body = os.pread(fd, min(part_size, size - offset), offset)
+        def send(number: int, body: bytes) -> dict[str, Any]:
             with self._errors("upload a part"):
                 done = self._client.upload_part(
                     **target, UploadId=upload_id, PartNumber=number, Body=body
@@ -310,14 +344,26 @@ class S3Backend:
                     progress(len(body))
             return {"PartNumber": number, "ETag": done["ETag"]}
 
-        count = -(-size // part_size)
+        def finished(future: Future[dict[str, Any]]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                failed.set()
+            slots.release()
+
         pool = ThreadPoolExecutor(max_workers=PARALLEL_PARTS, thread_name_prefix="s3-part")
+        futures = []
         try:
-            return list(pool.map(send, range(1, count + 1)))
+            for number in range(1, -(-source.size // part_size) + 1):
+                slots.acquire()
+                if failed.is_set():
+                    break  # its error is raised below
+                futures.append(pool.submit(send, number, source.read(part_size)))
+                futures[-1].add_done_callback(finished)
+            parts = [f.result() for f in futures]
+            source.check()
+            return parts
         finally:
             # wait for parts in flight: one finishing after the abort would survive it
             pool.shutdown(wait=True, cancel_futures=True)
-            os.close(fd)
 
     def stream(self, key: str, out: io.RawIOBase) -> base.ObjectInfo | None:
         response = self._object("download", self._client.get_object, key)
@@ -353,12 +399,41 @@ class S3Backend:
         with self._errors("delete"):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def mark(self, key: str) -> None:
+    def mark(self, key: str, *, create_only: bool = False, note: str = "") -> None:
         self._ensure_bucket()
+        condition = {"IfNoneMatch": "*"} if create_only else {}
         with self._errors("write a marker"):
             self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=base.utc_now().encode()
+                Bucket=self.bucket, Key=self._key(key), Body=base.marker_text(note), **condition
             )
+
+    def pending(self, prefix: str) -> Iterator[base.Pending]:
+        """Multipart uploads never completed nor aborted, under *prefix*."""
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        for upload in self._uploads(self._key(prefix)):
+            started = upload["Initiated"].astimezone(datetime.timezone.utc)
+            what = f"multipart upload {upload['UploadId']}"
+            yield base.Pending(upload["Key"][cut:], started, what, ref=upload["UploadId"])
+
+    def _uploads(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """The unfinished multipart uploads of the bucket's names under *prefix*."""
+        self._ensure_bucket()
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+        )
+        with self._errors("list multipart uploads"):
+            for page in pages:
+                yield from page.get("Uploads", [])
+
+    def abort(self, pending: base.Pending) -> None:
+        with self._errors("abort a multipart upload"):
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self._key(pending.key), UploadId=pending.ref
+                )
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) != "NoSuchUpload":  # else completed or aborted meanwhile
+                    raise
 
     def sign(self, key: str, expires_seconds: int) -> str | None:
         """A SigV4 presigned GET; S3 refuses those that outlive 7 days (604800 s)."""
