@@ -70,11 +70,18 @@ def store() -> None:
 @store.command("ls")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, one per line.")
-def store_ls(store_url: str | None, as_json: bool) -> None:
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="List unfinished uploads instead (`store gc` aborts those over a day old).",
+)
+def store_ls(store_url: str | None, as_json: bool, pending: bool) -> None:
     """List stored layers with their commit, size and when they were last used."""
     from konduktor import remote
 
     now = datetime.datetime.now(datetime.timezone.utc)
+    if pending:
+        return _ls_pending(open_store(store_url), now, as_json)
     for layer in remote.layers(open_store(store_url)):
         age = now - layer.last_used
         if as_json:
@@ -83,6 +90,16 @@ def store_ls(store_url: str | None, as_json: bool) -> None:
             commit = (layer.commit or "-")[:12]
             size = units.size(layer.size)
             click.echo(f"{layer.kind:<8} {commit:<12} {size:>9}  {units.age(age):>5}  {layer.key}")
+
+
+def _ls_pending(target: Store, now: datetime.datetime, as_json: bool) -> None:
+    for upload in target.pending():
+        age = now - upload.started
+        if as_json:
+            row = {"key": upload.key, "what": upload.what, "started": upload.started.isoformat()}
+            click.echo(json.dumps({**row, "age_seconds": int(age.total_seconds())}))
+        else:
+            click.echo(f"{units.age(age):>5}  {upload.what:<24}  {upload.key}")
 
 
 @store.command("gc")
@@ -95,7 +112,8 @@ def store_ls(store_url: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
 @store_option
 def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
-    """Delete layers that no upload or launch used within AGE, and launch plans older.
+    """Delete layers that no upload or launch used within AGE, and launch plans older;
+    abort uploads left pending for over a day (interrupted ones).
 
     Every upload and launch refreshes a last-used marker of each layer it uses
     before it submits anything, so a layer about to be used is never deleted.
@@ -105,13 +123,19 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
     target, age = open_store(store_url), remote.parse_age(older_than)
     victims = remote.gc(target, age, dry_run=dry_run)
     plans = remote.gc_plans(target, age, dry_run=dry_run)
+    pending = remote.gc_pending(target, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     now = datetime.datetime.now(datetime.timezone.utc)
     for layer in victims:
         unused = units.age(now - layer.last_used)
         click.echo(f"{verb} {layer.key} ({units.size(layer.size)}, unused for {unused})")
+    for upload in pending:
+        click.echo(f"{'would abort' if dry_run else 'aborted'} {upload.what} of {upload.key}")
     size = units.size(sum(v.size for v in victims))
-    click.echo(f"{verb} {len(victims)} layer(s), {size}, and {len(plans)} launch plan(s)")
+    click.echo(
+        f"{verb} {len(victims)} layer(s), {size}, and {len(plans)} launch plan(s); "
+        f"{len(pending)} upload(s) pending for over a day"
+    )
 
 
 @click.command()

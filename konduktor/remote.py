@@ -24,6 +24,7 @@ from konduktor.cache import Built, Vouched
 from konduktor.errors import ConflictError, KonduktorError, StorageError, UsageError
 from konduktor.plan import TO_UPLOAD, Layer
 from konduktor.storage import ObjectInfo, Progress, Store
+from konduktor.storage.base import Pending
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,19 @@ def gc_plans(
         for info in victims:
             store.delete(info.key)
     return victims
+
+
+PENDING_AGE = datetime.timedelta(days=1)  # an upload pending this long was interrupted
+
+
+def gc_pending(store: Store, *, dry_run: bool = False) -> list[Pending]:
+    """Abort the uploads left pending for more than PENDING_AGE (an interrupted multipart
+    upload, a partial file of the ``file://`` store); return them. Younger ones may still
+    be in progress."""
+    if dry_run:
+        cutoff = _utcnow() - PENDING_AGE
+        return [p for p in store.pending() if p.started < cutoff]
+    return store.sweep(PENDING_AGE)
 
 
 def _cutoff(older_than: datetime.timedelta) -> datetime.datetime:

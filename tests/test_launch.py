@@ -4,6 +4,7 @@ fast-fail order, and bad input (one clear line, exit 1, nothing uploaded or subm
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from test_pod import toolbox
 
 from konduktor import layout, pod
 from konduktor.extract import sha256_file
-from konduktor.storage import open_store
+from konduktor.storage import StoreOptions, base, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -502,17 +503,14 @@ def test_a_replaced_layer_stops_the_launch_before_it_submits(
     quickstart: Path, khome: Path, kube_api: KubeAPI
 ) -> None:
     """A bucket writer swaps the base layer and its metadata: nothing is submitted."""
-    import hashlib
-    import json
-
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
     code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
-    for base in (khome / "store" / "v1" / "bases").rglob("*.tar.zst"):
-        meta = base.with_name(base.name + ".meta.json")
-        for path in (base, meta):
+    for layer in (khome / "store" / "v1" / "bases").rglob("*.tar.zst"):
+        meta = layer.with_name(layer.name + ".meta.json")
+        for path in (layer, meta):
             path.chmod(0o644)
-        base.write_bytes(b"injected")
+        layer.write_bytes(b"injected")
         fields = json.loads(meta.read_text())
         fields.update(sha256=hashlib.sha256(b"injected").hexdigest(), size="8")
         meta.write_text(json.dumps(fields))
@@ -551,3 +549,63 @@ def _read(store: Any, key: str, scratch: Path) -> bytes:
     dest = scratch / "read"
     store.get(key, dest)
     return dest.read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["file", "s3", "gcs"])
+def test_a_file_mount_that_changes_while_it_is_sent_fails_and_leaves_its_key_free(
+    backend: str,
+    tmp_path: Path,
+    khome: Path,
+    kube_api: KubeAPI,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its tail is rewritten as its upload begins: the launch says which file
+    changed and submits nothing; no object holds the wrong bytes under either digest,
+    and the next launch, once the file settled, succeeds."""
+    khome.mkdir()
+    url = f"file://{tmp_path}/store"
+    if backend != "file":
+        url, options = request.getfixturevalue(f"{backend}_store_factory")()
+        (khome / "config.yaml").write_text(
+            f"jobs:\n  bucket: {url}\nsync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+        )
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(12 << 20))
+    before = sha256_file(data)
+    task = tmp_path / "task.yaml"
+    task.write_text(f"name: changing\nfile_mounts:\n  ~/data.bin: {data}\nrun: 'true'\n")
+    kubeconfig = kube_api.write_kubeconfig(tmp_path)
+    read = base.Source.read
+
+    def change_then_read(self: base.Source, n: int) -> bytes:
+        if self.path == data and self.offset == 0:  # the upload has begun
+            with data.open("r+b") as f:
+                f.seek(-1024, os.SEEK_END)
+                f.write(os.urandom(1024))
+        return read(self, n)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(base.Source, "read", change_then_read)
+        code, _, err = run("launch", "-y", "--store", url, "--kubeconfig", kubeconfig, task)
+    assert code == 1, err
+    [line] = err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {data} changed while it was being uploaded"), err
+    assert kube_api.requests == []
+    store = open_store(url, StoreOptions(endpoint_url=_endpoint(khome)))
+    after = sha256_file(data)
+    assert store.stat(layout.file(before).key) is None
+    assert store.stat(layout.file(after).key) is None
+    code, _, err = run("launch", "-y", "--store", url, "--kubeconfig", kubeconfig, task)
+    assert code == 0, err
+    assert len(kube_api.requests) == 1
+    info = store.stat(layout.file(after).key)
+    assert info is not None
+    assert info.sha256 == after
+
+
+def _endpoint(khome: Path) -> str | None:
+    config = khome / "config.yaml"
+    if not config.exists():
+        return None
+    return str(yaml.safe_load(config.read_text())["sync"]["store"]["endpoint_url"])

@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from gitrepo_helpers import make_repo
 from test_cli import run
@@ -314,3 +316,28 @@ def test_gc_deletes_plans_older_than_the_cutoff(
     assert store.stat(doomed.key) is not None
     remote.gc_plans(store, datetime.timedelta(days=1))
     assert store.stat(doomed.key) is None
+
+
+def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
+    s3_store_factory: Any, tmp_path: Path
+) -> None:
+    """An interrupted multipart upload is invisible in the bucket but billed until aborted:
+    `store ls --pending` shows it and `store gc` aborts it (moto dates uploads in 2010)."""
+    url, options = s3_store_factory()
+    (tmp_path / "no-config.yaml").write_text(
+        f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    )
+    bucket = url.removeprefix("s3://")
+    s3 = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    s3.create_multipart_upload(Bucket=bucket, Key="v1/objects/00/left")
+    code, out, err = run("store", "ls", "--pending", "--store", url)
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert "multipart upload" in line
+    assert line.endswith("v1/objects/00/left")
+    code, out, err = run("store", "gc", "--older-than", "30d", "--store", url)
+    assert code == 0, err
+    assert "aborted multipart upload" in out
+    assert "1 upload(s) pending for over a day" in out
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert run("store", "ls", "--pending", "--store", url)[1] == ""

@@ -99,8 +99,19 @@ class Store:
                 return self._already_there(existing, meta[SHA256])
             if lock.acquire():
                 with lock.held():
-                    return self._put(key, path, size, meta, progress)  # it looks again first
+                    try:
+                        return self._put(key, path, size, meta, progress)  # looks again first
+                    finally:
+                        self._abort_orphans(key)
             lock.wait(until=lambda: self._backend.head(key) is not None)
+
+    def _abort_orphans(self, key: str) -> None:
+        """Abort what is still pending of *key*: under its lock nobody else uploads it, so
+        that was left by a holder that died (SIGKILL) or a create whose answer was lost."""
+        with contextlib.suppress(StorageError):  # the sweep of `store gc` is the backstop
+            for pending in list(self._backend.pending(key)):
+                if pending.key == key:
+                    self._backend.abort(pending)
 
     def _put(
         self, key: str, path: Path, size: int, meta: dict[str, str], progress: Progress | None

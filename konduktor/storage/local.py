@@ -165,7 +165,8 @@ class LocalBackend:
     def pending(self, prefix: str) -> Iterator[base.Pending]:
         """Temporary files left by interrupted writes, and metadata without its object."""
         found = []
-        for dirpath, _, filenames in os.walk(self.root):
+        top = self.root / posixpath.dirname(prefix)  # keys under prefix live only below it
+        for dirpath, _, filenames in os.walk(top):
             for name in filenames:
                 pending = self._pending(Path(dirpath) / name)
                 if pending is not None and pending.key.startswith(prefix):
