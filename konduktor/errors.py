@@ -14,6 +14,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
     ├── ClusterError      the Kubernetes API is unreachable or refused a request
+    ├── SetupError        this machine cannot do the work (TMPDIR missing or full)
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
         │   └── MissingKeyError    the key does not exist (backends: a normal answer)
@@ -106,6 +107,10 @@ class KeyTakenError(ConflictError):
 
 class TransientError(StorageError):
     """The store could not be reached, or kept failing, after retries."""
+
+
+class SetupError(KonduktorError):
+    """This machine's setup cannot do the work: TMPDIR is missing, unwritable or full."""
 
 
 class ClusterError(KonduktorError):
