@@ -490,3 +490,35 @@ def test_the_sweep_is_big_and_its_files_are_what_they_claim(world: World) -> Non
     huge = world.root / "bigwork" / "huge.bin"
     assert huge.stat().st_size == _BIG
     assert huge.stat().st_blocks * 512 < 1 << 20  # sparse: the test costs no disk
+
+
+@pytest.mark.usefixtures("clean_bucket")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("launch", "--dry-run", "%P%/task.yaml"),
+        ("launch", "-y", "--kubeconfig", "%R%/kubeconfig", "%P%/task.yaml"),
+        ("snapshot", "%R%/bigwork", "--upload"),
+    ],
+    ids=["launch-dry-run", "launch", "snapshot-upload"],
+)
+def test_the_hard_limit_refuses_before_any_file_is_read(
+    world: World, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    from konduktor import launch, snapshot
+
+    def never(path: object) -> str:
+        raise AssertionError(f"{path} was hashed")
+
+    monkeypatch.setattr(snapshot, "_hash_file", never)
+    monkeypatch.setattr(launch, "sha256_file", never)
+    task = _write_inputs(Case("big", "workdir: %R%/bigwork\nrun: ls\n"), world, monkeypatch)
+    assert task == world.project / "task.yaml"
+    world.kube.requests.clear()
+    code, out, err = run(*(world.fill(a) for a in args))
+    assert (code, out) == (1, ""), err
+    assert err.startswith("error: ")
+    assert "would ship 20480 MB, above the hard limit of 10000 MB (sync.hard_limit_mb)" in err
+    assert "huge.bin (20480.0 MB)" in err
+    assert _bucket_state(world.endpoint) == ([], [])
+    assert world.kube.requests == []
