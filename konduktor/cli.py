@@ -156,9 +156,10 @@ def snapshot(
     from konduktor import config
     from konduktor import snapshot as snap
 
-    level = level or config.load().compression_level
+    cfg = config.load()
+    level = level or cfg.compression_level
     if upload:
-        return _upload(path, commit, level, as_json, out, store_url)
+        return _upload(path, commit, level, as_json, out, store_url, cfg.hard_limit_mb)
     with _progress("snapshot") as progress:
         info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
     warn(info.warnings)
@@ -169,14 +170,23 @@ def snapshot(
 
 
 def _upload(
-    path: Path, commit: str | None, level: int, as_json: bool, out: Path | None, url: str | None
+    path: Path,
+    commit: str | None,
+    level: int,
+    as_json: bool,
+    out: Path | None,
+    url: str | None,
+    hard_limit_mb: float,
 ) -> None:
     from konduktor import remote
+    from konduktor import snapshot as snap
 
     if out is not None:
         raise click.UsageError("--out and --upload do not go together")
     store = open_store(url)
-    result = remote.upload(path, store, commit=commit, level=level, progress=_byte_bar)
+    p = snap.plan(path, commit=commit, level=level, hash_files=False)
+    snap.check_size(str(path), snap.shipped_sizes(p), hard_limit_mb)  # before hashing
+    result = remote.upload_plan(snap.with_keys(p), store, progress=_byte_bar)
     if result.info is not None:
         warn(result.info.warnings)
     if as_json:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import difflib
 import getpass
+import math
 import os
 import posixpath
 import re
@@ -45,8 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from konduktor import inputs
 from konduktor.cache import atomic_write, konduktor_home
 from konduktor.errors import ConfigError, UsageError
 from konduktor.storage import StoreOptions, parse_url
@@ -74,6 +74,17 @@ _HOOKS_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _GIT_KEYS: dict[str, type | tuple[type, ...]] = {"ssh_key": str, "ssh_secret": str}
 _TOP_KEYS = ("allowed_clouds", "jobs", "sync", "hooks", "git")
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest an S3 presigned URL may live
+_ENDPOINT = re.compile(
+    r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r"(:(?P<port>[0-9]{1,5}))?(/[^\s?#]*)?"
+)
+# (key, lowest, highest) for the whole numbers of the config
+_COUNTS = (
+    ("sync.compression_level", 1, 22),
+    ("sync.presign_seconds", 1, MAX_PRESIGN_SECONDS),
+    ("sync.store.max_attempts", 1, 100),
+)
 
 
 @dataclass(frozen=True)
@@ -120,11 +131,11 @@ def load(path: Path | None = None) -> Config:
     """Read and validate the config file; a missing file means all defaults."""
     path = path or config_path()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = inputs.load_yaml(path, ConfigError, "config file") or {}
     except FileNotFoundError:
         return Config(path=None)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}; check its permissions") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of keys, not {_kind(data)}")
     return _validate(path, data)
@@ -147,11 +158,11 @@ def _validate(path: Path, data: dict[str, Any]) -> Config:
             raise ConfigError(f"{path}: jobs.bucket: {exc}") from exc
     sync = _section(path, "sync", data.get("sync", {}), _SYNC_KEYS)
     store = _section(path, "sync.store", sync.pop("store", {}), _STORE_KEYS)
-    if store.get("retry_mode", "standard") not in ("standard", "adaptive"):
-        raise ConfigError(f"{path}: sync.store.retry_mode must be standard or adaptive")
-    level = sync.get("compression_level", 3)
-    if not 1 <= level <= 22:
-        raise ConfigError(f"{path}: sync.compression_level must be between 1 and 22")
+    problems = [*_ranges(sync, store), *_store_problems(store)]
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    if "hard_limit_mb" in sync and "soft_limit_mb" not in sync:  # the warning comes first
+        sync["soft_limit_mb"] = min(Config.soft_limit_mb, sync["hard_limit_mb"])
     hooks = _hooks(path, data.get("hooks", {}))
     git = _section(path, "git", data.get("git", {}), _GIT_KEYS)
     ssh_key = Path(os.path.expanduser(git["ssh_key"])) if "ssh_key" in git else None
@@ -167,9 +178,55 @@ def _validate(path: Path, data: dict[str, Any]) -> Config:
     )
 
 
+def _ranges(sync: dict[str, Any], store: dict[str, Any]) -> list[str]:
+    """Every number out of its range (all of them, in one message)."""
+    values = {f"sync.{k}": v for k, v in sync.items()}
+    values.update({f"sync.store.{k}": v for k, v in store.items()})
+    problems = [
+        f"{key} must be between {low} and {high}, not {values[key]!r}"
+        for key, low, high in _COUNTS
+        if key in values and not low <= values[key] <= high
+    ]
+    for key in ("sync.soft_limit_mb", "sync.hard_limit_mb"):
+        if key in values and not 0 < values[key] < math.inf:  # NaN fails too
+            problems.append(f"{key} must be a number of MB above 0, not {values[key]!r}")
+    soft = values.get("sync.soft_limit_mb", 0)
+    hard = values.get("sync.hard_limit_mb", Config.hard_limit_mb)
+    if soft > hard:
+        problems.append(
+            f"sync.soft_limit_mb ({soft:g}) is above sync.hard_limit_mb ({hard:g}); the "
+            "warning must come before the refusal: lower it"
+        )
+    return problems
+
+
+def _store_problems(store: dict[str, Any]) -> list[str]:
+    problems = []
+    if store.get("retry_mode", "standard") not in ("standard", "adaptive"):
+        problems.append("sync.store.retry_mode must be standard or adaptive")
+    url = store.get("endpoint_url")
+    if url is not None and "@" in url:  # never echo it: user:secret@host
+        problems.append(
+            "sync.store.endpoint_url holds credentials (user:password@); remove them and "
+            "put the keys in an AWS profile (sync.store.profile) or in AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
+        )
+    elif url is not None and not _endpoint_ok(url):
+        problems.append(
+            f"sync.store.endpoint_url {url!r} is not http(s)://host[:port][/path]; "
+            "write e.g. http://127.0.0.1:9000"
+        )
+    return problems
+
+
+def _endpoint_ok(url: str) -> bool:
+    match = _ENDPOINT.fullmatch(url)
+    return match is not None and int(match["port"] or 1) in range(1, 65536)
+
+
 def _hooks(path: Path, value: object) -> HookSettings:
     section = _section(path, "hooks", value, _HOOKS_KEYS)
-    if section.get("timeout", 1) <= 0:
+    if not 0 < section.get("timeout", 1) < math.inf:
         raise ConfigError(f"{path}: hooks.timeout must be a number of seconds above 0")
     if section.get("strict") and section.get("background"):
         raise ConfigError(

@@ -14,7 +14,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
     ├── ClusterError      the Kubernetes API is unreachable or refused a request
-    ├── ScratchError      $TMPDIR is full or unusable for the layers being built
+    ├── SetupError        this machine cannot do the work (TMPDIR missing or full)
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
         │   └── MissingKeyError    the key does not exist (backends: a normal answer)
@@ -54,10 +54,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-class ScratchError(KonduktorError):
-    """The scratch directory under $TMPDIR has no room, or cannot be used."""
 
 
 class UsageError(KonduktorError):
@@ -127,6 +123,10 @@ class KeyTakenError(ConflictError):
 
 class TransientError(StorageError):
     """The store could not be reached, or kept failing, after retries."""
+
+
+class SetupError(KonduktorError):
+    """This machine's setup cannot do the work: TMPDIR is missing, unwritable or full."""
 
 
 class ClusterError(KonduktorError):

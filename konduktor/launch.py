@@ -3,8 +3,9 @@ and ``--dry-run`` alike. It fails fast, in this order:
 
 1. the task and config are valid and, for a cluster, the kubeconfig context exists;
    in git mode, the SSH key, the remote, the pushed commit and the host keys;
-2. :func:`prepare` plans a snapshot of the workdir and of every local mount, and
-   sums it up; above the hard size limit it refuses;
+2. :func:`prepare` plans a snapshot of the workdir and of every local mount and sums
+   up their sizes from ``stat``; above the hard size limit it refuses before hashing
+   any file, as it does when TMPDIR is missing or full;
 3. the caller's *confirm* may stop it (nothing was sent yet);
 4. :func:`sync` uploads what the store lacks and writes the launch plan;
 5. the JobSet rendered from the plan is submitted, or :func:`konduktor.local.run`
@@ -38,7 +39,7 @@ from konduktor import (
 )
 from konduktor.cache import HashCache
 from konduktor.config import Config
-from konduktor.errors import AbortedError, GitError, SelectionError
+from konduktor.errors import AbortedError, GitError
 from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Tree
 from konduktor.storage import Progress, Store, open_store
@@ -228,19 +229,26 @@ class Prepared:
     def bytes(self) -> int:
         return sum(sum(s.sizes.values()) for s in self.sources)
 
-    def largest(self) -> list[tuple[str, int]]:
-        """The biggest files, as ``target/path``."""
-        sized = [
-            (f"{s.target}/{p}" if p else s.target, n)
+    def sized(self) -> dict[str, int]:
+        """Every file that ships, as ``target/path`` -> bytes."""
+        return {
+            f"{s.target}/{p}" if p else s.target: n
             for s in self.sources
             for p, n in s.sizes.items()
-        ]
-        return sorted(sized, key=lambda item: -item[1])[:_LARGEST]
+        }
+
+    def largest(self) -> list[tuple[str, int]]:
+        """The biggest files, as ``target/path``."""
+        return sorted(self.sized().items(), key=lambda item: -item[1])[:_LARGEST]
 
 
 def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -> Prepared:
     """Plan the snapshot of every local source and check the size limits; in git mode
-    (*git*), the workdir's base comes from the clone and only its overlay ships."""
+    (*git*), the workdir's base comes from the clone and only its overlay ships.
+
+    The hard limit is checked on sizes from ``stat`` before any file is hashed, and
+    TMPDIR (where layers are built) before anything is sent."""
+    scratch.check()
     sources = []
     if task.workdir is not None:
         work = _tree_source(WORKDIR_TARGET, task.workdir, cfg.compression_level, git is not None)
@@ -253,39 +261,28 @@ def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -
             sources.append(Source(mount.target, path, None, {"": path.stat().st_size}))
     warnings = tuple(w for s in sources if s.snapshot for w in s.snapshot.warnings)
     prepared = Prepared(task, job, tuple(sources), warnings, git=git)
+    snapshot.check_size(f"{task.path}: the launch", prepared.sized(), cfg.hard_limit_mb)
+    keyed = tuple(
+        replace(s, snapshot=snapshot.with_keys(s.snapshot)) if s.snapshot else s for s in sources
+    )
+    prepared = replace(prepared, sources=keyed)
     total = prepared.bytes / _MB
-    biggest = ", ".join(f"{p} ({n / _MB:.1f} MB)" for p, n in prepared.largest()[:3])
-    advice = "exclude data in .konduktorignore and mount it from a bucket instead"
-    if total > cfg.hard_limit_mb:
-        raise SelectionError(
-            f"{task.path}: the launch would ship {total:.0f} MB, above the hard limit of "
-            f"{cfg.hard_limit_mb:g} MB (sync.hard_limit_mb); largest: {biggest}; {advice}"
-        )
     if total > cfg.soft_limit_mb:
         warning = (
             f"the launch ships {total:.0f} MB, above sync.soft_limit_mb "
-            f"({cfg.soft_limit_mb:g} MB); largest: {biggest}; {advice}"
+            f"({cfg.soft_limit_mb:g} MB); largest: {snapshot.largest(prepared.sized())}; "
+            f"{snapshot.SIZE_ADVICE}"
         )
         prepared = replace(prepared, size_warnings=(warning,))
     return prepared
 
 
 def _tree_source(target: str, root: Path, level: int, overlay_only: bool = False) -> Source:
-    p = snapshot.plan(root, level=level)
+    """A directory's plan, its files not hashed yet."""
+    p = snapshot.plan(root, level=level, hash_files=False)
     if overlay_only:
         p = replace(p, layers=tuple(layer for layer in p.layers if layer.kind == "overlay"))
-    paths: set[str] = set()
-    for layer in p.layers:
-        paths.difference_update(layer.deletions)
-        paths.update(e.path for e in layer.entries)
-    return Source(target, root, p, {path: _size(p.root / path) for path in sorted(paths)})
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.lstat().st_size
-    except OSError:
-        return 0
+    return Source(target, root, p, snapshot.shipped_sizes(p))
 
 
 def sync(

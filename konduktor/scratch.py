@@ -18,11 +18,29 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from konduktor.errors import ScratchError
+from konduktor.errors import SetupError
 
 log = logging.getLogger(__name__)
 
+MIN_FREE = 1 << 20  # a full TMPDIR has none; a layer of a few small files fits in it
 _OWNED = re.compile(r"^[a-z]+-(\d+)-")  # <purpose>-<pid>-<random>
+
+
+def check() -> None:
+    """Layers are built in TMPDIR before they are uploaded: refuse a TMPDIR that is missing,
+    unwritable or full now, rather than fail halfway through the upload."""
+    named = os.environ.get("TMPDIR")
+    where = named or tempfile.gettempdir()
+    label = f"TMPDIR {where}" if named else f"the temporary directory {where}"
+    fix = "point TMPDIR at a writable directory with free space"
+    if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
+        raise SetupError(f"{label} is not a writable directory; {fix}")
+    try:
+        free = os.statvfs(where)
+    except OSError as exc:
+        raise SetupError(f"{label} is unusable: {exc.strerror}; {fix}") from exc
+    if free.f_bavail * free.f_frsize < MIN_FREE:
+        raise SetupError(f"{label} has no space left; free some, or {fix}")
 
 
 @contextlib.contextmanager
@@ -61,7 +79,7 @@ def _root() -> Path:
     try:
         root.mkdir(mode=0o700, exist_ok=True)
         if root.is_symlink() or root.stat().st_uid != os.getuid():
-            raise ScratchError(
+            raise SetupError(
                 f"{root} belongs to another user or is a symlink; remove it, or set TMPDIR "
                 "to a directory of your own"
             )
@@ -89,9 +107,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _unusable(root: Path, exc: OSError) -> ScratchError:
+def _unusable(root: Path, exc: OSError) -> SetupError:
     reason = exc.strerror or str(exc)
-    return ScratchError(
+    return SetupError(
         f"cannot use the scratch directory {root} ({reason}); free space there, or set "
         "TMPDIR to a directory with room for the layers being built"
     )

@@ -25,7 +25,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -44,6 +44,8 @@ DEFAULT_LEVEL = 3
 _IN_MEMORY = 8 << 20  # files up to this size are read whole; larger ones stream
 _CHUNK = 1 << 20
 _CLOCK_MARGIN_NS = 2_000_000_000  # ctime granularity and clock steps between git and us
+_MB = 1 << 20
+SIZE_ADVICE = "exclude data in .konduktorignore and mount it from a bucket instead"
 
 Kind = Literal["base", "overlay", "full"]
 Progress = Callable[[int, int], None]
@@ -165,7 +167,7 @@ def plan(
         result = _plan(work, (layer,), level, dirty=work.repo is not None)
     else:
         result = _plan_layers(work, level)
-    return _with_keys(result) if hash_files else result
+    return with_keys(result) if hash_files else result
 
 
 def _plan(
@@ -216,8 +218,42 @@ def _differs(work: Entry, base: Entry | None) -> bool:
     return (work.kind, work.executable, work.target) != (base.kind, base.executable, base.target)
 
 
-def _with_keys(p: SnapshotPlan) -> SnapshotPlan:
-    """Fill in content keys, hashing only files whose stat fingerprint is not cached."""
+def shipped_sizes(p: SnapshotPlan) -> dict[str, int]:
+    """Path -> bytes of what *p* ships (its layers applied in order), from ``lstat`` alone:
+    a size limit can refuse before any file is read."""
+    paths: set[str] = set()
+    for layer in p.layers:
+        paths.difference_update(layer.deletions)
+        paths.update(e.path for e in layer.entries)
+    return {path: _lstat_size(p.root / path) for path in sorted(paths)}
+
+
+def _lstat_size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def check_size(what: str, sizes: Mapping[str, int], hard_limit_mb: float) -> None:
+    """Refuse (naming the largest files) when *sizes* add up to more than *hard_limit_mb*
+    (``sync.hard_limit_mb``)."""
+    total = sum(sizes.values()) / _MB
+    if total > hard_limit_mb:
+        raise SelectionError(
+            f"{what} would ship {total:.0f} MB, above the hard limit of {hard_limit_mb:g} MB "
+            f"(sync.hard_limit_mb); largest: {largest(sizes)}; {SIZE_ADVICE}"
+        )
+
+
+def largest(sizes: Mapping[str, int], count: int = 3) -> str:
+    """The *count* biggest of *sizes*, as ``path (12.3 MB), ...``."""
+    top = sorted(sizes.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{path} ({n / _MB:.1f} MB)" for path, n in top)
+
+
+def with_keys(p: SnapshotPlan) -> SnapshotPlan:
+    """*p* with its content keys, hashing only files whose stat fingerprint is not cached."""
     cache = HashCache(p.root)
     layers = []
     for layer in p.layers:

@@ -3,7 +3,13 @@
 A task file is validated by a JSON Schema (``TASK_SCHEMA``) and then by the rules
 a schema cannot say (paths exist, mount targets do not collide, ``${VAR}``
 references resolve). Every error names the file, the key path and the fix, e.g.
-``task.yaml: resources.memory: '16G' is not a number of GiB; write memory: 16``.
+``task.yaml: resources.memory: '16G' is not a number of GiB; write memory: 16``;
+the mistakes of one file are reported together, in one line.
+
+Sizes and counts are bounded here, before anything is uploaded, by what a JobSet can
+carry (see the README's "Limits"): :data:`MAX_NODES`, :data:`MAX_CPUS`,
+:data:`MAX_MEMORY_GIB`, :data:`MAX_GPUS` and :data:`MAX_TEXT_BYTES` for ``run:`` and
+``envs`` together.
 """
 
 from __future__ import annotations
@@ -11,18 +17,34 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
-import yaml
 
+from konduktor import inputs
 from konduktor.errors import TaskError
 
 WORKDIR_TARGET = "~/konduktor_workdir"
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,56}[a-z0-9])?$"  # job name = <name>-<4 hex>, at most 63
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# NODE_HOST_IPS lists every pod's host name (up to 140 bytes each) in one env var, and
+# Linux caps one env string at 128 KiB: 512 nodes keep it under 72 KB.
+MAX_NODES = 512
+MAX_CPUS = 1024  # vCPUs: above the largest machines sold
+MAX_MEMORY_GIB = 65536
+MAX_GPUS = 64  # per node
+# run: rides in the pod's `sh -c` script, one argument, which Linux caps at 128 KiB
+# (MAX_ARG_STRLEN); the script's own code takes about 24 KiB of it. envs go into the
+# container's env beside it.
+MAX_TEXT_BYTES = 64 << 10
+_LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 _NUMBER = {
     "anyOf": [
         {"type": "number", "exclusiveMinimum": 0},
@@ -37,7 +59,7 @@ TASK_SCHEMA: dict[str, Any] = {
     "required": ["run"],
     "properties": {
         "name": {"type": "string", "pattern": NAME},
-        "num_nodes": {"type": "integer", "minimum": 1},
+        "num_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_NODES},
         "workdir": {"type": "string", "minLength": 1},
         "file_mounts": {
             "type": "object",
@@ -50,21 +72,41 @@ TASK_SCHEMA: dict[str, Any] = {
                 "cpus": _NUMBER,
                 "memory": _NUMBER,
                 "accelerators": {"type": "string", "pattern": r"^[A-Za-z0-9_-]+(:[1-9][0-9]*)?$"},
-                "image_id": {"type": "string", "minLength": 1},
-                "labels": {"type": "object", "additionalProperties": _SCALAR},
+                "image_id": {"type": "string", "pattern": r"^\S+$"},
+                "labels": {
+                    "type": "object",
+                    "propertyNames": {"pattern": _LABEL_KEY},
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"type": "string", "pattern": _LABEL_VALUE},
+                            {"type": ["number", "boolean"]},
+                        ]
+                    },
+                },
             },
         },
-        "envs": {"type": "object", "additionalProperties": {"anyOf": [_SCALAR, {"type": "null"}]}},
+        "envs": {
+            "type": "object",
+            "propertyNames": {"pattern": f"^{ENV_NAME.pattern}$"},
+            "additionalProperties": {"anyOf": [_SCALAR, {"type": "null"}]},
+        },
         "run": {"type": "string", "pattern": r"\S"},
     },
 }
 
 _FIXES = {
     "name": "use lowercase letters, digits and . _ - inside, at most 58 characters",
-    "num_nodes": "write a whole number of nodes, at least 1",
-    "cpus": "write a number of vCPUs, e.g. cpus: 4",
-    "memory": "write a number of GiB, e.g. memory: 16",
-    "accelerators": "write TYPE or TYPE:COUNT, e.g. accelerators: H100:8",
+    "num_nodes": f"write a whole number of nodes, at least 1 and at most {MAX_NODES}",
+    "cpus": f"write a number of vCPUs above 0 and at most {MAX_CPUS}, e.g. cpus: 4",
+    "memory": f"write a number of GiB above 0 and at most {MAX_MEMORY_GIB}, e.g. memory: 16",
+    "accelerators": f"write TYPE or TYPE:COUNT (COUNT at most {MAX_GPUS}), e.g. H100:8",
+    "image_id": "write an image reference without spaces, e.g. image_id: ubuntu:22.04",
+    "labels": "write Kubernetes labels: name (or prefix/name) and value of at most 63 "
+    "letters, digits, - _ .",
+    "envs": "names are letters, digits and _, not starting with a digit, e.g. MY_VAR",
+    "envs value": "write a string, a number or true/false",
+    "labels value": "write at most 63 letters, digits, - _ . (starting and ending with a "
+    "letter or digit)",
     "run": "give the commands to run, e.g. run: python train.py",
 }
 
@@ -121,15 +163,11 @@ def load(path: Path, overrides: Overrides | None = None) -> Task:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = inputs.load_yaml(path, TaskError, "task file")
     except FileNotFoundError:
         raise TaskError(f"task file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TaskError(f"cannot read task file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise TaskError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from exc
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc.strerror}") from exc
     if not isinstance(data, dict):
         raise TaskError(f"{path}: a task file is a mapping of keys (name, run, ...)")
     return data
@@ -155,43 +193,61 @@ def _apply_overrides(path: Path, data: dict[str, Any], o: Overrides) -> dict[str
     envs = dict(data.get("envs") or {})
     if o.env_file is not None:
         envs.update(_env_file(o.env_file))
-    for item in o.envs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            if key not in os.environ:
-                raise TaskError(f"--env {key}: not set in this environment; use --env {key}=VALUE")
-            value = os.environ[key]
-        envs[key] = value
+    envs.update(_cli_envs(o.envs))
     if envs or "envs" in data:
         data["envs"] = envs
     return data
 
 
+def _cli_envs(items: Sequence[str]) -> dict[str, str]:
+    """``--env K=V`` and ``--env K`` (K's value here); every bad name is reported at once."""
+    found, bad = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not ENV_NAME.fullmatch(key):
+            bad.append(repr(key))  # the name only: the value may be a secret
+        elif not sep and key not in os.environ:
+            raise TaskError(f"--env {key}: not set in this environment; use --env {key}=VALUE")
+        else:
+            found[key] = value if sep else os.environ[key]
+    if bad:
+        raise TaskError(f"--env {', '.join(bad)}: not a variable name; {_FIXES['envs']}")
+    return found
+
+
 def _env_file(path: Path) -> dict[str, str]:
     try:
-        lines = path.read_text().splitlines()
+        lines = inputs.read_text(path, TaskError, "--env-file").splitlines()
     except OSError as exc:
         raise TaskError(f"--env-file {path}: cannot read it: {exc.strerror}") from exc
-    found = {}
+    found, problems = {}, []
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not key.strip():
-            raise TaskError(f"--env-file {path}:{number}: write KEY=VALUE")
-        found[key.strip()] = value.strip().strip("'\"")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"{number}: write KEY=VALUE")
+        elif not ENV_NAME.fullmatch(key):
+            problems.append(f"{number}: {key!r} is not a variable name; {_FIXES['envs']}")
+        else:
+            found[key] = value.strip().strip("'\"")
+    if problems:
+        raise TaskError(f"--env-file {path}:" + f"; {path}:".join(problems))
     return found
 
 
 def _validate(path: Path, data: dict[str, Any]) -> None:
+    """Every mistake the schema and the limits find, in one line."""
     validator = jsonschema.Draft202012Validator(TASK_SCHEMA)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        raise TaskError(_message(path, error))
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
+    problems = list(dict.fromkeys([*(_message(e) for e in errors), *_limits(data)]))
+    if problems:
+        raise TaskError(f"{path}: " + "; ".join(problems))
 
 
-def _message(path: Path, error: jsonschema.ValidationError) -> str:
+def _message(error: jsonschema.ValidationError) -> str:
     keys = [str(p) for p in error.absolute_path]
     where = ".".join(keys) or "(top level)"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -202,11 +258,60 @@ def _message(path: Path, error: jsonschema.ValidationError) -> str:
         at = f"{where}.{key}" if keys else key
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
-        return f"{path}: unknown key `{at}`; {hint}"
+        return f"unknown key `{at}`; {hint}"
     if error.validator == "required":
-        return f"{path}: `run` is missing; {_FIXES['run']}"
-    fix = _FIXES.get(keys[-1] if keys else "", "see the task file reference in the README")
-    return f"{path}: {where}: {error.instance!r} is not valid; {fix}"
+        return f"`run` is missing; {_FIXES['run']}"
+    return f"{where}: {error.instance!r} is not valid; {_fix(keys, error)}"
+
+
+def _fix(keys: list[str], error: jsonschema.ValidationError) -> str:
+    """The advice for a bad value at *keys*: a mapping's values get their own."""
+    key = keys[-1] if keys else ""
+    if error.validator != "propertyNames" and len(keys) > 1 and keys[-2] in ("envs", "labels"):
+        key = f"{keys[-2]} value"
+    return _FIXES.get(key, "see the task file reference in the README")
+
+
+def _limits(data: dict[str, Any]) -> list[str]:
+    """What the schema cannot bound: NaN and out-of-range numbers also written as strings,
+    GPUs per node, and the bytes of run: and envs together."""
+    res = data.get("resources")
+    res = res if isinstance(res, dict) else {}
+    problems = []
+    for key, most in (("cpus", MAX_CPUS), ("memory", MAX_MEMORY_GIB)):
+        value = _number(res.get(key))
+        if value is not None and not 0 < value <= most:  # NaN fails both comparisons
+            problems.append(f"resources.{key}: {res[key]!r} is not valid; {_FIXES[key]}")
+    gpus = res.get("accelerators")
+    count = gpus.partition(":")[2] if isinstance(gpus, str) else ""
+    if count.isdigit() and int(count) > MAX_GPUS:
+        problems.append(f"resources.accelerators: {gpus!r} is not valid; {_FIXES['accelerators']}")
+    size = _text_bytes(data)
+    if size > MAX_TEXT_BYTES:
+        problems.append(
+            f"run: and envs take {size / 1024:.0f} KiB together, above the "
+            f"{MAX_TEXT_BYTES >> 10} KiB a pod's startup script carries; put long scripts "
+            "and data in files in the workdir"
+        )
+    return problems
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _text_bytes(data: dict[str, Any]) -> int:
+    run = data.get("run")
+    envs = data.get("envs")
+    size = len(run.encode()) if isinstance(run, str) else 0
+    if isinstance(envs, dict):
+        size += sum(len(str(k).encode()) + len(str(v).encode()) for k, v in envs.items())
+    return size
 
 
 def _resolve(path: Path, data: dict[str, Any]) -> Task:
@@ -261,7 +366,7 @@ def _substitute(path: Path, where: str, text: str, envs: Mapping[str, str]) -> s
 
 def _local(path: Path, where: str, text: str, base: Path) -> Path:
     local = Path(os.path.expanduser(text))
-    return (local if local.is_absolute() else base / local).resolve()
+    return Path(os.path.realpath(local if local.is_absolute() else base / local))
 
 
 def _mount(path: Path, target: str, source: str, envs: Mapping[str, str], base: Path) -> FileMount:
@@ -285,9 +390,40 @@ def _mount(path: Path, target: str, source: str, envs: Mapping[str, str], base: 
     if "://" in source:
         raise TaskError(f"{path}: {where}: {source!r}: only s3:// and gs:// URLs can be mounted")
     local = _local(path, where, source, base)
-    if not local.exists():
-        raise TaskError(f"{path}: {where}: {local} does not exist; fix the source path")
-    return FileMount(target, str(local), "dir" if local.is_dir() else "file")
+    return FileMount(target, str(local), _source_kind(f"{path}: {where}", local))
+
+
+def _source_kind(where: str, local: Path) -> Literal["dir", "file"]:
+    """A directory, or a regular file that opens (a FIFO, device or socket would block
+    the upload or never end)."""
+    try:
+        mode = local.stat().st_mode
+    except FileNotFoundError:
+        raise TaskError(f"{where}: {local} does not exist; fix the source path") from None
+    except OSError as exc:
+        raise TaskError(f"{where}: cannot reach {local}: {exc.strerror}; fix the path") from exc
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if not stat.S_ISREG(mode):
+        raise TaskError(
+            f"{where}: {local} is a {_KINDS.get(stat.S_IFMT(mode), 'special file')}, not a "
+            "regular file or a directory; mount a file or a directory"
+        )
+    try:
+        local.open("rb").close()
+    except OSError as exc:
+        raise TaskError(
+            f"{where}: cannot read {local}: {exc.strerror}; fix its permissions"
+        ) from exc
+    return "file"
+
+
+_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def _check_targets(path: Path, mounts: Sequence[FileMount]) -> None:

@@ -125,3 +125,63 @@ def test_hooks_section(tmp_path: Path) -> None:
         strict=True, timeout=2.5, background=False, sync_roots=("train", "tools/sub", ".")
     )
     assert config.load(write(tmp_path, "hooks:\n  background: true\n")).hooks.background
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sync:\n  store:\n    max_attempts: 0\n", "sync.store.max_attempts must be between 1"),
+        ("sync:\n  presign_seconds: 604801\n", "sync.presign_seconds must be between 1 and 604800"),
+        ("sync:\n  soft_limit_mb: 5\n  hard_limit_mb: 4\n", "soft_limit_mb (5) is above"),
+        ("sync:\n  hard_limit_mb: .inf\n", "sync.hard_limit_mb must be a number of MB above 0"),
+        ("hooks:\n  timeout: .nan\n", "hooks.timeout must be a number of seconds above 0"),
+        ("sync:\n  store:\n    endpoint_url: s3.example.com\n", "not http(s)://host[:port]"),
+        ("sync: [1\n", "config.yaml:2:1: cannot read the config file: not valid YAML: expected"),
+        ("sync: {}\nsync: {}\n", "config.yaml:2:1: cannot read the config file: not valid YAML"),
+        ("a: &a {}\nsync: *a\n", "alias *a is refused"),
+    ],
+)
+def test_out_of_range_and_misleading_config_is_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.load(write(tmp_path, text))
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_all_range_problems_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "sync:\n  presign_seconds: 0\n  store:\n    max_attempts: 0\n")
+    with pytest.raises(ConfigError, match=r"presign_seconds .*; sync\.store\.max_attempts"):
+        config.load(path)
+
+
+def test_credentials_in_the_endpoint_are_refused_without_echoing_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "sync:\n  store:\n    endpoint_url: http://AKIA1:t0ps3cret@h:9000\n")
+    with pytest.raises(ConfigError) as raised:
+        config.load(path)
+    assert "credentials" in str(raised.value)
+    assert "t0ps3cret" not in str(raised.value)
+    assert "AKIA1" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9000", "https://s3.eu-west-1.amazonaws.com", "http://[::1]:9000/s3"]
+)
+def test_endpoint_forms_that_are_accepted(tmp_path: Path, url: str) -> None:
+    cfg = config.load(write(tmp_path, f"sync:\n  store:\n    endpoint_url: '{url}'\n"))
+    assert cfg.store.endpoint_url == url
+
+
+def test_a_hard_limit_below_the_default_soft_limit_lowers_it(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "sync:\n  hard_limit_mb: 50\n"))
+    assert (cfg.soft_limit_mb, cfg.hard_limit_mb) == (50, 50)
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"jobs:\n  bucket: s3://caf\xe9\n")
+    with pytest.raises(
+        ConfigError, match=r"config\.yaml:2: cannot read the config file: not UTF-8"
+    ):
+        config.load(path)

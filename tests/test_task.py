@@ -171,3 +171,82 @@ def test_env_override_from_an_unset_variable(project: Path) -> None:
 def test_resources_list_is_reported_not_crashed_on(project: Path) -> None:
     with pytest.raises(TaskError, match="resources"):
         load(write(project, "run: echo\nresources: [a]\n"), Overrides(cpus="2"))
+
+
+def test_values_at_the_limits_load(project: Path) -> None:
+    from konduktor import task as task_module
+
+    run = "x" * (task_module.MAX_TEXT_BYTES - len("AB"))
+    text = (
+        f"num_nodes: {task_module.MAX_NODES}\n"
+        f"resources: {{cpus: {task_module.MAX_CPUS}, memory: '{task_module.MAX_MEMORY_GIB}', "
+        f"accelerators: 'H100:{task_module.MAX_GPUS}', labels: {{team.io/queue: a-b_c.d}}}}\n"
+        f"envs: {{A: B}}\nrun: {run}\n"
+    )
+    task = load(write(project, text))
+    assert task.num_nodes == task_module.MAX_NODES
+    assert (task.resources.cpus, task.resources.memory) == (1024.0, 65536.0)
+    over = text.replace("envs: {A: B}", "envs: {A: BC}")
+    with pytest.raises(TaskError, match="run: and envs take 64 KiB together"):
+        load(write(project, over))
+
+
+def test_every_mistake_of_a_file_is_in_one_line(project: Path) -> None:
+    text = "num_nodes: 0\nresources: {cpus: .nan, memory: 1e9}\nenvs: {1 BAD: x, A=B: y}\nrun: ''\n"
+    with pytest.raises(TaskError) as raised:
+        load(write(project, text))
+    message = str(raised.value)
+    for part in ("num_nodes: 0", "cpus: nan", "memory: '1e9'", "'1 BAD'", "'A=B'", "run"):
+        assert part in message
+    assert "\n" not in message
+
+
+def test_anchors_without_aliases_and_inline_merges_load(project: Path) -> None:
+    task = load(write(project, "envs: &e\n  <<: {A: '1'}\n  B: '2'\nrun: &r echo\n"))
+    assert task.envs == {"A": "1", "B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "run: ls\nrun: rm\n",
+            "task.yaml:2:1: cannot read the task file: not valid YAML: key 'run'",
+        ),
+        (
+            "x: &a ls\nrun: *a\n",
+            "task.yaml:2:6: cannot read the task file: not valid YAML: alias *a",
+        ),
+        ("envs: {A: " + "[" * 40 + "]" * 40 + "}\nrun: ls\n", "nested deeper than 32"),
+    ],
+    ids=["duplicate", "alias", "deep"],
+)
+def test_yaml_that_could_mislead_or_explode_is_refused(
+    project: Path, text: str, message: str
+) -> None:
+    with pytest.raises(TaskError, match=message.replace("*", r"\*").replace(".", r"\.")):
+        load(write(project, text))
+
+
+def test_mount_sources_must_be_files_or_directories(project: Path) -> None:
+    import os
+
+    os.mkfifo(project / "pipe")
+    with pytest.raises(TaskError, match=r"file_mounts\.~/p: .*pipe is a FIFO"):
+        load(write(project, "file_mounts: {~/p: ./pipe}\nrun: echo\n"))
+    with pytest.raises(TaskError, match="/dev/zero is a character device"):
+        load(write(project, "file_mounts: {~/z: /dev/zero}\nrun: echo\n"))
+    (project / "loop").symlink_to("loop")
+    with pytest.raises(TaskError, match=r"cannot reach .*loop: Too many levels of symbolic links"):
+        load(write(project, "file_mounts: {~/l: ./loop}\nrun: echo\n"))
+
+
+def test_env_names_from_the_command_line_and_env_files(project: Path) -> None:
+    path = write(project, "run: echo\n")
+    with pytest.raises(TaskError, match=r"^--env '1 X', 'A-B': not a variable name"):
+        load(path, Overrides(envs=["1 X=secret", "OK=1", "A-B=2"]))
+    (project / "vars.env").write_text("GOOD=1\n1BAD=2\nNOEQ\n")
+    with pytest.raises(TaskError) as raised:
+        load(path, Overrides(env_file=project / "vars.env"))
+    assert "vars.env:2: '1BAD' is not a variable name" in str(raised.value)
+    assert "vars.env:3: write KEY=VALUE" in str(raised.value)
