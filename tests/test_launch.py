@@ -11,11 +11,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import missing_on_this_machine
 from gitrepo_helpers import commit_all, git
 from kube_server import KubeAPI
 from test_cli import run
@@ -609,3 +612,36 @@ def _endpoint(khome: Path) -> str | None:
     if not config.exists():
         return None
     return str(yaml.safe_load(config.read_text())["sync"]["store"]["endpoint_url"])
+
+
+@pytest.fixture
+def small_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """TMPDIR on a 2 MiB tmpfs: room for the launch's check, not for the layer."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        missing_on_this_machine(f"cannot mount a tmpfs (root needed): {mounted.stderr!r}")
+    monkeypatch.setenv("TMPDIR", str(where))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_tmpdir_that_fills_up_while_a_layer_is_built_is_one_line(
+    tmp_path: Path, khome: Path, small_tmpdir: Path
+) -> None:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "weights.bin").write_bytes(os.urandom(4 << 20))
+    task = tmp_path / "task.yaml"
+    task.write_text(f"name: full\nworkdir: {tmp_path / 'work'}\nrun: 'true'\n")
+    code, _, err = run("launch", "--local", task)
+    assert code == 1, err
+    [line] = err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: cannot use the scratch directory {small_tmpdir}/konduktor-")
+    assert "No space left on device" in line
+    assert "Traceback" not in err
+    assert list(small_tmpdir.rglob("*.tmp")) == []  # the partial layer is gone
+    assert stored(khome) == []
