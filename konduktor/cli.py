@@ -432,8 +432,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc.format_message()}{_see_help(exc)}", exc.exit_code)
     except KonduktorError as exc:
         _fail(f"error: {exc}", exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
@@ -444,6 +443,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         reason = f"{type(exc).__name__}: {exc}"
         _fail(f"unexpected error: {reason}; rerun with -v for the traceback and report it", 3)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _see_help(exc: click.ClickException) -> str:
+    """Where a usage error's command explains itself: click's own report is a usage
+    block and a blank line before the error; ours is the one line every error is."""
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        return f" (see: {exc.ctx.command_path} --help)"
+    return ""
 
 
 def _end_on_signals() -> None:

@@ -270,6 +270,14 @@ FLAGS = [
     Case(
         "flag-env-local", args=("--env", "A=B=C", "--env", "2X=1"), words=("'2X'",), target="local"
     ),
+    # click's own parse errors: one line too, naming where the help is
+    Case("flag-num-nodes-0", args=("--num-nodes", "0"), words=("--num-nodes", "--help"), code=2),
+    Case("flag-num-nodes-word", args=("--num-nodes", "two"), words=("'two'",), code=2),
+    Case("flag-unknown", args=("--gpu", "H100"), words=("--gpu", "--gpus"), code=2),
+    Case("flag-output-alone", args=("-o", "yaml"), words=("--dry-run",), code=2),
+    Case("flag-output-format", args=("-o", "xml"), target="dry-run", words=("'xml'",), code=2),
+    Case("flag-mode", args=("--mode", "zip"), words=("'zip'",), code=2),
+    Case("flag-local-and-dry-run", args=("--local",), target="dry-run", words=("--local",), code=2),
 ]
 
 CONFIGS = [

@@ -281,6 +281,8 @@ def test_options_that_do_not_go_together_are_usage_errors(
     (tmp_path / "task.yaml").write_text("name: t\nrun: 'true'\n")
     code, out, err = run(*(a.format(repo=repo, tmp=tmp_path) for a in args))
     assert (code, out) == (2, "")
-    assert "Error: " in err
+    [line] = err.splitlines()
+    assert line.startswith("error: ")
+    assert line.endswith(f"(see: konduktor {args[0]} --help)")
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "khome" / "store").exists()
