@@ -6,8 +6,11 @@ konduktor and the AWS CLI, each in a fresh process, --repeat times; the server i
 reset after every upload. Reported: median seconds and the throughput ratio
 (aws time / our time; >= 0.9 is the target).
 
+With --baseline DIR (a checkout of an older konduktor, e.g. `git worktree add DIR
+REV`), that version's put runs too, in the same rounds, and the ratio to it is reported.
+
 Needs: pip install 'konduktor[s3]' 'moto[server]' awscli
-Usage: python benchmarks/upload.py [--mb 200] [--repeat 3]
+Usage: python benchmarks/upload.py [--mb 200] [--repeat 3] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="an older konduktor checkout to compare")
     args = parser.parse_args()
     if shutil.which("aws") is None:
         sys.exit("the AWS CLI is not installed: pip install awscli")
@@ -79,7 +83,8 @@ def main() -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     bucket = "bench"
-    ours_times, aws_times = [], []
+    ours_times, aws_times, base_times = [], [], []
+    base_env = {**env, "PYTHONPATH": str(args.baseline)} if args.baseline else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "layer.tar.zst"
@@ -100,6 +105,9 @@ def main() -> None:
                 ours_times.append(timed(ours, env))
                 reset(endpoint, bucket, env)
                 aws_times.append(timed(aws, env))
+                if base_env is not None:
+                    reset(endpoint, bucket, env)
+                    base_times.append(timed(ours, base_env))
     finally:
         server.stop()
     ours_s, aws_s = statistics.median(ours_times), statistics.median(aws_times)
@@ -110,6 +118,10 @@ def main() -> None:
     print(
         f"  throughput ratio (aws time / our time) {aws_s / ours_s:.2f}x  target >= 0.9x {verdict}"
     )
+    if base_times:
+        base_s = statistics.median(base_times)
+        print(f"  baseline put   {base_s:6.2f} s  ({args.mb / base_s:6.1f} MB/s)")
+        print(f"  baseline time / our time {base_s / ours_s:.2f}x")
 
 
 if __name__ == "__main__":
