@@ -8,6 +8,7 @@ through presigned URLs (the root shares this machine's loopback).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +23,13 @@ from konduktor.plan import LaunchPlan
 
 
 def file_plan(project: Path, root: Path) -> LaunchPlan:
-    """The plan with its store copied into the root, where the pod sees it as /store."""
-    return replace(make_plan(project, f"file://{root}/store"), store="file:///store")
+    """The plan with its store made inside the root, where the pod sees it as /store; the
+    store is private (0700, objects 0600), so it belongs to the pod's user, as a local
+    run's store belongs to the user running it."""
+    plan = make_plan(project, f"file://{root}/store")
+    for path in [root / "store", *(root / "store").rglob("*")]:
+        os.chown(path, rootfs.USER, rootfs.USER, follow_symlinks=False)
+    return replace(plan, store="file:///store")
 
 
 def assert_synced(project: Path, root: Path, result: Any) -> None:
