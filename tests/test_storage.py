@@ -260,7 +260,9 @@ LOCK = KEY.lock
 
 @pytest.fixture
 def quick_locks(monkeypatch: pytest.MonkeyPatch) -> float:
-    """Heartbeats every second (S3 dates have whole seconds); the stale period, 3 s."""
+    """Heartbeats every second (S3 dates have whole seconds); the stale period, 3 s; every
+    object locked, however small."""
+    monkeypatch.setattr(lock, "MIN_BYTES", 0)
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 1.0)
     monkeypatch.setattr(lock, "STALE_HEARTBEATS", 3)
     monkeypatch.setattr(lock, "POLL_SECONDS", 0.05)
@@ -304,6 +306,15 @@ def test_a_dead_holder_delays_a_put_by_the_stale_period_only(
     assert [r.uploaded for r in results] == [True]
     assert f"upload lock {LOCK} was not refreshed" in caplog.text
     assert store.stat(LOCK) is None
+
+
+def test_a_small_object_goes_without_the_lock(store: Store, tmp_path: Path) -> None:
+    """Below lock.MIN_BYTES the lock costs more requests than a duplicate upload costs: a
+    dead holder's marker neither delays the put nor is taken over."""
+    store.mark(LOCK)
+    src, digest = write(tmp_path / "a", b"layer")
+    assert store.put(KEY.key, src, sha256=digest, lock=LOCK).uploaded
+    assert store.stat(LOCK) is not None
 
 
 def test_a_failed_put_releases_its_lock(store: Store, tmp_path: Path, quick_locks: float) -> None:

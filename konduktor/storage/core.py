@@ -33,6 +33,7 @@ from konduktor.errors import (
     StorageError,
     TransientError,
 )
+from konduktor.storage import lock as locks
 from konduktor.storage.base import (
     SHA256,
     SIZE,
@@ -74,11 +75,12 @@ class Store:
         """Create *key* from the file *path*, create-only, if its bytes have this *sha256*.
 
         *lock* names a marker key (``layout.Name.lock``): while this put uploads, other
-        puts of *key* with the same *lock* wait for it instead of sending the bytes too.
+        puts of *key* with the same *lock* wait for it instead of sending the bytes too
+        (for files of ``lock.MIN_BYTES`` or more; smaller ones go without).
         """
         size = path.stat().st_size
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
-        if lock is None:
+        if lock is None or size < locks.MIN_BYTES:
             return self._put(key, path, size, meta, progress)
         return self._put_locked(UploadLock(self._backend, lock), key, path, size, meta, progress)
 

@@ -30,6 +30,8 @@ from konduktor.storage.base import Backend
 
 log = logging.getLogger(__name__)
 
+MIN_BYTES = 4 << 20  # smaller objects go without: racing launches then send a few MiB
+# more each, which costs less than the lock's own requests (create, delete, a listing)
 HEARTBEAT_SECONDS = 5.0  # the holder rewrites its marker this often (GCS: 1 write/s at most)
 STALE_HEARTBEATS = 3  # heartbeats missed before a holder counts as dead
 POLL_SECONDS = 1.0  # a waiter looks at the key and the marker this often
