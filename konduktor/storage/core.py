@@ -43,7 +43,6 @@ from konduktor.storage.base import (
     Progress,
     PutResult,
 )
-from konduktor.storage.lock import UploadLock
 
 RACE_ATTEMPTS = 3  # rounds of look + create-only write when other writers keep colliding
 
@@ -82,11 +81,12 @@ class Store:
         meta = {**(metadata or {}), SHA256: sha256, SIZE: str(size)}
         if lock is None or size < locks.MIN_BYTES:
             return self._put(key, path, size, meta, progress)
-        return self._put_locked(UploadLock(self._backend, lock), key, path, size, meta, progress)
+        upload_lock = locks.UploadLock(self._backend, lock)
+        return self._put_locked(upload_lock, key, path, size, meta, progress)
 
     def _put_locked(
         self,
-        lock: UploadLock,
+        lock: locks.UploadLock,
         key: str,
         path: Path,
         size: int,
