@@ -338,7 +338,7 @@ def test_a_retried_create_multipart_upload_leaves_one_upload(
     s3_store_factory: Factory, tmp_path: Path
 ) -> None:
     """The first CreateMultipartUpload succeeds but its answer is lost (botocore is made
-    to retry it): the upload it made is aborted, only the second one is used."""
+    to retry it): the put that holds the key's lock aborts the upload nobody knows."""
     url, options = s3_store_factory()
     store = open_store(url, options)
     backend: S3Backend = store._backend  # type: ignore[assignment]
@@ -351,7 +351,7 @@ def test_a_retried_create_multipart_upload_leaves_one_upload(
         "needs-retry.s3.CreateMultipartUpload", lose_the_first_answer
     )
     digest = file_of(tmp_path / "a", 12)
-    assert store.put("k", tmp_path / "a", sha256=digest).uploaded
+    assert store.put("k", tmp_path / "a", sha256=digest, lock="locks/k").uploaded
     assert next(attempts) == 2  # the create was sent twice
     assert pending_uploads(url, options) == []
 

@@ -20,7 +20,6 @@ import datetime
 import io
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -266,7 +265,8 @@ class S3Backend:
         self, key: str, source: base.Source, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
         target = {"Bucket": self.bucket, "Key": self._key(key)}
-        upload_id = self._start_multipart(target, meta)
+        with self._errors("start a multipart upload"):
+            upload_id = self._client.create_multipart_upload(**target, Metadata=meta)["UploadId"]
         try:
             parts = self._send_parts(target, upload_id, source, progress)
             with self._errors("finish the multipart upload"):
@@ -279,31 +279,6 @@ class S3Backend:
             # Ctrl-C all abort.
             self._abort(target, upload_id)
             raise
-
-    def _start_multipart(self, target: dict[str, str], meta: base.Metadata) -> str:
-        """A new upload's id. A create whose answer was lost, then retried, made an upload
-        nobody knows: the one started just before ours, on this key, is aborted."""
-        started = time.monotonic()
-        with self._errors("start a multipart upload"):
-            answer = self._client.create_multipart_upload(**target, Metadata=meta)
-        upload_id: str = answer["UploadId"]
-        if answer.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0:
-            window = datetime.timedelta(seconds=time.monotonic() - started + 1)
-            for orphan in self._orphans(target["Key"], upload_id, window):
-                self._abort(target, orphan)
-        return upload_id
-
-    def _orphans(self, key: str, upload_id: str, window: datetime.timedelta) -> list[str]:
-        """Uploads of *key* started within *window* before *upload_id* (by the store's clock)."""
-        uploads = [u for u in self._uploads(key) if u["Key"] == key]
-        ours = [u["Initiated"] for u in uploads if u["UploadId"] == upload_id]
-        if not ours:
-            return []
-        return [
-            u["UploadId"]
-            for u in uploads
-            if u["UploadId"] != upload_id and ours[0] - window <= u["Initiated"] <= ours[0]
-        ]
 
     def _abort(self, target: dict[str, str], upload_id: str) -> None:
         try:
