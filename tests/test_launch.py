@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import missing_on_this_machine
 from gitrepo_helpers import commit_all, git
 from kube_server import KubeAPI
 from test_cli import run
@@ -622,8 +621,10 @@ def small_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True
     )
-    if mounted.returncode != 0:
-        missing_on_this_machine(f"cannot mount a tmpfs (root needed): {mounted.stderr!r}")
+    if mounted.returncode != 0:  # a permission, not an install step: skipped on CI too
+        pytest.skip(
+            f"cannot mount a tmpfs here (root and CAP_SYS_ADMIN needed): {mounted.stderr!r}"
+        )
     monkeypatch.setenv("TMPDIR", str(where))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
     yield where
