@@ -622,9 +622,7 @@ def small_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True
     )
     if mounted.returncode != 0:  # a permission, not an install step: skipped on CI too
-        pytest.skip(
-            f"cannot mount a tmpfs here (root and CAP_SYS_ADMIN needed): {mounted.stderr!r}"
-        )
+        pytest.skip(f"cannot mount a tmpfs (root and CAP_SYS_ADMIN needed): {mounted.stderr!r}")
     monkeypatch.setenv("TMPDIR", str(where))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its answer
     yield where
