@@ -8,6 +8,7 @@ with (``git check-ignore``), and lets no Python warning through.
 from __future__ import annotations
 
 import os
+import random
 import re
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from gitrepo_helpers import (
     make_repo,
     sorted_paths,
 )
+from test_selection_property import ATOMS, DIRS, ENDS, NAMES
 
 from konduktor.cli import cli
 from konduktor.selection import Selection, select
@@ -221,3 +223,29 @@ def test_konduktorignore_above_the_root_is_reported(tmp_path: Path) -> None:
                 f"move its rules into {root / K} if they are meant for this launch"
             ]
     assert not any("above" in w for w in select(repo).warnings)
+
+
+EXTRA_ATOMS = ["**\\/", "\\/", "*a*", "a**", "**a", "*/", "?/", "[/]", "[!/]", "[a-]", "[--0]"]
+
+
+def _random_pattern(rng: random.Random) -> str:
+    atoms = ATOMS + EXTRA_ATOMS
+    segments = ["".join(rng.choices(atoms, k=rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
+    return rng.choice(["", "!", "/", "**/"]) + "/".join(segments) + rng.choice(ENDS)
+
+
+def test_many_patterns_agree_with_git(tmp_path: Path) -> None:
+    # One directory per pattern pair, each holding the same tree: one git call decides all.
+    rng = random.Random(16)
+    names = {
+        "/".join([*rng.choices(DIRS, k=rng.randint(0, 2)), rng.choice(NAMES)]) for _ in range(24)
+    }
+    names = {n for n in names if not any(o.startswith(n + "/") for o in names)}
+    tree = {}
+    for i in range(200):
+        lines = [_random_pattern(rng) for _ in range(rng.randint(1, 2))]
+        tree |= {f"p{i}/{K}": "".join(f"{line}\n" for line in lines)}
+        tree |= {f"p{i}/{n}": "" for n in names}
+    repo = make_repo(tmp_path, {}, untracked=tree)
+    by_git = ls_files(repo, "-o", "-i", f"--exclude-per-directory={K}")
+    assert sorted_paths(set(tree) - by_git) == _select(repo).paths()
