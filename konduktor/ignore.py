@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from konduktor.wildmatch import WildmatchPattern, byte_view
+from konduktor.wildmatch import NEVER, WildmatchPattern, byte_view
 
 _TRAILING_COMMENT = re.compile(r"^(?P<pattern>.*?[^\s\\])\s+#")
 
@@ -198,10 +198,20 @@ class IgnoreChain:
 
     def unused_warnings(self, paths: Iterable[str]) -> list[str]:
         return [
-            f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
+            _unused_warning(rule)
             for rule in self.unused(paths)
             if _comment_hint(rule.text) is None  # already told, as a likely mistake
         ]
+
+
+def _unused_warning(rule: Rule) -> str:
+    if NEVER in rule.regex.pattern:
+        return (
+            f"{rule}: git never matches this pattern (a malformed or unclosed bracket "
+            "expression, one holding only '/', or a trailing backslash); fix it, POSIX classes "
+            "look like [[:digit:]]"
+        )
+    return f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
 
 
 def _parents(path: str) -> Iterator[str]:

@@ -201,6 +201,15 @@ def test_symlinked_konduktorignore_is_not_read(tmp_path: Path) -> None:
         assert len(told) == 1, selection.warnings
 
 
+def test_malformed_bracket_is_told_as_one(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a": "", K: "[[:bogus:]]\n[[:alpha:]\n"})
+    warned = [w for w in _select(repo).warnings if "git never matches this pattern" in w]
+    assert [w.split(": git never")[0] for w in warned] == [
+        f"{K}:1:[[:bogus:]]",
+        f"{K}:2:[[:alpha:]",
+    ]
+
+
 def test_commented_line_is_warned_once(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"secret.txt": "", K: "secret.txt  # keep out\n"})
     warned = [w for w in _select(repo).warnings if f"{K}:1" in w]
