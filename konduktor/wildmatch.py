@@ -151,14 +151,13 @@ def _stars(pattern: str, i: int, pathname: bool) -> tuple[str, int]:
     end = i
     while end < len(pattern) and pattern[end] == "*":
         end += 1
-    if not pathname or end - i == 1:
+    starts_segment = i == 0 or pattern[i - 1] == "/"  # i == 0: after git's literal prefix
+    if not pathname or end - i == 1 or not starts_segment:
         return "[^/]*", end
     after = pattern[end : end + 2]
-    if not (i == 0 or pattern[i - 1] == "/"):
-        return "[^/]*", end
-    if after[:1] == "/":
+    if after[:1] == "/":  # zero or more whole directories
         return "(?:.*/)?", end + 1
-    if after in ("", "\\/"):
+    if after in ("", "\\/"):  # wildmatch tries no zero-directory match before "\/"
         return ".*", end
     return "[^/]*", end
 
