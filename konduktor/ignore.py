@@ -7,11 +7,9 @@ after earlier ones), a ``!`` rule re-includes, and once a directory is
 excluded nothing below it is looked at again, so no rule can re-include a
 file inside it (and ignore files inside it are never read).
 
-Patterns are compiled by pathspec's gitignore translator. Its regexes match
-"this path or anything below it"; here each entry (directory or file) is
-tested on its own as git does, so the directory marker the translator puts
-at the end of a regex is turned into an end anchor, and directory-only
-patterns (``build/``) are only tried on directories.
+Patterns are compiled by :mod:`konduktor.wildmatch` (git's wildmatch on pathspec's
+pattern class). Each entry (directory or file) is tested on its own as git does, and
+directory-only patterns (``build/``) are only tried on directories.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+from konduktor.wildmatch import NEVER, WildmatchPattern, byte_view
 
-_DIR_MARK = "(?P<ps_d>/)"
-_DIR_MARK_OPT = f"(?:{_DIR_MARK}|$)"
 _TRAILING_COMMENT = re.compile(r"^(?P<pattern>.*?[^\s\\])\s+#")
 
 
@@ -45,7 +41,8 @@ class Rule:
     def matches(self, path: str, is_dir: bool) -> bool:
         if self.dir_only and not is_dir:
             return False
-        return self.regex.search(path[len(self.base) + 1 :] if self.base else path) is not None
+        below = path[len(self.base) + 1 :] if self.base else path
+        return self.regex.search(byte_view(below)) is not None
 
 
 def _trim(line: str) -> str:
@@ -63,29 +60,17 @@ def _trim(line: str) -> str:
         else:
             last_space = None
         i += 1
-    line = line[:last_space] if last_space is not None else line
-    if line[-1:].isspace() and not line.endswith("\\ "):
-        # pathspec strips all trailing whitespace; git keeps tabs: make it a bracket.
-        line = f"{line[:-1]}[{line[-1]}]"
-    return line
+    return line[:last_space] if last_space is not None else line
 
 
 def _compile(text: str) -> tuple[re.Pattern[str], bool, bool] | None:
+    """The regex, negation and directory-only flag of one line; None for no pattern."""
     text = _trim(text)
-    try:
-        pattern = GitIgnoreSpecPattern(text)
-    except ValueError:  # git drops patterns it cannot parse (e.g. bad ranges)
+    if not text or text.startswith("#") or text in ("!", "/", "!/"):
         return None
-    if pattern.include is None or pattern.regex is None:
-        return None
-    source = pattern.regex.pattern
-    dir_only = False
-    if source.endswith(_DIR_MARK_OPT):
-        source = source[: -len(_DIR_MARK_OPT)] + "$"
-    elif source.endswith(_DIR_MARK):
-        source = source[: -len(_DIR_MARK)] + "$"
-        dir_only = True
-    return re.compile(source), not pattern.include, dir_only
+    pattern = WildmatchPattern(text)
+    assert pattern.regex is not None  # a compiled pattern always has one
+    return pattern.regex, not pattern.include, pattern.dir_only
 
 
 def parse(data: bytes, *, source: str, base: str, warnings: list[str]) -> list[Rule]:
@@ -103,17 +88,28 @@ def parse(data: bytes, *, source: str, base: str, warnings: list[str]) -> list[R
             continue
         regex, negate, dir_only = compiled
         rules.append(Rule(source, number, line, negate, dir_only, base, regex))
-        hint = _TRAILING_COMMENT.match(line)
-        if hint and not line.startswith("#"):
+        hint = _comment_hint(line)
+        if hint:
             warnings.append(
                 f"{source}:{number}: {line!r} is one pattern (gitignore has no trailing "
-                f"comments); did you mean {hint.group('pattern')!r}?"
+                f"comments); did you mean {hint!r}?"
             )
     return rules
 
 
+def _comment_hint(line: str) -> str | None:
+    """The pattern a line that looks like ``pattern  # comment`` was probably meant to be."""
+    hint = _TRAILING_COMMENT.match(line)
+    return hint.group("pattern") if hint and not line.startswith("#") else None
+
+
+class SymlinkedIgnoreFile(Exception):
+    """Raised by a :data:`Reader`: the ignore file is a symlink, which git does not read."""
+
+
 Reader = Callable[[str], "bytes | None"]
-"""Returns the ignore file's content in a directory (relative to the root), or None."""
+"""Returns the ignore file's content in a directory (relative to the root), or None;
+raises :class:`SymlinkedIgnoreFile` if it is a symlink."""
 
 
 class IgnoreChain:
@@ -143,13 +139,23 @@ class IgnoreChain:
             excluded, inherited = None, ()
         own: tuple[Rule, ...] = ()
         if excluded is None:  # git never reads ignore files inside excluded directories
-            data = self._read(directory)
+            source = f"{directory}/{self.filename}" if directory else self.filename
+            data = self._read_file(directory, source)
             if data:
-                source = f"{directory}/{self.filename}" if directory else self.filename
                 parsed = parse(data, source=source, base=directory, warnings=self.warnings)
                 own = tuple(reversed(parsed))
         state = self._dirs[directory] = (excluded, own + inherited)
         return state
+
+    def _read_file(self, directory: str, source: str) -> bytes | None:
+        try:
+            return self._read(directory)
+        except SymlinkedIgnoreFile:
+            self.warnings.append(
+                f"{source}: is a symlink, and git reads no rule from a symlinked ignore "
+                "file, so none of its rules apply; replace it with a regular file"
+            )
+            return None
 
     def decide(self, path: str, is_dir: bool = False) -> Rule | None:
         """The rule that decides *path*: it excludes it unless it is a ``!`` re-include.
@@ -192,9 +198,20 @@ class IgnoreChain:
 
     def unused_warnings(self, paths: Iterable[str]) -> list[str]:
         return [
-            f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
+            _unused_warning(rule)
             for rule in self.unused(paths)
+            if _comment_hint(rule.text) is None  # already told, as a likely mistake
         ]
+
+
+def _unused_warning(rule: Rule) -> str:
+    if NEVER in rule.regex.pattern:
+        return (
+            f"{rule}: git never matches this pattern (a malformed or unclosed bracket "
+            "expression, one holding only '/', or a trailing backslash); fix it, POSIX classes "
+            "look like [[:digit:]]"
+        )
+    return f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
 
 
 def _parents(path: str) -> Iterator[str]:

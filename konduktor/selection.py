@@ -15,6 +15,7 @@ paths up in that record, so it cannot disagree with what ships.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -35,7 +36,7 @@ from konduktor.gitrepo import (
     is_within,
     run_git,
 )
-from konduktor.ignore import IgnoreChain, Rule
+from konduktor.ignore import IgnoreChain, Rule, SymlinkedIgnoreFile
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,17 @@ def _has_git_component(path: str) -> bool:
 def _fs_reader(root: Path, name: str) -> IgnoreChain:
     def read(directory: str) -> bytes | None:
         try:
-            with open(os.path.join(root, directory, name), "rb") as f:
+            fd = os.open(os.path.join(root, directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # git opens per-directory files without following
+                raise SymlinkedIgnoreFile(name) from exc
+            raise
+        try:
+            with open(fd, "rb") as f:
                 return f.read()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except IsADirectoryError:
             return None
 
     return IgnoreChain(name, read)
@@ -257,10 +266,26 @@ def _from_worktree(repo: Repo, why: bool, *, untracked: bool = True) -> Selectio
     for path in others:
         walk.add_untracked(path)
     out = walk.out
+    out.warnings.extend(_ignore_files_above(repo))
     out.ignore_warnings(walk.chain, [e.path for e in tracked] + others)
     out.skip_excluded_dirs(walk.chain)
     dirty = frozenset(status.changes.keys() | walk.lfs)
     return out.result(commit=status.head, repo=repo, dirty=dirty, checked_ns=status.started_ns)
+
+
+def _ignore_files_above(repo: Repo) -> list[str]:
+    """Warnings for the ignore files between the sync root and the work tree's top, which
+    do not apply (only the root's own and those below it do)."""
+    if repo.workdir is None:
+        return []
+    root = repo.root.resolve()
+    above = [d for d in root.parents if d == repo.workdir or repo.workdir in d.parents]
+    return [
+        f"{d / IGNORE_FILE}: not applied, it is above the sync root {root}; "
+        f"move its rules into {root / IGNORE_FILE} if they are meant for this launch"
+        for d in above
+        if os.path.lexists(d / IGNORE_FILE)
+    ]
 
 
 class _WorkTree:
@@ -361,17 +386,20 @@ def _check_lfs(path: str, out: _Collector) -> None:
 def _from_commit(repo: Repo, commit: str, why: bool) -> Selection:
     entries = list(repo.tree_entries(commit))
     ignore_files = {
-        posixpath.dirname(e.path): e.oid
+        posixpath.dirname(e.path): e
         for e in entries
         if posixpath.basename(e.path) == IGNORE_FILE and e.mode != MODE_GITLINK
     }
 
     def read(directory: str) -> bytes | None:
-        oid = ignore_files.get(directory)
-        return repo.blob(oid) if oid else None
+        entry = ignore_files.get(directory)
+        if entry is not None and entry.mode == MODE_LINK:
+            raise SymlinkedIgnoreFile(entry.path)  # as in the work tree, where git skips it
+        return repo.blob(entry.oid) if entry else None
 
     chains = (IgnoreChain(IGNORE_FILE, read),)
     out = _Collector(repo.root, why, commit)
+    out.warnings.extend(_ignore_files_above(repo))
     lfs = any(
         posixpath.basename(e.path) == ".gitattributes" and b"filter=lfs" in repo.blob(e.oid)
         for e in entries
