@@ -232,10 +232,7 @@ def gc_pending(store: Store, *, dry_run: bool = False) -> list[Pending]:
     """Abort the uploads left pending for more than PENDING_AGE (an interrupted multipart
     upload, a partial file of the ``file://`` store); return them. Younger ones may still
     be in progress."""
-    if dry_run:
-        cutoff = _utcnow() - PENDING_AGE
-        return [p for p in store.pending() if p.started < cutoff]
-    return store.sweep(PENDING_AGE)
+    return store.sweep(PENDING_AGE, dry_run=dry_run)
 
 
 def _cutoff(older_than: datetime.timedelta) -> datetime.datetime:

@@ -341,3 +341,16 @@ def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
     assert "1 upload(s) pending for over a day" in out
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert run("store", "ls", "--pending", "--store", url)[1] == ""
+
+
+def test_gc_dry_run_lists_old_pending_uploads_and_aborts_none(s3_store_factory: Any) -> None:
+    url, options = s3_store_factory()
+    store = open_store(url, options)
+    s3 = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    bucket = url.removeprefix("s3://")
+    s3.create_multipart_upload(Bucket=bucket, Key="v1/objects/00/left")
+    [listed] = remote.gc_pending(store, dry_run=True)
+    assert listed.key == "v1/objects/00/left"
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    assert remote.gc_pending(store) == [listed]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

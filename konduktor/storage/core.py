@@ -183,12 +183,15 @@ class Store:
         """Unfinished writes under *prefix* (interrupted uploads), in key order."""
         return self._backend.pending(prefix)
 
-    def sweep(self, older_than: datetime.timedelta, prefix: str = "") -> builtins.list[Pending]:
-        """Abort the unfinished writes under *prefix* started more than *older_than* ago;
-        the younger ones may be writes in progress. Returns those aborted."""
+    def sweep(
+        self, older_than: datetime.timedelta, prefix: str = "", *, dry_run: bool = False
+    ) -> builtins.list[Pending]:
+        """Abort the unfinished writes under *prefix* started more than *older_than* ago
+        (*dry_run*: only list them); the younger ones may be writes in progress. Returns
+        those aborted."""
         cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
         swept = [p for p in self._backend.pending(prefix) if p.started < cutoff]
-        for pending in swept:
+        for pending in [] if dry_run else swept:
             self._backend.abort(pending)
         return swept
 
