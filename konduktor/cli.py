@@ -21,6 +21,7 @@ import click
 
 from konduktor import __version__, units
 from konduktor.cli_manage import (
+    HelpGroup,
     check,
     cluster_options,
     hooks,
@@ -52,7 +53,7 @@ class _Formatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="konduktor")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -376,7 +377,21 @@ def _print_launch(result: LaunchResult, output: str | None) -> int:
             f"jobset.sigs.k8s.io/jobset-name={result.job} -n {result.namespace}"
         )
         click.echo(result.job)
+    elif result.log is not None:
+        info(f"{result.job} runs in the background; its output goes to {result.log}")
+    else:
+        info(_exited(result.job, result.exit_code))
     return result.exit_code
+
+
+def _exited(job: str, code: int) -> str:
+    """The closing line of a local run: its code is the task's, whatever konduktor's mean."""
+    if code == 0:
+        return f"job {job} exited with code 0"
+    from konduktor import pod
+
+    why = "its sync failed, see above" if code == pod.SYNC_FAILED else "the task's own code"
+    return f"job {job} exited with code {code} ({why}; konduktor exits with it)"
 
 
 def _print_dry_run(result: LaunchResult, output: str | None) -> None:

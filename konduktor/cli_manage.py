@@ -25,6 +25,27 @@ F = TypeVar("F", bound=Callable[..., object])
 log = logging.getLogger("konduktor")
 
 
+class HelpGroup(click.Group):
+    """A command group whose help lists each command's whole first sentence (click cuts
+    them to the terminal's width), and which prints that help and exits 0 when it is run
+    without a command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [
+            (name, c.get_short_help_str(limit=200)) for name, c in commands if c and not c.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 def quiet() -> bool:
     return bool(click.get_current_context().find_root().params.get("quiet"))
 
@@ -62,7 +83,7 @@ def open_store(url: str | None) -> Store:
     return open_store(url or default_url, options)
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def store() -> None:
     """Inspect and clean the object store (jobs.bucket in ~/.konduktor/config.yaml)."""
 
@@ -164,7 +185,7 @@ def check(
         click.echo(result.secret)
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def secret() -> None:
     """Kubernetes Secrets konduktor manages: SSH keys for --mode git."""
 
@@ -211,7 +232,7 @@ def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) 
     click.echo(f"deleted Secret {name}")
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def hooks() -> None:
     """Snapshot pushed commits from git's pre-push hook, so that launches upload nothing.
 

@@ -11,6 +11,8 @@ Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
       soft_limit_mb: 1000           # warn above this snapshot size
       hard_limit_mb: 10000          # refuse above it
       presign_seconds: 3600         # lifetime of presigned URLs handed to pods
+      shared_store: false           # true: a file:// store that every node has at the
+                                    # same path (NFS); pods mount it read-only (hostPath)
       store:
         endpoint_url: http://127.0.0.1:9000   # S3-compatible stores, emulators
         region: eu-west-1
@@ -64,6 +66,7 @@ _SYNC_KEYS: dict[str, type | tuple[type, ...]] = {
     "soft_limit_mb": (int, float),
     "hard_limit_mb": (int, float),
     "presign_seconds": int,
+    "shared_store": bool,
     "store": dict,
 }
 _HOOKS_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -106,6 +109,7 @@ class Config:
     soft_limit_mb: float = 1000
     hard_limit_mb: float = 10000
     presign_seconds: int = 3600
+    shared_store: bool = False  # a file:// store is at the same path on every node
     store: StoreOptions = field(default_factory=StoreOptions)
     hooks: HookSettings = field(default_factory=HookSettings)
     git_ssh_key: Path | None = None  # git mode: a private key file shipped to the pod

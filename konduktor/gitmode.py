@@ -1,10 +1,11 @@
 """Git mode (DESIGN §8): the pod clones the exact commit over SSH instead of fetching a base.
 
-:func:`checkout` finds the SSH key the pod will use (:func:`ssh_key`) and then
-:func:`resolve` checks, on the launcher, everything the pod will rely on, failing
-fast with what to do: the workdir is a repository's root with a remote; HEAD is
-on the remote branch; the remote URL is SSH; the remote host's keys are known (from
-``~/.ssh/known_hosts``, or scanned once with ``--accept-host-key``).
+:func:`checkout` has :func:`resolve` check, on the launcher, everything the pod will
+rely on, in the order a user fixes things, failing fast with what to do: the workdir
+is a repository's root; it has a commit; it has a remote with an SSH URL; HEAD is on
+the remote branch; the remote host's keys are known (from ``~/.ssh/known_hosts``, or
+scanned once with ``--accept-host-key``). Then it finds the SSH key the pod will use
+(:func:`ssh_key`).
 """
 
 from __future__ import annotations
@@ -47,22 +48,23 @@ def checkout(
     workdir = task.workdir
     if workdir is None:
         raise TaskError(f"{task.path}: --mode git clones the workdir: the task needs a workdir")
+    found, notes = resolve(workdir, options)
     task, key, secret = ssh_key(task, cfg, options.ssh_secret)
     if secret and local:
         raise UsageError(
             "--local cannot mount the Kubernetes Secret with the SSH key; mount the key "
             "file (file_mounts) or set git.ssh_key"
         )
-    found, notes = resolve(workdir, options, key=key)
     notes.append(f"the pod clones {found.url} at {found.commit[:12]} ({found.branch})")
-    return task, found, secret, notes
+    return task, replace(found, key=key), secret, notes
 
 
-def resolve(root: Path, options: Options, *, key: str) -> tuple[GitCheckout, list[str]]:
-    """The checkout of the repository at *root*, cloned with the SSH key at *key* in the
-    pod, and notes to show the user."""
+def resolve(root: Path, options: Options) -> tuple[GitCheckout, list[str]]:
+    """The checkout of the repository at *root* (its key still to be chosen), and notes to
+    show the user. The checks run in the order a user fixes things: the repository, its
+    commits, the remote, the pushed commit, the remote host's keys."""
     remote, branch = options.remote, options.branch
-    top = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
+    top = Path(_toplevel(root)).resolve()
     if top != root.resolve():
         raise GitError(
             f"--mode git clones the whole repository, so the workdir must be its root "
@@ -73,9 +75,9 @@ def resolve(root: Path, options: Options, *, key: str) -> tuple[GitCheckout, lis
             f"{root} is a shallow clone: konduktor cannot check which commits the remote has; "
             "run git fetch --unshallow, or use --mode tarball"
         )
+    commit = _head(root)
     url = _ssh(_remote_url(root, remote), remote, options.ssh_url)
     branch = branch or _branch(root)
-    commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
     notes = []
     if options.fetch or not _on_remote(root, remote, branch, commit):
         _fetch(root, remote, branch, url)
@@ -87,11 +89,31 @@ def resolve(root: Path, options: Options, *, key: str) -> tuple[GitCheckout, lis
     hosts, scanned = known_hosts(url, accept=options.accept_host_key)
     if scanned:
         notes.append(scanned)
-    return GitCheckout(url, branch, commit, hosts, key, options.recurse_submodules), notes
+    return GitCheckout(url, branch, commit, hosts, "", options.recurse_submodules), notes
 
 
 def _git(root: Path, *args: str) -> str:
     return run_git(list(args), root).decode().strip()
+
+
+def _toplevel(root: Path) -> str:
+    try:
+        return _git(root, "rev-parse", "--show-toplevel")
+    except GitError:
+        raise GitError(
+            f"--mode git clones the workdir's repository, but {root} is not in a git "
+            "repository: make it one (git init, commit, push), or use --mode tarball"
+        ) from None
+
+
+def _head(root: Path) -> str:
+    try:
+        return _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+    except GitError:
+        raise GitError(
+            f"--mode git clones a commit, but the repository at {root} has none yet: commit "
+            "and push your files (git add -A && git commit && git push), or use --mode tarball"
+        ) from None
 
 
 def _remote_url(root: Path, remote: str) -> str:

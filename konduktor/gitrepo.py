@@ -321,7 +321,11 @@ def is_within(target: str, link_dir: str) -> bool:
 
 
 def _git_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+    """The environment without the outer repository's variables, and with git's optional
+    locks off: konduktor only reads, so `git status` must not rewrite the user's index."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEEP_ENV}
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    return env
 
 
 class BlobReader:

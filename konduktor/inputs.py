@@ -20,9 +20,10 @@ from typing import Any, NoReturn, cast
 
 import yaml
 
+from konduktor import units
 from konduktor.errors import KonduktorError
 
-MAX_FILE_BYTES = 1 << 20  # far above any sensible task file or config
+MAX_FILE_BYTES = units.MB  # far above any sensible task file or config
 MAX_DEPTH = 32
 
 
@@ -38,7 +39,7 @@ def read_text(path: Path, error: type[KonduktorError], what: str) -> str:
         raise error(f"cannot read {what} {path}: {exc.strerror}; check its permissions") from exc
     if len(data) > MAX_FILE_BYTES:
         raise error(
-            f"{what} {path} is over {MAX_FILE_BYTES >> 20} MiB, too big to be one; check the "
+            f"{what} {path} is over {units.size(MAX_FILE_BYTES)}, too big to be one; check the "
             "path (long scripts and data belong in files)"
         )
     try:

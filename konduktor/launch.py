@@ -39,7 +39,7 @@ from konduktor import (
 )
 from konduktor.cache import HashCache
 from konduktor.config import Config
-from konduktor.errors import AbortedError, GitError
+from konduktor.errors import AbortedError, ConfigError, GitError
 from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, File, GitCheckout, LaunchPlan, Tree
 from konduktor.storage import Progress, Store, open_store
@@ -48,7 +48,6 @@ from konduktor.task import load as load_task
 
 log = logging.getLogger(__name__)
 
-_MB = 1 << 20
 _LARGEST = 5
 
 Target = Literal["cluster", "local", "dry-run"]
@@ -98,6 +97,7 @@ class LaunchResult:
     context: str | None = None  # cluster: the kubeconfig context and namespace
     namespace: str | None = None
     exit_code: int = 0  # local: the task's exit code (0 when detached)
+    log: Path | None = None  # local, detached: where its output goes
 
 
 def launch(
@@ -112,11 +112,19 @@ def launch(
     from konduktor.k8s import jobset
 
     task = load_task(request.task_file, request.overrides)
+    if request.target == "local" and task.num_nodes > 1:
+        report(
+            f"--local runs one node: rank 0 of the task's {task.num_nodes}, with NUM_NODES=1 "
+            "and MASTER_ADDR=127.0.0.1"
+        )
     cfg = config.load()
     cluster = _connect(request) if request.target == "cluster" else None
-    task, checkout, git_secret = _git_checkout(task, cfg, request, report)
     default_url, options = cfg.store_url()
-    store = open_store(request.store_url or default_url, options)
+    url = request.store_url or default_url
+    if request.target != "local":
+        _check_reachable(url, cfg, dry_run=request.target == "dry-run")
+    task, checkout, git_secret = _git_checkout(task, cfg, request, report)
+    store = open_store(url, options)
     prepared = prepare(task, cfg, jobset.job_name(task), checkout)
     _summarize(prepared, request.git, report)
     if request.target == "dry-run":
@@ -129,7 +137,8 @@ def launch(
     if cluster is None:
         report(f"running {prepared.job} in {local.home(prepared.job)}")
         code = local.run(synced.plan, task, detach=request.detach, quiet=request.quiet)
-        return replace(result, exit_code=code)
+        log_file = local.log(prepared.job) if request.detach else None
+        return replace(result, exit_code=code, log=log_file)
     manifest_ = submit(cluster, task, synced.plan, git_secret)
     return replace(result, manifest=manifest_, context=cluster.context, namespace=cluster.namespace)
 
@@ -138,6 +147,22 @@ def _connect(request: Request) -> Any:
     from konduktor.k8s import submit as k8s_submit
 
     return k8s_submit.connect(request.kubeconfig, request.kube_context)
+
+
+def _check_reachable(url: str, cfg: Config, *, dry_run: bool) -> None:
+    """A ``file://`` store is a directory on this machine: pods can read it only where the
+    config declares that every node has it at the same path (``sync.shared_store``)."""
+    if not url.startswith("file://") or cfg.shared_store:
+        return
+    config_file = cfg.path or config.config_path()
+    problem = (
+        f"the store {url} is a directory on this machine, which the cluster's pods cannot "
+        f"read: set jobs.bucket to an s3:// or gs:// URL in {config_file} (or pass --store), "
+        "or, if every node mounts that directory at the same path, set sync.shared_store: true"
+    )
+    if not dry_run:
+        raise ConfigError(problem)
+    log.warning("%s", problem)
 
 
 def _git_checkout(
@@ -266,10 +291,9 @@ def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -
         replace(s, snapshot=snapshot.with_keys(s.snapshot)) if s.snapshot else s for s in sources
     )
     prepared = replace(prepared, sources=keyed)
-    total = prepared.bytes / _MB
-    if total > cfg.soft_limit_mb:
+    if prepared.bytes > cfg.soft_limit_mb * units.MB:
         warning = (
-            f"the launch ships {total:.0f} MB, above sync.soft_limit_mb "
+            f"the launch ships {units.size(prepared.bytes)}, above sync.soft_limit_mb "
             f"({cfg.soft_limit_mb:g} MB); largest: {snapshot.largest(prepared.sized())}; "
             f"{snapshot.SIZE_ADVICE}"
         )
@@ -402,10 +426,12 @@ def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dic
     """The JobSet that runs *plan*'s startup script (mounting the Secret *git_secret*)."""
     from konduktor.k8s import jobset, secrets
 
+    shared = plan.store.removeprefix("file://") if plan.store.startswith("file://") else None
     return jobset.render(
         task,
         name=plan.job,
         command=pod.render(plan),
+        store_path=shared,
         secret_names=[secrets.secret_name(cloud) for cloud in secrets.CLOUDS],
         git_secret=git_secret,
         provenance=plan.provenance(),

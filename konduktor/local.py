@@ -25,6 +25,11 @@ def home(job: str) -> Path:
     return konduktor_home() / "local" / job
 
 
+def log(job: str) -> Path:
+    """Where a detached run's output goes."""
+    return home(job) / "run.log"
+
+
 def _prune_local(keep: int) -> None:
     """Delete all but the *keep* newest sandbox HOMEs: each holds a copy of its files."""
     try:
@@ -49,16 +54,17 @@ def run(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = Fal
     env = _environment(sandbox, task)
     if quiet:
         env["KONDUKTOR_QUIET"] = "1"
-    if detach:
-        with (sandbox / "run.log").open("ab") as out:
-            subprocess.Popen(
-                ["sh", str(script)],
+    if detach:  # an outer sh starts it in the background and returns: nothing to wait for
+        with log(plan.job).open("ab") as out:
+            subprocess.run(
+                ["sh", "-c", 'sh "$1" &', "sh", str(script)],
                 cwd=sandbox,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                check=True,
             )
         return 0
     sys.stdout.flush()

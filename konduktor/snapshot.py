@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from konduktor import layout
+from konduktor import layout, units
 from konduktor.archive import LayerWriter
 from konduktor.cache import HashCache, atomic_write, fingerprint, konduktor_home, root_digest
 from konduktor.errors import SelectionError, UsageError
@@ -44,7 +44,6 @@ DEFAULT_LEVEL = 3
 _IN_MEMORY = 8 << 20  # files up to this size are read whole; larger ones stream
 _CHUNK = 1 << 20
 _CLOCK_MARGIN_NS = 2_000_000_000  # ctime granularity and clock steps between git and us
-_MB = 1 << 20
 SIZE_ADVICE = "exclude data in .konduktorignore and mount it from a bucket instead"
 
 Kind = Literal["base", "overlay", "full"]
@@ -238,10 +237,11 @@ def _lstat_size(path: Path) -> int:
 def check_size(what: str, sizes: Mapping[str, int], hard_limit_mb: float) -> None:
     """Refuse (naming the largest files) when *sizes* add up to more than *hard_limit_mb*
     (``sync.hard_limit_mb``)."""
-    total = sum(sizes.values()) / _MB
-    if total > hard_limit_mb:
+    total = sum(sizes.values())
+    if total > hard_limit_mb * units.MB:
         raise SelectionError(
-            f"{what} would ship {total:.0f} MB, above the hard limit of {hard_limit_mb:g} MB "
+            f"{what} would ship {units.size(total)}, above the hard limit of "
+            f"{hard_limit_mb:g} MB "
             f"(sync.hard_limit_mb); largest: {largest(sizes)}; {SIZE_ADVICE}"
         )
 
@@ -249,7 +249,7 @@ def check_size(what: str, sizes: Mapping[str, int], hard_limit_mb: float) -> Non
 def largest(sizes: Mapping[str, int], count: int = 3) -> str:
     """The *count* biggest of *sizes*, as ``path (12.3 MB), ...``."""
     top = sorted(sizes.items(), key=lambda item: -item[1])[:count]
-    return ", ".join(f"{path} ({n / _MB:.1f} MB)" for path, n in top)
+    return ", ".join(f"{path} ({units.size(n)})" for path, n in top)
 
 
 def with_keys(p: SnapshotPlan) -> SnapshotPlan:

@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +26,13 @@ from typing import Any, Literal
 import jsonschema
 
 from konduktor import inputs
-from konduktor.errors import TaskError
+from konduktor.errors import TaskError, UsageError
 
 WORKDIR_TARGET = "~/konduktor_workdir"
-NAME = r"^[a-z0-9]([a-z0-9._-]{0,56}[a-z0-9])?$"  # job name = <name>-<4 hex>, at most 63
+# A DNS-1035 label short enough that every pod's host name, <name>-<8 hex>-workers-0-<rank>
+# (rank up to MAX_NODES - 1), fits Kubernetes' 63 characters.
+MAX_NAME = 40
+NAME = rf"^[a-z]([-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?$"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # NODE_HOST_IPS lists every pod's host name (up to 140 bytes each) in one env var, and
 # Linux caps one env string at 128 KiB: 512 nodes keep it under 72 KB.
@@ -95,7 +98,8 @@ TASK_SCHEMA: dict[str, Any] = {
 }
 
 _FIXES = {
-    "name": "use lowercase letters, digits and . _ - inside, at most 58 characters",
+    "name": f"use lowercase letters, digits and -, starting with a letter, at most {MAX_NAME} "
+    "characters (Kubernetes names the pods' hosts after it), e.g. name: my-train",
     "num_nodes": f"write a whole number of nodes, at least 1 and at most {MAX_NODES}",
     "cpus": f"write a number of vCPUs above 0 and at most {MAX_CPUS}, e.g. cpus: 4",
     "memory": f"write a number of GiB above 0 and at most {MAX_MEMORY_GIB}, e.g. memory: 16",
@@ -153,11 +157,31 @@ class Overrides:
     env_file: Path | None = None
 
 
+# Where each override lands in the task, as the key paths in error messages name it.
+_FLAGS = {
+    "name": "--name",
+    "num_nodes": "--num-nodes",
+    "resources.cpus": "--cpus",
+    "resources.memory": "--memory",
+    "resources.accelerators": "--gpus",
+    "resources.image_id": "--image-id",
+}
+
+
 def load(path: Path, overrides: Overrides | None = None) -> Task:
     """Read, override, validate and resolve a task file."""
+    overrides = overrides or Overrides()
     data = _read(path)
-    data = _apply_overrides(path, data, overrides or Overrides())
-    _validate(path, data)
+    data = _apply_overrides(path, data, overrides)
+    given = {
+        "name": overrides.name,
+        "num_nodes": overrides.num_nodes,
+        "resources.cpus": overrides.cpus,
+        "resources.memory": overrides.memory,
+        "resources.accelerators": overrides.gpus,
+        "resources.image_id": overrides.image_id,
+    }
+    _validate(path, data, {key for key, value in given.items() if value is not None})
     return _resolve(path, data)
 
 
@@ -207,11 +231,11 @@ def _cli_envs(items: Sequence[str]) -> dict[str, str]:
         if not ENV_NAME.fullmatch(key):
             bad.append(repr(key))  # the name only: the value may be a secret
         elif not sep and key not in os.environ:
-            raise TaskError(f"--env {key}: not set in this environment; use --env {key}=VALUE")
+            raise UsageError(f"--env {key}: not set in this environment; use --env {key}=VALUE")
         else:
             found[key] = value if sep else os.environ[key]
     if bad:
-        raise TaskError(f"--env {', '.join(bad)}: not a variable name; {_FIXES['envs']}")
+        raise UsageError(f"--env {', '.join(bad)}: not a variable name; {_FIXES['envs']}")
     return found
 
 
@@ -238,13 +262,23 @@ def _env_file(path: Path) -> dict[str, str]:
     return found
 
 
-def _validate(path: Path, data: dict[str, Any]) -> None:
-    """Every mistake the schema and the limits find, in one line."""
+def _validate(path: Path, data: dict[str, Any], overridden: Set[str] = frozenset()) -> None:
+    """Every mistake the schema and the limits find, in one line; a value from the command
+    line (its key path in *overridden*) is blamed on its flag, not on the file."""
     validator = jsonschema.Draft202012Validator(TASK_SCHEMA)
     errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
     problems = list(dict.fromkeys([*(_message(e) for e in errors), *_limits(data)]))
-    if problems:
-        raise TaskError(f"{path}: " + "; ".join(problems))
+    flags, in_file = [], []
+    for problem in problems:
+        key = problem.partition(":")[0]
+        if key in overridden:
+            flags.append(_FLAGS[key] + problem[len(key) :])
+        else:
+            in_file.append(problem)
+    if in_file:
+        raise TaskError("; ".join([*flags, f"{path}: " + "; ".join(in_file)]))
+    if flags:  # the file is fine: only the command line is wrong
+        raise UsageError("; ".join(flags))
 
 
 def _message(error: jsonschema.ValidationError) -> str:
@@ -269,7 +303,7 @@ def _fix(keys: list[str], error: jsonschema.ValidationError) -> str:
     key = keys[-1] if keys else ""
     if error.validator != "propertyNames" and len(keys) > 1 and keys[-2] in ("envs", "labels"):
         key = f"{keys[-2]} value"
-    return _FIXES.get(key, "see the task file reference in the README")
+    return _FIXES.get(key, 'see "Task file reference" in the README')
 
 
 def _limits(data: dict[str, Any]) -> list[str]:
@@ -438,5 +472,6 @@ def _check_targets(path: Path, mounts: Sequence[FileMount]) -> None:
 
 
 def _default_name(path: Path) -> str:
-    stem = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("._-")
-    return stem[:58] or "task"
+    """The task file's name made a valid task name (``My_Train.yaml``: ``my-train``)."""
+    stem = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).lstrip("-0123456789")
+    return stem[:MAX_NAME].rstrip("-") or "task"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+MB = 1_000_000  # the one MB: sizes printed, and the config's *_limit_mb, are in these
+
 
 def size(n: float) -> str:
     """``512 B``, ``1.5 kB``, ``23.0 MB``, ``1.2 GB`` (powers of 1000)."""

@@ -90,7 +90,7 @@ TASK_SYNTAX = [
     Case("yaml-scalar", "just words\n", ("a task file is a mapping",)),
     Case("yaml-two-documents", "run: ls\n---\nrun: rm\n", ("not valid YAML", "single document")),
     Case("yaml-unhashable-key", "? [a]\n: 1\nrun: ls\n", ("unhashable",)),
-    Case("task-over-1mib", RUN_5M, ("over 1 MiB",)),
+    Case("task-over-1mib", RUN_5M, ("over 1.0 MB",)),
 ]
 
 TASK_VALUES = [
@@ -287,7 +287,7 @@ CONFIGS = [
     Case("config-alias", config="a: &a {}\nsync: *a\n", words=("alias *a",)),
     Case("config-duplicate", config="sync: {}\nsync: {}\n", words=("config.yaml:2:1", "'sync'")),
     Case("config-list", config="- a\n", words=("mapping",)),
-    Case("config-over-1mib", config="#" + "x" * (1 << 20) + "\n", words=("over 1 MiB",)),
+    Case("config-over-1mib", config="#" + "x" * (1 << 20) + "\n", words=("over 1.0 MB",)),
     Case("config-max-attempts-0", config=_store("    max_attempts: 0\n"), words=("max_attempts",)),
     Case("config-max-attempts-neg", config=_store("    max_attempts: -3\n"), words=("1 and 100",)),
     Case("config-presign-0", config=_sync("  presign_seconds: 0\n"), words=("presign_seconds",)),
@@ -526,7 +526,7 @@ def test_the_hard_limit_refuses_before_any_file_is_read(
     code, out, err = run(*(world.fill(a) for a in args))
     assert (code, out) == (1, ""), err
     assert err.startswith("error: ")
-    assert "would ship 20480 MB, above the hard limit of 10000 MB (sync.hard_limit_mb)" in err
-    assert "huge.bin (20480.0 MB)" in err
+    assert "would ship 21.5 GB, above the hard limit of 10000 MB (sync.hard_limit_mb)" in err
+    assert "huge.bin (21.5 GB)" in err
     assert _bucket_state(world.endpoint) == ([], [])
     assert world.kube.requests == []

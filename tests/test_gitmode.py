@@ -60,6 +60,9 @@ class Project:
         return self.khome / "local" / job
 
 
+SHARED_STORE = "sync:\n  shared_store: true\n"  # the default file:// store, as if on NFS
+
+
 def _task(key: Path | None, run_text: str = RUN) -> str:
     mounts = f"file_mounts:\n  ~/.ssh/test-ssh-key: {key}\n" if key else ""
     body = "".join(f"  {line}\n" for line in run_text.splitlines())
@@ -80,6 +83,8 @@ def make_project(
     monkeypatch.setenv("KONDUKTOR_HOME", str(khome))
     monkeypatch.setenv("GIT_SSH_COMMAND", server.git_ssh_command(known))
     monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
+    khome.mkdir()
+    (khome / "config.yaml").write_text(SHARED_STORE)
     upstream = server.bare_repo(name)
     work = tmp_path / "work"
     work.mkdir()
@@ -385,8 +390,8 @@ def test_a_missing_key_file_in_the_config(
     project: Project, kube_api: KubeAPI, tmp_path: Path
 ) -> None:
     project.task.write_text(_task(None))
-    project.khome.mkdir(exist_ok=True)
-    (project.khome / "config.yaml").write_text(f"git:\n  ssh_key: {tmp_path}/absent_key\n")
+    config = f"{SHARED_STORE}git:\n  ssh_key: {tmp_path}/absent_key\n"
+    (project.khome / "config.yaml").write_text(config)
     assert "git.ssh_key" in _bad(project, kube_api, tmp_path)
 
 

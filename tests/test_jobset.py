@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import missing_on_this_machine
 
-from konduktor import launch
+from konduktor import launch, task
 from konduktor.k8s import jobset
 from konduktor.plan import Bucket, File, LaunchPlan, Layer, Tree
 from konduktor.task import load
@@ -161,13 +161,23 @@ def test_job_names_are_name_dash_eight_hex(task_file: Path) -> None:
     int(name[-8:], 16)
 
 
-def test_a_long_task_name_is_cut_to_fit_a_kubernetes_name(tmp_path: Path) -> None:
+def test_the_longest_name_leaves_every_pod_host_name_within_63(tmp_path: Path) -> None:
     path = tmp_path / "task.yaml"
-    long = "a" * 53 + ".b" + "c" * 3  # 58 characters, the most a task name may have
-    path.write_text(f"name: {long}\nrun: echo\n")
+    path.write_text(f"name: {'a' * task.MAX_NAME}\nnum_nodes: {task.MAX_NODES}\nrun: echo\n")
     name = jobset.job_name(load(path))
-    assert len(name) <= 63
-    assert name.startswith("a" * 53 + "-")  # the cut never leaves a dot before the dash
+    assert len(f"{name}-workers-0-{task.MAX_NODES - 1}") <= 63
+
+
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [("My_Train.v2.yaml", "my-train-v2"), ("2024-run.yaml", "run"), ("___.yaml", "task")],
+)
+def test_a_task_without_a_name_is_named_after_its_file_validly(
+    tmp_path: Path, file: str, name: str
+) -> None:
+    path = tmp_path / file
+    path.write_text("run: echo\n")
+    assert load(path).name == name
 
 
 def test_golden(task_file: Path) -> None:

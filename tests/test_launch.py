@@ -41,6 +41,14 @@ def khome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def shared(khome: Path) -> Path:
+    """The default file:// store, declared shared with the pods (as an NFS path would be)."""
+    khome.mkdir(exist_ok=True)
+    (khome / "config.yaml").write_text("sync:\n  shared_store: true\n")
+    return khome
+
+
+@pytest.fixture
 def quickstart(tmp_path: Path) -> Path:
     """The README's example, as its own repository."""
     repo = tmp_path / "quickstart"
@@ -181,7 +189,9 @@ def test_above_the_soft_limit_it_warns(quickstart: Path, khome: Path) -> None:
 # -- a cluster ---------------------------------------------------------------------------------
 
 
-def test_launch_submits_the_jobset(quickstart: Path, khome: Path, kube_api: KubeAPI) -> None:
+def test_launch_submits_the_jobset(
+    quickstart: Path, khome: Path, shared: Path, kube_api: KubeAPI
+) -> None:
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
     code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
@@ -195,12 +205,17 @@ def test_launch_submits_the_jobset(quickstart: Path, khome: Path, kube_api: Kube
     commit = git(quickstart, "rev-parse", "HEAD").decode().strip()
     assert annotations["konduktor.dev/git-commit"] == commit
     assert annotations["konduktor.dev/git-dirty"] == "false"
-    script = body["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
-        "containers"
-    ][0]["command"][2]
+    pod_spec = body["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    script = container["command"][2]
     layers = annotations["konduktor.dev/layers"].split(",")
     assert all(digest in script for digest in layers)
     assert f"v1/plans/{job}.json" in stored(khome)
+    store = str(khome / "store")  # shared with the pods: mounted from the node, read-only
+    host = {"path": store, "type": "Directory"}
+    assert {"name": "konduktor-store", "hostPath": host} in pod_spec["volumes"]
+    mount = {"name": "konduktor-store", "mountPath": store, "readOnly": True}
+    assert mount in container["volumeMounts"]
 
     code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
@@ -360,7 +375,7 @@ def test_the_local_target_needs_no_zstd_on_path(
 
 
 def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
-    tmp_path: Path, khome: Path, kube_api: KubeAPI
+    tmp_path: Path, khome: Path, shared: Path, kube_api: KubeAPI
 ) -> None:
     key = tmp_path / "id_ed25519"
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret-material\n")
@@ -502,7 +517,7 @@ def test_launch_is_one_library_call(quickstart: Path, khome: Path) -> None:
 
 
 def test_a_replaced_layer_stops_the_launch_before_it_submits(
-    quickstart: Path, khome: Path, kube_api: KubeAPI
+    quickstart: Path, khome: Path, shared: Path, kube_api: KubeAPI
 ) -> None:
     """A bucket writer swaps the base layer and its metadata: nothing is submitted."""
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
@@ -567,6 +582,7 @@ def test_a_file_mount_that_changes_while_it_is_sent_fails_and_leaves_its_key_fre
     and the next launch, once the file settled, succeeds."""
     khome.mkdir()
     url = f"file://{tmp_path}/store"
+    (khome / "config.yaml").write_text("sync:\n  shared_store: true\n")
     if backend != "file":
         url, options = request.getfixturevalue(f"{backend}_store_factory")()
         (khome / "config.yaml").write_text(
@@ -610,7 +626,8 @@ def _endpoint(khome: Path) -> str | None:
     config = khome / "config.yaml"
     if not config.exists():
         return None
-    return str(yaml.safe_load(config.read_text())["sync"]["store"]["endpoint_url"])
+    store = yaml.safe_load(config.read_text())["sync"].get("store")
+    return str(store["endpoint_url"]) if store else None
 
 
 @pytest.fixture

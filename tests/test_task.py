@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from konduktor.errors import TaskError
+from konduktor.errors import TaskError, UsageError
 from konduktor.task import Overrides, load
 
 QUICKSTART = """\
@@ -113,7 +113,14 @@ BAD = [
     ("empty-run", "run: '  '\n", "run:"),
     ("run-not-string", "run: [a, b]\n", "run:"),
     ("invalid-name", "name: My_Job\nrun: echo\n", "name: 'My_Job'"),
-    ("name-too-long", f"name: {'a' * 60}\nrun: echo\n", "at most 58"),
+    ("name-too-long", f"name: {'a' * 41}\nrun: echo\n", "at most 40"),
+    (
+        "name-underscore",
+        "name: my_train\nrun: echo\n",
+        "name: 'my_train' is not valid; use lowercase",
+    ),
+    ("name-dot", "name: my.train\nrun: echo\n", "starting with a letter"),
+    ("name-digit-first", "name: 1train\nrun: echo\n", "name: '1train'"),
     ("num-nodes-zero", "num_nodes: 0\nrun: echo\n", "num_nodes: 0"),
     ("num-nodes-string", "num_nodes: two\nrun: echo\n", "num_nodes"),
     ("memory-with-unit", "run: echo\nresources: {memory: 16G}\n", "resources.memory: '16G'"),
@@ -164,7 +171,7 @@ def test_missing_task_file(tmp_path: Path) -> None:
 
 
 def test_env_override_from_an_unset_variable(project: Path) -> None:
-    with pytest.raises(TaskError, match="--env NOT_SET_ANYWHERE: not set"):
+    with pytest.raises(UsageError, match="--env NOT_SET_ANYWHERE: not set"):
         load(write(project, "run: echo\n"), Overrides(envs=["NOT_SET_ANYWHERE"]))
 
 
@@ -243,7 +250,7 @@ def test_mount_sources_must_be_files_or_directories(project: Path) -> None:
 
 def test_env_names_from_the_command_line_and_env_files(project: Path) -> None:
     path = write(project, "run: echo\n")
-    with pytest.raises(TaskError, match=r"^--env '1 X', 'A-B': not a variable name"):
+    with pytest.raises(UsageError, match=r"^--env '1 X', 'A-B': not a variable name"):
         load(path, Overrides(envs=["1 X=secret", "OK=1", "A-B=2"]))
     (project / "vars.env").write_text("GOOD=1\n1BAD=2\nNOEQ\n")
     with pytest.raises(TaskError) as raised:

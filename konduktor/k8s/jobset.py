@@ -22,6 +22,7 @@ CREDENTIALS_VOLUME = "konduktor-credentials"
 CREDENTIALS_PATH = "/run/konduktor/credentials"
 GIT_SSH_VOLUME = "konduktor-git-ssh"
 GIT_SSH_PATH = "/run/konduktor/git-ssh"  # git mode's key Secret (secrets.GIT_SSH_KEY in it)
+STORE_VOLUME = "konduktor-store"  # a shared file:// store, from the node at the same path
 MAX_RUN_ANNOTATION = "kueue.x-k8s.io/maxRunDurationSeconds"
 DEFAULT_MAX_RUN_SECONDS = 604800
 _COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -42,14 +43,11 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     return yaml.dump(manifest, Dumper=Dumper, sort_keys=False)
 
 
-_NAME_ROOM = 63 - 9  # a Kubernetes name holds 63 characters; "-" and 8 hex follow
-
-
 def job_name(task: Task) -> str:
-    """``<name>-<8 hex>``, at most 63 characters (a longer name is cut): 32 random bits,
-    so that launches of one task practically never collide with a plan kept in the store
-    (16 bits did, with probability N/65536 once N plans existed)."""
-    return f"{task.name[:_NAME_ROOM].rstrip('-._')}-{secrets.token_hex(4)}"
+    """``<name>-<8 hex>`` (the task's name is at most ``task.MAX_NAME`` characters): 32
+    random bits, so that launches of one task practically never collide with a plan kept
+    in the store (16 bits did, with probability N/65536 once N plans existed)."""
+    return f"{task.name}-{secrets.token_hex(4)}"
 
 
 def render(
@@ -60,9 +58,11 @@ def render(
     secret_names: Sequence[str],
     provenance: Mapping[str, str],
     git_secret: str | None = None,
+    store_path: str | None = None,
 ) -> dict[str, Any]:
     """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``;
-    the Secrets *secret_names* (each optional) are mounted read-only together."""
+    the Secrets *secret_names* (each optional) are mounted read-only together, and a
+    shared ``file://`` store's directory *store_path* read-only from the node."""
     labels = dict(task.resources.labels)
     max_run = labels.pop("maxRunDurationSeconds", str(DEFAULT_MAX_RUN_SECONDS))
     annotations = {MAX_RUN_ANNOTATION: max_run, "konduktor.dev/version": __version__}
@@ -77,7 +77,9 @@ def render(
                 {
                     "name": "workers",
                     "replicas": 1,
-                    "template": _job(task, name, command, secret_names, provenance, git_secret),
+                    "template": _job(
+                        task, name, command, secret_names, provenance, git_secret, store_path
+                    ),
                 }
             ],
         },
@@ -91,6 +93,7 @@ def _job(
     secret_names: Sequence[str],
     provenance: Mapping[str, str],
     git_secret: str | None,
+    store_path: str | None,
 ) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [
         {
@@ -104,6 +107,14 @@ def _job(
         volumes.append(
             {"name": GIT_SSH_VOLUME, "secret": {"secretName": git_secret, "defaultMode": 0o400}}
         )
+    if store_path:
+        volumes.append(
+            {"name": STORE_VOLUME, "hostPath": {"path": store_path, "type": "Directory"}}
+        )
+    container = _container(task, name, command, provenance, git_secret)
+    if store_path:
+        mount = {"name": STORE_VOLUME, "mountPath": store_path, "readOnly": True}
+        container["volumeMounts"].append(mount)
     return {
         "spec": {
             "parallelism": task.num_nodes,
@@ -114,7 +125,7 @@ def _job(
                 "metadata": {"labels": {"konduktor.dev/job": name}},
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [_container(task, name, command, provenance, git_secret)],
+                    "containers": [container],
                     "volumes": volumes,
                 },
             },
