@@ -115,11 +115,13 @@ def ls_files(
         sel = selection.select(paths[0] if paths else root or Path("."), commit=commit)
         warn(sel.warnings)
         out.writelines(os.fsencode(path) + end for path in sel.paths())
-        return _path_errors([])
+        out.flush()
+        return 0
     base = root or Path(".")
     listing = selection.pick(base, [_relative(p, base) for p in paths], commit=commit)
     warn(listing.warnings)
-    shown = (os.path.relpath(os.path.join(os.path.abspath(base), p)) for p in listing.paths)
+    top = os.path.abspath(base)  # printed as git prints them: relative to the cwd
+    shown = listing.paths if top == os.getcwd() else (_from_cwd(top, p) for p in listing.paths)
     out.writelines(os.fsencode(path) + end for path in shown)
     return _path_errors(listing.errors)
 
@@ -131,9 +133,12 @@ def _relative(path: Path, root: Path) -> str:
     return absolute if relative == ".." or relative.startswith("../") else relative
 
 
+def _from_cwd(top: str, path: str) -> str:
+    return os.path.relpath(os.path.join(top, path))
+
+
 def _path_errors(errors: Sequence[str]) -> int:
     """After what was printed: one line per PATH that could not be answered, exit 1 if any."""
-    sys.stdout.flush()
     sys.stdout.buffer.flush()
     for error in errors:
         click.echo(f"error: {error}", err=True)

@@ -95,13 +95,14 @@ class LayerRef:
         manifest = path.with_name(path.name.removesuffix(".tar.zst") + ".json")
         try:
             data = json.loads(manifest.read_text())
-            digest, kind, key, base = (data[k] for k in ("sha256", "kind", "key", "base"))
+            digest = data["sha256"]
         except FileNotFoundError:
             log.warning("no manifest %s beside the layer: its sha256 is not verified", manifest)
             return cls(path, None)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"cannot read the manifest {manifest}: {exc}") from exc
-        return cls(path, str(digest), str(kind), str(key), None if base is None else str(base))
+        kind, key, base = (data.get(name) for name in ("kind", "key", "base"))
+        return cls(path, str(digest), *(None if v is None else str(v) for v in (kind, key, base)))
 
 
 def check_order(layers: Sequence[LayerRef], dest: Path) -> None:

@@ -529,6 +529,12 @@ def test_a_base_without_manifest_is_not_order_checked(
     assert (tmp_path / "dest" / "train.py").read_text() == "edited\n"
 
 
+def test_a_manifest_with_only_a_sha256_verifies_but_does_not_order(tmp_path: Path) -> None:
+    ref = make_layer(tmp_path / "hand.tar.zst", [file("a", b"1")])
+    (tmp_path / "hand.json").write_text(f'{{"sha256": "{ref.sha256}"}}')
+    assert LayerRef.beside_manifest(ref.path) == LayerRef(ref.path, ref.sha256)
+
+
 # -- hostile layers ---------------------------------------------------------------------------
 
 
