@@ -546,7 +546,7 @@ def _missing(root: Path, commit: str | None, path: str) -> Verdict:
     if commit is None:
         return Verdict(path, False, "not found", f"{path} does not exist in {root}; check the path")
     error = (
-        f"{path} is not in commit {commit[:12]}; check the path (without --commit: the work tree)"
+        f"{path} is not in commit {commit[:12]}; check the path, or drop --commit for the work tree"
     )
     return Verdict(path, False, f"not in commit {commit[:12]}", error)
 
