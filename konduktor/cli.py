@@ -81,16 +81,23 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option(
     "--root",
     type=click.Path(path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="With --why: the directory being synced.",
+    help="With --why or PATHs inside it: the directory being synced (default: the current one).",
 )
-def ls_files(paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, root: Path) -> None:
-    """Print the files that ship from PATH (default: the current directory).
+def ls_files(
+    paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, root: Path | None
+) -> int:
+    """Print the files that ship, one per line.
 
-    One path per line, relative to PATH. With --why, print for each PATH
-    whether it ships and the rule that decided (`.konduktorignore:3:secret*`,
-    `.gitignore:1:*.log`, `tracked`, `untracked`, ...).
+    With no PATH or one directory PATH (and no --root): what ships when that
+    directory (default: the current one) is synced, as `workdir: PATH` does,
+    relative to it. Otherwise each PATH is a file or directory inside --root,
+    and the files that ship from them print as `git ls-files PATH...` prints
+    them, relative to the current directory (a file that does not ship
+    prints nothing). With --why, print for each PATH whether it ships and the
+    rule that decided (`.konduktorignore:3:secret*`, `.gitignore:1:*.log`,
+    `tracked`, `untracked`, ...). A PATH that does not exist or is outside the
+    synced directory gets one error line once the others are answered, and
+    the exit code is 1.
     """
     from konduktor import selection
 
@@ -99,24 +106,44 @@ def ls_files(paths: tuple[Path, ...], nul: bool, commit: str | None, why: bool, 
     if why:
         if not paths:
             raise click.UsageError("--why needs at least one PATH to explain")
-        for verdict in selection.explain(root, [_relative(p, root) for p in paths], commit=commit):
+        base = root or Path(".")
+        verdicts = selection.explain(base, [_relative(p, base) for p in paths], commit=commit)
+        for verdict in verdicts:
             state = "ships" if verdict.ships else "excluded"
             out.write(os.fsencode(f"{verdict.path}\t{state}\t{verdict.rule}") + end)
-    else:
-        if len(paths) > 1:
-            raise click.UsageError("give one PATH to list (or use --why to explain several paths)")
-        sel = selection.select(paths[0] if paths else Path("."), commit=commit)
+        return _path_errors([v.error for v in verdicts if v.error is not None])
+    if not paths or (root is None and len(paths) == 1 and paths[0].is_dir()):
+        sel = selection.select(paths[0] if paths else root or Path("."), commit=commit)
         warn(sel.warnings)
         out.writelines(os.fsencode(path) + end for path in sel.paths())
-    out.flush()
+        out.flush()
+        return 0
+    base = root or Path(".")
+    listing = selection.pick(base, [_relative(p, base) for p in paths], commit=commit)
+    warn(listing.warnings)
+    top = os.path.abspath(base)  # printed as git prints them: relative to the cwd
+    shown = listing.paths if top == os.getcwd() else (_from_cwd(top, p) for p in listing.paths)
+    out.writelines(os.fsencode(path) + end for path in shown)
+    return _path_errors(listing.errors)
 
 
 def _relative(path: Path, root: Path) -> str:
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(Path(os.path.abspath(root))).as_posix()
-    except ValueError:
-        raise click.UsageError(f"{path} is not inside the synced directory {root}") from None
+    """*path* relative to *root*; absolute when it is outside (the library reports it)."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.path.abspath(root))
+    return absolute if relative == ".." or relative.startswith("../") else relative
+
+
+def _from_cwd(top: str, path: str) -> str:
+    return os.path.relpath(os.path.join(top, path))
+
+
+def _path_errors(errors: Sequence[str]) -> int:
+    """After what was printed: one line per PATH that could not be answered, exit 1 if any."""
+    sys.stdout.buffer.flush()
+    for error in errors:
+        click.echo(f"error: {error}", err=True)
+    return 1 if errors else 0
 
 
 @cli.command()
@@ -125,7 +152,8 @@ def _relative(path: Path, root: Path) -> str:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write the layers and their manifests into this directory.",
+    help="Write the layers and their manifests into this directory: "
+    "base-<commit>-<root>.tar.zst, overlay-<sha256>.tar.zst (or full-...), each with a .json.",
 )
 @click.option(
     "--level",
@@ -231,9 +259,13 @@ def _print_snapshot(info: SnapshotInfo) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
         click.echo("  ".join([*cells, row[5]]))
-    commit = info.commit[:12] if info.commit else "no commit"
-    state = "dirty" if info.dirty else "clean"
-    click.echo(f"{commit} ({state}), {len(info.layers)} layer(s) in {info.seconds:.2f} s")
+    took = f"in {info.seconds:.2f} s"
+    if info.commit:
+        state = "dirty" if info.dirty else "clean"
+        click.echo(f"{info.commit[:12]} ({state}), {len(info.layers)} layer(s) {took}")
+    else:  # one full layer; snapshot.plan calls it dirty inside a repository
+        where = "git repository without commits" if info.dirty else "not a git work tree"
+        click.echo(f"{where}: one full layer {took}")
     for layer in info.layers:
         if layer.path:
             click.echo(f"wrote {layer.path}")
@@ -417,8 +449,9 @@ def _print_dry_run(result: LaunchResult, output: str | None) -> None:
 def extract(layers: tuple[Path, ...], dest: Path, replace: bool) -> None:
     """Extract LAYER files in order (base first, then overlay) into DEST.
 
-    Each layer's sha256 is checked against the manifest beside it
-    (<name>.json) before anything is written; DEST is replaced only when
+    The manifest beside each layer (<name>.json, as `snapshot --out` writes
+    them) gives its sha256, checked before anything is written, and its place:
+    an overlay must come right after its base. DEST is replaced only when
     everything succeeded.
     """
     from konduktor import extract as ex

@@ -50,6 +50,7 @@ from typing import BinaryIO, Literal
 
 import zstandard
 
+from konduktor import layout
 from konduktor.errors import ExtractError, RefusedMemberError, UsageError
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,18 @@ _REFUSED_TYPES = {
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A layer file and the sha256 (hex) its compressed bytes must have, if known."""
+    """A layer file and the sha256 (hex) its compressed bytes must have, if known.
+
+    ``kind``, ``key`` and ``base`` come from the layer's manifest (``base``: the key of
+    an overlay's base layer); without a manifest they are None and the layer's place
+    in the order is not checked.
+    """
 
     path: Path
     sha256: str | None
+    kind: str | None = None
+    key: str | None = None
+    base: str | None = None
 
     @classmethod
     def beside_manifest(cls, path: Path) -> LayerRef:
@@ -85,13 +94,51 @@ class LayerRef:
             raise UsageError(f"layer {path} does not exist")
         manifest = path.with_name(path.name.removesuffix(".tar.zst") + ".json")
         try:
-            digest = json.loads(manifest.read_text())["sha256"]
+            data = json.loads(manifest.read_text())
+            digest = data["sha256"]
         except FileNotFoundError:
             log.warning("no manifest %s beside the layer: its sha256 is not verified", manifest)
             return cls(path, None)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"cannot read the manifest {manifest}: {exc}") from exc
-        return cls(path, str(digest))
+        kind, key, base = (data.get(name) for name in ("kind", "key", "base"))
+        return cls(path, str(digest), *(None if v is None else str(v) for v in (kind, key, base)))
+
+
+def check_order(layers: Sequence[LayerRef], dest: Path) -> None:
+    """Refuse layers that do not make one snapshot in the order given (a :class:`UsageError`
+    saying what to give instead): a base or full layer is a whole tree and comes first; an
+    overlay comes right after the base its manifest names. Extracted the other way round,
+    the base would silently undo the overlay's changes."""
+    for i, layer in enumerate(layers):
+        if layer.kind in ("base", "full") and i > 0:
+            raise UsageError(
+                f"{layer.path} is a {layer.kind} layer (a whole tree) and must come first; "
+                "give one snapshot's layers: its base, then its overlay"
+            )
+        if layer.kind == "overlay" and layer.base is not None:
+            _check_base(layers, i, dest)
+
+
+def _check_base(layers: Sequence[LayerRef], i: int, dest: Path) -> None:
+    overlay = layers[i]
+    assert overlay.base is not None
+    before = layers[i - 1] if i > 0 else None
+    if before is not None and before.key in (None, overlay.base):
+        if before.key is None:  # no manifest: unverified, as its sha256 is
+            log.warning("cannot check that %s is the base of %s", before.path, overlay.path)
+        return
+    given = [layer.path for layer in layers if layer.key == overlay.base]
+    if given:
+        raise UsageError(
+            f"layers in the wrong order: {given[0].name} is the base of {overlay.path.name} and "
+            f"comes right before it: konduktor extract {given[0]} {overlay.path} {dest}"
+        )
+    base = overlay.path.with_name(layout.Name(overlay.base).out_name("base") + ".tar.zst")
+    raise UsageError(
+        f"{overlay.path.name} is an overlay and needs its base layer {base.name} right before "
+        f"it: konduktor extract {base} {overlay.path} {dest}"
+    )
 
 
 @dataclass(frozen=True)
@@ -119,10 +166,13 @@ def sha256_file(path: Path) -> str:
 def extract(layers: Sequence[LayerRef], dest: Path) -> ExtractResult:
     """Verify ``layers``, apply them in order, and replace ``dest`` with the result.
 
-    Raises :class:`ExtractError` when a layer is unreadable, has the wrong sha256,
-    is truncated or corrupt, or holds a member that may not be extracted; ``dest``
-    is then left untouched and no staging directory remains.
+    Raises :class:`UsageError` when the layers are not in an order that makes one
+    snapshot (:func:`check_order`), and :class:`ExtractError` when a layer is
+    unreadable, has the wrong sha256, is truncated or corrupt, or holds a member that
+    may not be extracted; ``dest`` is then left untouched and no staging directory
+    remains.
     """
+    check_order(layers, dest)
     _check_dest(dest)
     for layer in layers:
         _verify(layer)

@@ -10,9 +10,9 @@ Under the store URL::
     v1/locks/<name>                                 upload locks: who is uploading <name>
     v1/check/probe-<stamp>                          `konduktor check`'s write probe
 
-An object's :class:`Name` is its path below ``v1/``: manifests, ``--out`` file names
-and ``store ls`` show it; :attr:`Name.key` is the key in the store. No other module
-spells these prefixes or slices a key.
+An object's :class:`Name` is its path below ``v1/``: manifests and ``store ls`` show it,
+and ``--out`` file names are made from it; :attr:`Name.key` is the key in the store. No
+other module spells these prefixes or slices a key.
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ class Name(str):
         """The commit a base layer is keyed by; None for content-addressed objects."""
         return self.split("/")[2] if self.is_base else None
 
-    @property
-    def file_name(self) -> str:
-        """A flat file name for ``snapshot --out`` (no extension)."""
-        return self.removesuffix(".tar.zst").replace("/", "-")
+    def out_name(self, kind: str) -> str:
+        """The file name (no extension) ``snapshot --out`` gives the layer: it says which layer
+        it is, ``base-<commit[:12]>-<root-id[:8]>`` or ``<kind>-<sha256[:12]>`` (an overlay or
+        a full layer), and sorts a snapshot's base before its overlay."""
+        parts = self.removesuffix(".tar.zst").split("/")
+        if self.is_base and len(parts) == 4:
+            return f"base-{parts[2][:12]}-{parts[3][:8]}"
+        return f"{kind}-{parts[-1][:12]}"
 
 
 def base(repo_id: str, commit: str, root_id: str) -> Name:

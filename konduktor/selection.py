@@ -10,7 +10,8 @@ that are not UTF-8 are kept as surrogate escapes (``os.fsdecode``).
 
 Asked to (``select(root, why=True)``), the same pass records the deciding rule
 of every path it looks at; :func:`explain` (``ls-files --why``) only looks
-paths up in that record, so it cannot disagree with what ships.
+paths up in that record, so it cannot disagree with what ships; so does :func:`pick`
+(``ls-files PATH...``), which keeps the entries named by some paths.
 """
 
 from __future__ import annotations
@@ -103,11 +104,26 @@ class Selection:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether one path ships, and the rule that decided (``.konduktorignore:3:secret*``)."""
+    """Whether one path ships, and the rule that decided (``.konduktorignore:3:secret*``).
+
+    ``error`` says why a path given could not be looked up (it does not exist, or lies
+    outside the root) and what to do; such a path never ships.
+    """
 
     path: str
     ships: bool
     rule: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files that ship from some paths under a root (:func:`pick`): ``paths`` in
+    selection order, each once; one ``errors`` line per path that names nothing."""
+
+    paths: tuple[str, ...]
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
 
 
 def select(root: Path, *, commit: str | None = None, why: bool = False) -> Selection:
@@ -468,14 +484,32 @@ def explain(root: Path, paths: Sequence[str], *, commit: str | None = None) -> l
     A lookup into one selection pass (``select(root, commit=commit, why=True)``). A path
     the pass never looked at is explained by what it did look at: the rule over a
     directory above it, else git's own excludes (``git check-ignore``); a directory ships
-    when a file under it does.
+    when a file under it does. A path that does not exist (in the work tree, or in
+    *commit*) or lies outside *root* (``../x``) gets a verdict with an ``error``.
     """
     selection = select(root, commit=commit, why=True)
     assert selection.reasons is not None  # why=True always records
     return [_lookup(selection, selection.reasons, path) for path in paths]
 
 
+def pick(root: Path, paths: Sequence[str], *, commit: str | None = None) -> Listing:
+    """The files that ship from *root* (its work tree, or *commit*'s tree) and are named by
+    *paths* (root-relative, ``.`` for all) or lie under one of them, as ``git ls-files
+    PATH...`` picks them. A path that exists but ships nothing adds nothing, as in git; one
+    that does not exist, or lies outside *root*, adds an error (:attr:`Verdict.error`)."""
+    selection = select(root, commit=commit, why=True)
+    assert selection.reasons is not None  # why=True always records
+    verdicts = [_lookup(selection, selection.reasons, path) for path in paths]
+    named = {v.path for v in verdicts if v.error is None}
+    under = tuple(_dir_prefix(path) for path in named)
+    picked = (e.path for e in selection.entries if e.path in named or e.path.startswith(under))
+    errors = tuple(v.error for v in verdicts if v.error is not None)
+    return Listing(tuple(picked), errors, selection.warnings)
+
+
 def _lookup(selection: Selection, reasons: Reasons, path: str) -> Verdict:
+    if _outside(path):
+        return _outside_verdict(selection.root, path)
     if _has_git_component(path):
         return Verdict(path, False, ".git")
     kind = _kind(selection, reasons, path)
@@ -485,12 +519,36 @@ def _lookup(selection: Selection, reasons: Reasons, path: str) -> Verdict:
     if decided is not None:
         return Verdict(path, decided[0], str(decided[1]))
     if kind is None:
-        where = f"in commit {reasons.commit[:12]}" if reasons.commit else "found"
-        return Verdict(path, False, f"not {where}")
+        return _missing(selection.root, reasons.commit, path)
     unseen = _above(path, reasons.trees, reasons.unlisted) or _git_excludes(
         selection, reasons, path
     )
     return Verdict(path, False, unseen or "not a file git lists")
+
+
+def _outside(path: str) -> bool:
+    normal = posixpath.normpath(path)
+    return normal == ".." or normal.startswith(("../", "/"))
+
+
+def _outside_verdict(root: Path, path: str) -> Verdict:
+    if not os.path.lexists(os.path.join(root, path)):
+        return Verdict(path, False, "not found", f"{path} does not exist; check the path")
+    return Verdict(
+        path,
+        False,
+        "outside the synced directory",
+        f"{path} is outside the synced directory {root}; give --root a directory that holds it",
+    )
+
+
+def _missing(root: Path, commit: str | None, path: str) -> Verdict:
+    if commit is None:
+        return Verdict(path, False, "not found", f"{path} does not exist in {root}; check the path")
+    error = (
+        f"{path} is not in commit {commit[:12]}; check the path, or drop --commit for the work tree"
+    )
+    return Verdict(path, False, f"not in commit {commit[:12]}", error)
 
 
 def _kind(selection: Selection, reasons: Reasons, path: str) -> Literal["directory", "file"] | None:

@@ -459,7 +459,7 @@ def _build_layer(
             tmp.close()
     key = _built_key(p, layer, records)
     manifest = _manifest(p, layer, key, records, sha256, compressed)
-    placed = _place(out, key, written, manifest) if out is not None else None
+    placed = _place(out, layer.kind, key, written, manifest) if out is not None else None
     counts = (len(records), len(records) + len(layer.deletions), writer.tar_bytes)
     size = sum(r.size for r in records)
     return BuiltLayer(layer.kind, key, sha256, size, compressed, *counts, placed, manifest)
@@ -480,9 +480,12 @@ def _built_key(p: SnapshotPlan, layer: LayerPlan, records: list[Record]) -> layo
     return key
 
 
-def _place(out: Path, key: layout.Name, written: list[Path], manifest: dict[str, object]) -> Path:
-    """Move the finished layer into place as <name>.tar.zst, with <name>.json beside it."""
-    name = key.file_name
+def _place(
+    out: Path, kind: Kind, key: layout.Name, written: list[Path], manifest: dict[str, object]
+) -> Path:
+    """Move the finished layer into place as <name>.tar.zst, with <name>.json beside it
+    (``base-<commit>-<root>``, ``overlay-<sha>``: see :meth:`layout.Name.out_name`)."""
+    name = key.out_name(kind)
     final = out / f"{name}.tar.zst"
     os.replace(written[-1], final)
     written[-1] = final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,13 +68,95 @@ def test_ls_files_lists_the_selection_nul_separated(repo: Path) -> None:
 
 def test_ls_files_why_names_the_rule(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(repo)
-    code, out, _ = run("ls-files", "--why", "secret.env", "a.py", "missing.txt")
-    assert code == 0
+    code, out, err = run("ls-files", "--why", "secret.env", "a.py", "missing.txt")
     assert out.splitlines() == [
         "secret.env\texcluded\t.konduktorignore:1:*.env",
         "a.py\tships\ttracked",
         "missing.txt\texcluded\tnot found",
     ]
+    # every path answered, then one error per path that names nothing
+    assert (code, err) == (1, f"error: missing.txt does not exist in {repo}; check the path\n")
+
+
+def test_ls_files_takes_files_and_several_paths_as_git_does(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo)
+    args = ("sub", "a.py", "secret.env")
+    code, out, err = run("ls-files", *args)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["a.py", "sub/b.py"]  # secret.env does not ship: not listed
+    assert set(git(repo, "ls-files", *args).decode().splitlines()) - set(out.splitlines()) == {
+        "secret.env"
+    }
+    monkeypatch.chdir(repo / "sub")
+    code, out, _ = run("ls-files", "--root", "..", "../a.py", "b.py")
+    assert (code, out) == (0, git(repo / "sub", "ls-files", "../a.py", "b.py").decode())
+    assert out == "../a.py\nb.py\n"
+
+
+def test_ls_files_reports_every_path_that_names_nothing_then_fails(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(repo / "sub")
+    code, out, err = run("ls-files", "--why", "b.py", "../a.py", "nope.py")
+    assert code == 1
+    assert out.splitlines() == [
+        "b.py\tships\ttracked",
+        f"{repo / 'a.py'}\texcluded\toutside the synced directory",
+        "nope.py\texcluded\tnot found",
+    ]
+    assert err.splitlines() == [
+        f"error: {repo / 'a.py'} is outside the synced directory {repo / 'sub'}; "
+        "give --root a directory that holds it",
+        f"error: nope.py does not exist in {repo / 'sub'}; check the path",
+    ]
+    code, out, err = run("ls-files", "b.py", tmp_path / "nope")
+    assert (code, out) == (1, "b.py\n")
+    errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert errors == [f"error: {tmp_path / 'nope'} does not exist; check the path"]
+
+
+def test_snapshot_summary_says_where_no_commit_came_from(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.py").write_text("a\n")
+    code, out, _ = run("snapshot", plain)
+    assert code == 0
+    assert out.splitlines()[-1].startswith("not a git work tree: one full layer in ")
+    fresh = make_repo(tmp_path, {"a.py": "a\n"}, commit=False, name="fresh")
+    code, out, _ = run("snapshot", fresh)
+    assert out.splitlines()[-1].startswith("git repository without commits: one full layer in ")
+
+
+def test_out_names_say_base_and_overlay_and_extract_checks_their_order(
+    repo: Path, tmp_path: Path
+) -> None:
+    (repo / "a.py").write_text("edited\n")
+    code, _, err = run("snapshot", repo, "--out", tmp_path / "out")
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [re.sub("[0-9a-f]{8,}", "H", name) for name in names] == [
+        "base-H-H.json",
+        "base-H-H.tar.zst",
+        "overlay-H.json",
+        "overlay-H.tar.zst",
+    ]
+    base, overlay = sorted((tmp_path / "out").glob("*.tar.zst"))  # as the shell globs them
+    code, out, err = run("extract", overlay, base, tmp_path / "dest")
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: layers in the wrong order: {base.name} is the base of {overlay.name} and comes "
+        f"right before it: konduktor extract {base} {overlay} {tmp_path / 'dest'}\n"
+    )
+    assert not (tmp_path / "dest").exists()
+    code, _, err = run("extract", overlay, tmp_path / "dest")
+    assert code == 2
+    assert err.startswith(f"error: {overlay.name} is an overlay and needs its base layer ")
+    assert not (tmp_path / "dest").exists()
+    code, _, err = run("extract", base, overlay, tmp_path / "dest")
+    assert code == 0, err
+    assert (tmp_path / "dest" / "a.py").read_text() == "edited\n"
 
 
 def test_ls_files_why_without_paths_is_a_usage_error() -> None:
@@ -135,13 +218,12 @@ def test_extract_refuses_a_tampered_layer(repo: Path, tmp_path: Path) -> None:
     [
         (("snapshot", "{tmp}/nope"), "does not exist"),
         (("snapshot", "{tmp}/file.txt"), "is not a directory"),
-        (("ls-files", "{tmp}/nope"), "does not exist"),
         (("snapshot", "{repo}", "--commit", "no-such-rev"), "does not name a commit"),
         (("ls-files", "{repo}", "--commit", "no-such-rev"), "does not name a commit"),
         (("snapshot", "{empty}", "--commit", "HEAD"), "does not name a commit"),
         (("snapshot", "{tmp}/plain", "--commit", "HEAD"), "needs a git repository"),
     ],
-    ids=["missing", "not-a-dir", "ls-missing", "bad-rev", "ls-bad-rev", "no-commits", "no-git"],
+    ids=["missing", "not-a-dir", "bad-rev", "ls-bad-rev", "no-commits", "no-git"],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_leaves_nothing(
     repo: Path, tmp_path: Path, args: tuple[str, ...], message: str

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from gitrepo_helpers import commit_all, make_repo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from konduktor.errors import ExtractError
+from konduktor.errors import ExtractError, UsageError
 from konduktor.extract import ExtractResult, LayerRef, extract, sha256_file
+from konduktor.snapshot import build as build_snapshot
 
 Entry = tuple[tarfile.TarInfo, bytes]
 Tree = dict[str, tuple[object, ...]]
@@ -444,6 +446,93 @@ def feed_then_interrupt(fifo: Path, data: bytes, saw_staging: list[bool]) -> Non
         saw_staging.append(True)
         _thread.interrupt_main()
         pipe.write(data[half:])
+
+
+# -- the order of a snapshot's layers ---------------------------------------------------------
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> dict[str, LayerRef]:
+    """A committed repo with an uncommitted edit, snapshotted into out/ by `snapshot --out`:
+    its base and overlay as the CLI reads them (manifests beside), plus an older base."""
+    repo = make_repo(tmp_path, {"train.py": "v1\n", "net.py": "n\n"})
+    old = build_snapshot(repo, out=tmp_path / "old").layers[0].path
+    (repo / "net.py").write_text("n2\n")
+    commit_all(repo)
+    (repo / "train.py").write_text("edited\n")
+    built = {la.kind: la.path for la in build_snapshot(repo, out=tmp_path / "out").layers}
+    assert old is not None
+    refs = {kind: LayerRef.beside_manifest(path) for kind, path in built.items() if path}
+    return {**refs, "old base": LayerRef.beside_manifest(old)}
+
+
+def test_out_names_say_which_layer_is_which(layers: dict[str, LayerRef]) -> None:
+    assert re.fullmatch(r"base-[0-9a-f]{12}-[0-9a-f]{8}\.tar\.zst", layers["base"].path.name)
+    assert re.fullmatch(r"overlay-[0-9a-f]{12}\.tar\.zst", layers["overlay"].path.name)
+    assert layers["overlay"].base == layers["base"].key
+    assert (layers["base"].kind, layers["overlay"].kind) == ("base", "overlay")
+
+
+def test_base_then_overlay_keeps_the_uncommitted_edit(
+    tmp_path: Path, layers: dict[str, LayerRef]
+) -> None:
+    dest = tmp_path / "dest"
+    extract([layers["base"], layers["overlay"]], dest)
+    assert (dest / "train.py").read_text() == "edited\n"
+    assert (dest / "net.py").read_text() == "n2\n"
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        (
+            ["overlay", "base"],
+            r"^layers in the wrong order: (?P<base>base-\S+) is the base of overlay-\S+ and "
+            r"comes right before it: konduktor extract \S+/(?P=base) \S+/overlay-\S+ \S+/dest$",
+        ),
+        (
+            ["overlay"],
+            r"^overlay-\S+ is an overlay and needs its base layer (?P<base>base-\S+) right before "
+            r"it: konduktor extract \S+/out/(?P=base) \S+/overlay-\S+ \S+/dest$",
+        ),
+        (["old base", "overlay"], r"^overlay-\S+ is an overlay and needs its base layer base-"),
+        (["base", "base"], r"^\S+/base-\S+ is a base layer \(a whole tree\) and must come first"),
+        (["overlay", "overlay"], r"needs its base layer base-"),
+    ],
+    ids=["overlay-first", "no-base", "other-base", "base-twice", "overlay-twice"],
+)
+def test_layers_out_of_order_are_refused_before_anything_is_written(
+    tmp_path: Path, layers: dict[str, LayerRef], order: list[str], message: str
+) -> None:
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(UsageError) as excinfo:
+        extract([layers[name] for name in order], tmp_path / "dest")
+    assert re.search(message, str(excinfo.value)), str(excinfo.value)
+    assert sorted(os.listdir(tmp_path)) == before  # no dest, no staging directory
+
+
+def test_the_base_named_for_a_lone_overlay_is_the_file_snapshot_wrote(
+    tmp_path: Path, layers: dict[str, LayerRef]
+) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        extract([layers["overlay"]], tmp_path / "dest")
+    named = str(excinfo.value).split("konduktor extract ")[1].split()[0]
+    assert Path(named) == layers["base"].path
+
+
+def test_a_base_without_manifest_is_not_order_checked(
+    tmp_path: Path, layers: dict[str, LayerRef], caplog: pytest.LogCaptureFixture
+) -> None:
+    unverified = LayerRef(layers["base"].path, None)
+    extract([unverified, layers["overlay"]], tmp_path / "dest")
+    assert "cannot check that" in caplog.text
+    assert (tmp_path / "dest" / "train.py").read_text() == "edited\n"
+
+
+def test_a_manifest_with_only_a_sha256_verifies_but_does_not_order(tmp_path: Path) -> None:
+    ref = make_layer(tmp_path / "hand.tar.zst", [file("a", b"1")])
+    (tmp_path / "hand.json").write_text(f'{{"sha256": "{ref.sha256}"}}')
+    assert LayerRef.beside_manifest(ref.path) == LayerRef(ref.path, ref.sha256)
 
 
 # -- hostile layers ---------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from gitrepo_helpers import commit_all, git, write_files
 from kube_server import KubeAPI
 from test_cli import run
 
+from konduktor import snapshot
+
 MB = 1 << 20
 TASK = """\
 name: first-hour
@@ -92,6 +94,22 @@ def _config(text: str) -> Callable[[Path], None]:
     return write
 
 
+# extract/ls-files
+def _named_layers(project: Path) -> None:
+    """`snapshot --out {tmp}/layers`, renamed base.tar.zst and overlay.tar.zst (manifests
+    beside: base.json, overlay.json), so that rows can name them."""
+    out = project.parent / "layers"
+    for layer in snapshot.build(project, out=out).layers:
+        assert layer.path is not None
+        stem = layer.path.name.removesuffix(".tar.zst")
+        for suffix in (".tar.zst", ".json"):
+            (out / f"{stem}{suffix}").rename(out / f"{layer.kind}{suffix}")
+
+
+def _plain_directory(project: Path) -> None:
+    write_files(project.parent / "plain", {"train.py": "print('plain')\n"})
+
+
 SETUPS: dict[str, Callable[[Path], None]] = {
     "no commits": _uncommitted_project,
     "not a repository": _not_a_repository,
@@ -99,6 +117,9 @@ SETUPS: dict[str, Callable[[Path], None]] = {
     "exits 3": _task(TASK.replace("python train.py", "exit 3")),
     "underscore name": _task(TASK.replace("first-hour", "my_train")),
     "soft limit 0.5 MB": _config("sync:\n  soft_limit_mb: 0.5\n"),
+    # extract/ls-files
+    "layers": _named_layers,
+    "plain directory": _plain_directory,
 }
 _LOCAL = ("launch", "--local", "-y", "task.yaml")
 _SANDBOX = r"^khome($|/(local|store|cache)(/|$))"  # what a local run writes: its HOME and store
@@ -193,7 +214,92 @@ ROWS_LAUNCH: list[Row] = [
     ),
 ]
 
-ROWS_EXTRACT_LS: list[Row] = []
+_LAYERS = "{tmp}/layers"
+_KHOME = r"^khome(/|$)"  # hash and key caches
+# `git status` refreshes the stat data in the index of a work tree with edits (git's own
+# write; `git --no-optional-locks status` would not write it)
+_INDEX = r"^project/\.git(/index)?$"
+ROWS_EXTRACT_LS: list[Row] = [
+    Row(
+        "extract-overlay-before-base",
+        ("extract", f"{_LAYERS}/overlay.tar.zst", f"{_LAYERS}/base.tar.zst", "{tmp}/dest"),
+        2,
+        r"^error: layers in the wrong order: base\.tar\.zst is the base of overlay\.tar\.zst and "
+        r"comes right before it: konduktor extract \S+/base\.tar\.zst \S+/overlay\.tar\.zst ",
+        setup="layers",
+    ),
+    Row(
+        "extract-overlay-without-base",
+        ("extract", f"{_LAYERS}/overlay.tar.zst", "{tmp}/dest"),
+        2,
+        r"^error: overlay\.tar\.zst is an overlay and needs its base layer "
+        r"base-[0-9a-f]{12}-[0-9a-f]{8}\.tar\.zst right before it: konduktor extract ",
+        setup="layers",
+    ),
+    Row(
+        "extract-base-then-overlay",
+        ("extract", f"{_LAYERS}/base.tar.zst", f"{_LAYERS}/overlay.tar.zst", "{tmp}/dest"),
+        0,
+        r"^extracted \d+ files and 0 symlinks into ",
+        stream="out",
+        setup="layers",
+        may_change=(r"^dest(/|$)",),
+    ),
+    Row(
+        "snapshot-out-names",
+        ("snapshot", "--out", "{tmp}/out"),
+        0,
+        r"^layer\s+files\s",
+        stream="out",
+        # only these names may appear: they say which layer is which
+        may_change=(
+            r"^out$",
+            r"^out/(base-[0-9a-f]{12}-[0-9a-f]{8}|overlay-[0-9a-f]{12})\.(tar\.zst|json)$",
+            _KHOME,
+            _INDEX,
+        ),
+    ),
+    Row(
+        "ls-files-why-missing",
+        ("ls-files", "--why", "train.py", "nonexistent.txt"),
+        1,
+        r"^error: nonexistent\.txt does not exist in \S+/project; check the path$",
+        may_change=(_INDEX,),
+    ),
+    Row(
+        "snapshot-outside-git",
+        ("snapshot", "{tmp}/plain"),
+        0,
+        r"^layer\s+files\s",  # its last line: "not a git work tree: one full layer in ..."
+        stream="out",
+        setup="plain directory",
+        may_change=(_KHOME,),
+    ),
+    Row(
+        "ls-files-a-file",
+        ("ls-files", "train.py"),
+        0,
+        r"^train\.py$",
+        stream="out",
+        may_change=(_INDEX,),
+    ),
+    Row(
+        "ls-files-several-paths",
+        ("ls-files", "train.py", "model", "secrets", "train.log"),
+        0,
+        r"^model/net\.py$",
+        stream="out",
+        may_change=(_INDEX,),
+    ),
+    Row(
+        "ls-files-why-outside-root",
+        ("ls-files", "--why", "--root", "{project}/model", "model/net.py", "train.log"),
+        1,
+        r"^error: \S+/project/train\.log is outside the synced directory \S+/project/model; "
+        r"give --root a directory that holds it$",
+        may_change=(_INDEX,),
+    ),
+]
 
 ROWS_STORE_CHECK: list[Row] = []
 

@@ -1144,3 +1144,81 @@ def test_explain_a_commit_reads_only_its_tree(tmp_path: Path) -> None:
     }
     verdicts = explain(repo, list(want), commit="HEAD~1")
     assert {v.path: (v.ships, v.rule) for v in verdicts} == want
+
+
+def test_explain_tells_a_missing_or_outside_path_as_an_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "", "sub/b.txt": ""}, untracked={"out.txt": ""})
+    verdicts = explain(repo / "sub", ["b.txt", "nope.txt", "../out.txt", "../gone.txt"])
+    assert [(v.path, v.ships, v.rule) for v in verdicts] == [
+        ("b.txt", True, "tracked"),
+        ("nope.txt", False, "not found"),
+        ("../out.txt", False, "outside the synced directory"),
+        ("../gone.txt", False, "not found"),
+    ]
+    assert [v.error for v in verdicts] == [
+        None,
+        f"nope.txt does not exist in {repo / 'sub'}; check the path",
+        f"../out.txt is outside the synced directory {repo / 'sub'}; "
+        "give --root a directory that holds it",
+        "../gone.txt does not exist; check the path",
+    ]
+    [gone] = explain(repo, ["sub/c.txt"], commit="HEAD")
+    assert gone.error is not None
+    assert gone.error.startswith("sub/c.txt is not in commit ")
+
+
+PICK_FILES = {
+    "train.py": "",
+    "model/net.py": "",
+    "model/ckpt.pt": "",
+    "model/deep/x.py": "",
+    "data/big.bin": "",
+    "notes.txt": "",
+    ".gitignore": "*.log\n",
+    KONDUKTORIGNORE: "*.pt\ndata/\n",
+}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train.py"],
+        ["model"],
+        ["model/deep", "train.py"],
+        ["model/ckpt.pt"],  # tracked, excluded by .konduktorignore: nothing
+        ["data", "data/big.bin"],  # an excluded directory: nothing
+        ["new.py", "run.log"],  # untracked; gitignored
+        ["notes.txt", "model/net.py", "notes.txt"],  # named twice: listed once
+        ["."],
+    ],
+)
+def test_pick_lists_what_git_ls_files_lists_of_what_ships(tmp_path: Path, args: list[str]) -> None:
+    repo = make_repo(tmp_path, PICK_FILES, untracked={"new.py": "", "run.log": ""})
+    (repo / "notes.txt").unlink()
+    git_lists = ls_files(repo, "--cached", "--others", "--exclude-standard", "--", *args)
+    listing = konduktor_selection.pick(repo, args)
+    assert listing.errors == ()
+    assert list(listing.paths) == sorted_paths(git_lists & git_oracle(repo))
+
+
+def test_pick_reports_each_path_that_names_nothing_and_lists_the_rest(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, PICK_FILES)
+    listing = konduktor_selection.pick(repo / "model", ["nope.py", "net.py", "../train.py"])
+    assert listing.paths == ("net.py",)
+    assert listing.errors == (
+        f"nope.py does not exist in {repo / 'model'}; check the path",
+        f"../train.py is outside the synced directory {repo / 'model'}; "
+        "give --root a directory that holds it",
+    )
+
+
+def test_pick_from_a_commit_reads_its_tree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, PICK_FILES)
+    (repo / "train.py").unlink()
+    write_files(repo, {"new.py": ""})
+    listing = konduktor_selection.pick(repo, ["train.py", "model", "new.py"], commit="HEAD")
+    assert listing.paths == ("model/deep/x.py", "model/net.py", "train.py")
+    assert len(listing.errors) == 1
+    assert listing.errors[0].startswith("new.py is not in commit ")
+    # in the work tree, a deleted tracked file is an answer (it does not ship), not an error
+    assert konduktor_selection.pick(repo, ["train.py"]).errors == ()
