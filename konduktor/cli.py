@@ -27,6 +27,7 @@ from konduktor.cli_manage import (
     hooks,
     info,
     open_store,
+    output_option,
     quiet,
     secret,
     store,
@@ -161,7 +162,7 @@ def _path_errors(errors: Sequence[str]) -> int:
     help="zstd compression level (default: sync.compression_level from the config, 3). "
     "It is part of the layer keys.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@output_option
 @click.option(
     "--upload", is_flag=True, help="Upload the layers the store lacks (see `konduktor store`)."
 )
@@ -171,7 +172,7 @@ def snapshot(
     commit: str | None,
     out: Path | None,
     level: int | None,
-    as_json: bool,
+    output: str,
     upload: bool,
     store_url: str | None,
 ) -> None:
@@ -187,6 +188,7 @@ def snapshot(
 
     cfg = config.load()
     level = level or cfg.compression_level
+    as_json = output == "json"
     if upload:
         return _upload(path, commit, level, as_json, out, store_url, cfg.hard_limit_mb)
     with _progress("snapshot") as progress:
@@ -323,6 +325,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     type=click.Choice(["yaml", "json"]),
     help="With --dry-run: print the JobSet that would be submitted.",
 )
+@click.option("--json", "output", flag_value="json", hidden=True)
 @click.option(
     "--mode",
     type=click.Choice(["tarball", "git"]),
@@ -352,7 +355,14 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 @click.option("--env", "envs", multiple=True, metavar="K[=V]", help="Set an env var (repeatable).")
 @click.option("--env-file", type=click.Path(path_type=Path), help="Read KEY=VALUE lines.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("-d", "--detach", is_flag=True, help="Do not wait: with --local, run in background.")
+@click.option(
+    "-d",
+    "--detach",
+    "--detach-run",
+    "detach",
+    is_flag=True,
+    help="Do not wait: with --local, run in the background (it says where the output goes).",
+)
 @cluster_options
 @store_option
 @click.pass_context

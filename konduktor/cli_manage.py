@@ -61,6 +61,21 @@ def warn(warnings: Sequence[str]) -> None:
         log.warning("%s", message)
 
 
+def output_option(f: F) -> F:
+    """``-o/--output table|json``, the one spelling of JSON output across commands
+    (``--json`` stays as a hidden alias)."""
+    f = click.option("--json", "output", flag_value="json", hidden=True)(f)
+    return click.option(
+        "-o",
+        "--output",
+        "output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="json: one JSON document instead of a table.",
+    )(f)
+
+
 def store_option(f: F) -> F:
     return click.option(
         "--store", "store_url", metavar="URL", help="Store URL (default: from the config)."

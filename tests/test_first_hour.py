@@ -305,6 +305,16 @@ ROWS_STORE_CHECK: list[Row] = []
 
 ROWS_HELP: list[Row] = [
     Row("version", ("--version",), 0, r"^konduktor, version ", stream="out"),
+    Row("bare konduktor prints its help", (), 0, r"^Usage: konduktor ", stream="out"),
+    Row("bare konduktor store prints its help", ("store",), 0, r"^Usage: konduktor store ", "out"),
+    Row(
+        "-o json is the JSON spelling (snapshot)",
+        ("snapshot", "-o", "json"),
+        0,
+        r"^\{$",
+        stream="out",
+        may_change=(_SANDBOX,),
+    ),
 ]
 
 ROWS = ROWS_LAUNCH + ROWS_EXTRACT_LS + ROWS_STORE_CHECK + ROWS_HELP
@@ -353,3 +363,16 @@ def test_first_hour(
     assert {p for p in changed if not any(a.search(p) for a in allowed)} == set()
     if not row.kube_requests:
         assert kube_api.requests == []
+
+
+def test_help_lists_every_command_with_its_whole_first_sentence() -> None:
+    from konduktor.cli import cli
+
+    code, out, _ = run("--help")
+    assert code == 0
+    listed = out.split("Commands:\n", 1)[1]
+    for name, command in cli.commands.items():
+        sentence = " ".join(command.get_short_help_str(limit=10**6).split())
+        assert sentence.endswith("."), name
+        assert not sentence.endswith("..."), name
+        assert sentence in " ".join(listed.split()), name
