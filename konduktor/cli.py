@@ -432,7 +432,7 @@ def _exited(job: str, code: int) -> str:
         return f"job {job} exited with code 0"
     from konduktor import pod
 
-    why = "its sync failed, see above" if code == pod.SYNC_FAILED else "the task's own code"
+    why = "its files did not sync, see above" if code == pod.SYNC_FAILED else "the task's own code"
     return f"job {job} exited with code {code} ({why}; konduktor exits with it)"
 
 
