@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import getpass
 import io
 import json
 import logging
@@ -28,7 +29,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from konduktor.cache import atomic_file, atomic_write
-from konduktor.errors import KeyTakenError, MissingKeyError, PermissionDeniedError, StorageError
+from konduktor.errors import (
+    KeyTakenError,
+    MissingKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+)
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -202,7 +209,25 @@ class LocalBackend:
         return None  # the pod copies from the path itself
 
     def identity(self) -> str:
-        return "not applicable"  # files are read as the user running konduktor
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):  # no login name in the environment nor in passwd
+            user = "?"
+        return f"user {user} (uid {os.getuid()}): the local pod copies files as this user"
+
+    def require_root(self) -> None:
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise StorageError(
+                f"{self.url}: {self.root} is not a directory; give a directory to --store "
+                "(or jobs.bucket in ~/.konduktor/config.yaml)"
+            )
+        raise NotFoundError(
+            f"{self.url}: the directory {self.root} does not exist; create it "
+            f"(mkdir -m 700 {self.root}), or give another --store (or jobs.bucket in "
+            "~/.konduktor/config.yaml); the first upload also creates it"
+        )
 
 
 def _meta_path(path: Path) -> Path:
