@@ -200,7 +200,7 @@ def store_gc(older_than: datetime.timedelta, dry_run: bool, store_url: str | Non
 
 
 @click.command()
-@click.argument("cloud", required=False, metavar="CLOUD", type=click.Choice(["s3", "gs", "file"]))
+@click.argument("cloud", required=False, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
 @store_option
 @cluster_options
 def check(

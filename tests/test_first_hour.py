@@ -167,7 +167,7 @@ ROWS_STORE_CHECK: list[Row] = [
         r"run konduktor check file",
     ),
     # 4. usage errors exit 2 in one line, before any store or cluster is asked
-    Row("check unknown cloud", ("check", "az"), 2, r"^error: Invalid value for 'CLOUD': 'az'"),
+    Row("check unknown cloud", ("check", "az"), 2, r"^error: Invalid value for '\[CLOUD\]': 'az'"),
     Row(
         "store ls bad url",
         ("store", "ls", "--store", "ftp://host/x"),

@@ -249,7 +249,7 @@ def test_cli_check_refuses_a_bare_path_as_every_command_does(repo: Path, tmp_pat
     ("args", "words"),
     [
         (("check", "s3", "--store", "gs://some-bucket"), "is a gs:// store, not s3"),
-        (("check", "az"), "Invalid value for 'CLOUD'"),
+        (("check", "az"), "Invalid value for '[CLOUD]'"),
         (("check", "file", "--store", ""), "the store URL is empty"),
         (("store", "ls", "--store", "ftp://x/y"), "unknown scheme"),
         (("store", "gc", "--older-than", "30m"), "'--older-than': 30m is under 1h"),
