@@ -15,7 +15,7 @@ from gitrepo_helpers import make_repo
 from test_cli import run
 
 from konduktor import layout, remote, snapshot
-from konduktor.errors import ConflictError, SelectionError, UsageError
+from konduktor.errors import ConflictError, NotFoundError, SelectionError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -242,6 +242,11 @@ def test_cli_check_refuses_a_bare_path_as_every_command_does(repo: Path, tmp_pat
     assert err.endswith("(see: konduktor check --help)\n")
     _, _, elsewhere = run("snapshot", repo, "--upload", "--store", path)
     assert elsewhere.split(" (see:")[0] == err.split(" (see:")[0]
+    (tmp_path / "no-config.yaml").write_text(f"jobs:\n  bucket: {path}\n")
+    code, _, configured = run("check", "file")
+    assert code == 1  # the config's mistake, not the command line's
+    reason = err.split(": ", 2)[2].split(" (see:")[0]
+    assert configured.endswith(f"jobs.bucket: {reason}\n")
     assert not path.exists()
 
 
@@ -495,3 +500,21 @@ def test_gc_dry_run_lists_old_pending_uploads_and_aborts_none(s3_store_factory: 
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
     assert remote.gc_pending(store) == [listed]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("cloud", ["s3", "gs"])
+@pytest.mark.parametrize("args", [("store", "ls"), ("store", "gc", "--older-than", "1d")])
+def test_store_commands_never_create_a_missing_bucket(
+    cloud: str, args: tuple[str, ...], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Even with a cloud allowed (whose per-user default bucket a first upload creates),
+    listing or collecting a bucket that does not exist says so and creates nothing."""
+    make = request.getfixturevalue(f"{'s3' if cloud == 's3' else 'gcs'}_store_factory")
+    url, options = make(create_bucket=False)
+    _endpoint_config(tmp_path, options, f"allowed_clouds: [{cloud}]\n")
+    code, out, err = run(*args, "--store", url)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "does not exist" in err
+    with pytest.raises(NotFoundError):
+        open_store(url, options).require_root()
