@@ -157,7 +157,8 @@ def _gc_age(ctx: click.Context, param: click.Parameter, value: str) -> datetime.
         raise click.BadParameter(str(exc)) from None
     if age < remote.MIN_GC_AGE:
         raise click.BadParameter(
-            f"{value} is under 1h: a layer that a launch is about to use could be deleted"
+            f"{value} is under 1h, which could delete a layer that a launch is about to "
+            "use; give 1h or more, e.g. 30d"
         )
     return age
 
