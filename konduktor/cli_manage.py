@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from konduktor import units
-from konduktor.errors import StorageError
+from konduktor.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from konduktor.storage import Store
@@ -72,14 +73,31 @@ def output_option(f: F) -> F:
         type=click.Choice(["table", "json"]),
         default="table",
         show_default=True,
-        help="json: one JSON document instead of a table.",
+        help="json: JSON instead of a table.",
     )(f)
 
 
 def store_option(f: F) -> F:
     return click.option(
-        "--store", "store_url", metavar="URL", help="Store URL (default: from the config)."
+        "--store",
+        "store_url",
+        metavar="URL",
+        callback=_store_url,
+        help="Store URL: file:///path, s3://bucket/prefix or gs://bucket/prefix "
+        "(default: from the config).",
     )(f)
+
+
+def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A malformed --store is a usage error (exit 2) before anything is read or sent."""
+    from konduktor.storage import parse_url
+
+    if value is not None:
+        try:
+            parse_url(value)
+        except UsageError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def cluster_options(f: F) -> F:
@@ -90,12 +108,16 @@ def cluster_options(f: F) -> F:
     )(f)
 
 
-def open_store(url: str | None) -> Store:
+def open_store(url: str | None, *, create: bool = True) -> Store:
+    """The store at *url* (default: the configured one); *create*: False for the commands
+    that only look or delete, so that they never create the per-user default bucket."""
     from konduktor import config
     from konduktor.storage import open_store
 
     default_url, options = config.load().store_url()
-    return open_store(url or default_url, options)
+    if not create:
+        options = dataclasses.replace(options, create_bucket=False)
+    return open_store(default_url if url is None else url, options)
 
 
 @click.group(cls=HelpGroup)
@@ -103,39 +125,79 @@ def store() -> None:
     """Inspect and clean the object store (jobs.bucket in ~/.konduktor/config.yaml)."""
 
 
+_LS_ROW = "{:<8} {:<12}  {:>9}  {:>9}  {}"  # kind, commit, size, last used, key
+_PENDING_ROW = "{:>9}  {:<24}  {}"  # started, what, key
+
+
 @store.command("ls")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, one per line.")
+@output_option
 @click.option(
     "--pending",
     is_flag=True,
     help="List unfinished uploads instead (`store gc` aborts those over a day old).",
 )
-def store_ls(store_url: str | None, as_json: bool, pending: bool) -> None:
-    """List stored layers with their commit, size and when they were last used."""
+def store_ls(store_url: str | None, output: str, pending: bool) -> None:
+    """List the layers and launch plans in the store: kind (base, overlay, full, file or
+    plan), commit, compressed size, when last used (a plan: written) and key.
+
+    `store gc --older-than AGE` deletes the rows whose LAST USED is older than AGE. An
+    empty store prints nothing on stdout and says so on stderr.
+    """
     from konduktor import remote
 
     now = datetime.datetime.now(datetime.timezone.utc)
+    as_json = output == "json"  # one JSON object per line, no header
+    target = open_store(store_url, create=False)
     if pending:
-        return _ls_pending(open_store(store_url), now, as_json)
-    for layer in remote.layers(open_store(store_url)):
-        age = now - layer.last_used
+        return _ls_pending(target, now, as_json)
+    rows = [*remote.layers(target), *remote.plans(target)]
+    if not rows:
+        info(f"no layers or launch plans in {target.url}")
+    elif not as_json:
+        click.echo(_LS_ROW.format("KIND", "COMMIT", "SIZE", "LAST USED", "KEY"))
+    for row in rows:
+        age = now - row.last_used
         if as_json:
-            click.echo(json.dumps(layer.to_json(age)))
+            click.echo(json.dumps(row.to_json(age)))
         else:
-            commit = (layer.commit or "-")[:12]
-            size = units.size(layer.size)
-            click.echo(f"{layer.kind:<8} {commit:<12} {size:>9}  {units.age(age):>5}  {layer.key}")
+            commit, size = (row.commit or "-")[:12], units.size(row.size)
+            click.echo(_LS_ROW.format(row.kind, commit, size, _ago(age), row.key))
+
+
+def _ago(age: datetime.timedelta) -> str:
+    return f"{units.age(age)} ago"
 
 
 def _ls_pending(target: Store, now: datetime.datetime, as_json: bool) -> None:
-    for upload in target.pending():
+    uploads = list(target.pending())
+    if not uploads:
+        info(f"no pending uploads in {target.url}")
+    elif not as_json:
+        click.echo(_PENDING_ROW.format("STARTED", "WHAT", "KEY"))
+    for upload in uploads:
         age = now - upload.started
         if as_json:
             row = {"key": upload.key, "what": upload.what, "started": upload.started.isoformat()}
             click.echo(json.dumps({**row, "age_seconds": int(age.total_seconds())}))
         else:
-            click.echo(f"{units.age(age):>5}  {upload.what:<24}  {upload.key}")
+            click.echo(_PENDING_ROW.format(_ago(age), upload.what, upload.key))
+
+
+def _gc_age(ctx: click.Context, param: click.Parameter, value: str) -> datetime.timedelta:
+    """--older-than as a timedelta; too short or malformed is a usage error (exit 2)."""
+    from konduktor import remote
+
+    try:
+        age = remote.parse_age(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if age < remote.MIN_GC_AGE:
+        raise click.BadParameter(
+            f"{value} is under 1h, which could delete a layer that a launch is about to "
+            "use; give 1h or more, e.g. 30d"
+        )
+    return age
 
 
 @store.command("gc")
@@ -143,11 +205,12 @@ def _ls_pending(target: Store, now: datetime.datetime, as_json: bool) -> None:
     "--older-than",
     required=True,
     metavar="AGE",
-    help="Delete layers not used for this long: 30d, 12h, 2w (at least 1h).",
+    callback=_gc_age,
+    help="Delete layers not used for this long: 30d, 12h, 90m, 2w (at least 1h).",
 )
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
 @store_option
-def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
+def store_gc(older_than: datetime.timedelta, dry_run: bool, store_url: str | None) -> None:
     """Delete layers that no upload or launch used within AGE, and launch plans older;
     abort uploads left pending for over a day (interrupted ones).
 
@@ -156,7 +219,7 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
     """
     from konduktor import remote
 
-    target, age = open_store(store_url), remote.parse_age(older_than)
+    target, age = open_store(store_url, create=False), older_than
     victims = remote.gc(target, age, dry_run=dry_run)
     plans = remote.gc_plans(target, age, dry_run=dry_run)
     pending = remote.gc_pending(target, dry_run=dry_run)
@@ -175,19 +238,31 @@ def store_gc(older_than: str, dry_run: bool, store_url: str | None) -> None:
 
 
 @click.command()
-@click.argument("cloud", type=click.Choice(["s3", "gs", "file"]))
+@click.argument("cloud", required=False, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
 @store_option
 @cluster_options
 def check(
-    cloud: str, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
+    cloud: str | None, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
 ) -> None:
-    """Check that the CLOUD store works: identity, bucket, write/read/delete.
+    """Check that the CLOUD store (s3, gs or file) works: identity, bucket, write/read/delete.
+
+    The store is --store, else the one of that kind the config names; without CLOUD,
+    --store's kind or the configured store. Nothing is created: a missing bucket or
+    directory fails the check, which says how to make it.
 
     When a Kubernetes context exists, also write your s3/gs credentials into the
     Secret konduktor-credentials-<user>-<cloud> that launched pods mount.
     """
     from konduktor import remote
+    from konduktor.storage import parse_url
 
+    scheme = None if store_url is None else parse_url(store_url)[0]
+    if cloud is not None and scheme is not None and scheme != cloud:
+        raise click.BadParameter(
+            f"{store_url} is a {scheme}:// store, not {cloud}; run konduktor check {scheme} "
+            f"--store {store_url} (or leave CLOUD out)",
+            param_hint="'--store'",
+        )
     result = remote.check_cloud(
         cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
     )
@@ -195,7 +270,7 @@ def check(
     for step in result.steps:
         click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
     if not result.ok:
-        raise StorageError(f"the {cloud} store {result.store} does not work; fix what failed above")
+        raise StorageError(f"the store {result.store} does not work; fix what failed above")
     if result.secret:
         click.echo(result.secret)
 
@@ -222,7 +297,8 @@ def secret_create(
     """Create (or replace) the Secret NAME with an SSH private key for git mode."""
     from konduktor.k8s import secrets, submit
 
-    click.echo(secrets.create_git_ssh(submit.connect(kubeconfig, kube_context), name, key))
+    data = secrets.git_ssh_key(name, key)  # bad arguments fail before the cluster is asked
+    click.echo(secrets.create_git_ssh(submit.connect(kubeconfig, kube_context), name, data))
 
 
 @secret.command("list")
@@ -243,6 +319,7 @@ def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) 
     """Delete the Secret NAME (only one konduktor made)."""
     from konduktor.k8s import secrets, submit
 
+    secrets.check_name(name)
     secrets.delete(submit.connect(kubeconfig, kube_context), name)
     click.echo(f"deleted Secret {name}")
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from konduktor import layout, scratch, snapshot
 from konduktor.cache import Built, Vouched
-from konduktor.errors import ConflictError, KonduktorError, StorageError, UsageError
+from konduktor.errors import (
+    ConflictError,
+    KonduktorError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
 from konduktor.plan import TO_UPLOAD, Layer
 from konduktor.storage import ObjectInfo, Progress, Store
 from konduktor.storage.base import Pending
@@ -168,6 +174,8 @@ def _metadata(p: snapshot.SnapshotPlan, layer: snapshot.BuiltLayer) -> dict[str,
 
 @dataclass(frozen=True)
 class StoredLayer:
+    """A layer in the store, or a launch plan (kind ``plan``: last used = written)."""
+
     key: layout.Name
     kind: str
     commit: str | None
@@ -198,6 +206,13 @@ def layers(store: Store) -> Iterator[StoredLayer]:
             commit = name.commit or info.metadata.get("commit")
             last = max(info.modified, used.get(name, info.modified))
             yield StoredLayer(name, kind, commit, info.size, last)
+
+
+def plans(store: Store) -> Iterator[StoredLayer]:
+    """The launch plans in the store, as :class:`StoredLayer` of kind ``plan`` whose last
+    use is when it was written (what :func:`gc_plans` compares with its cutoff)."""
+    for info in store.list(layout.PLANS):
+        yield StoredLayer(layout.parse(info.key), "plan", None, info.size, info.modified)
 
 
 def gc(store: Store, older_than: datetime.timedelta, *, dry_run: bool = False) -> list[StoredLayer]:
@@ -261,8 +276,9 @@ class Check:
     detail: str
 
 
-def check(store: Store) -> list[Check]:
-    """Identity, reachability and a write/read/delete probe; stops at the first failure."""
+def check(store: Store, *, when_missing: str = "") -> list[Check]:
+    """Identity, reachability and a write/read/delete probe; stops at the first failure.
+    Creates no bucket or directory: a missing one fails (*when_missing* added to the fix)."""
     results: list[Check] = []
     probe = layout.probe(f"{datetime.datetime.now().timestamp():.0f}")
     with scratch.directory("check") as tmp:
@@ -270,7 +286,7 @@ def check(store: Store) -> list[Check]:
         source.write_bytes(b"konduktor check\n")
         steps: list[tuple[str, Callable[[], str]]] = [
             ("identity", store.identity),
-            ("bucket reachable", lambda: f"{sum(1 for _ in store.list(layout.USED))} markers"),
+            ("bucket reachable", lambda: _reachable(store, when_missing)),
             ("write", lambda: _write_probe(store, probe, source)),
             ("read", lambda: str(store.get(probe, tmp / "back").size) + " bytes"),
             ("delete", lambda: _delete_probe(store, probe)),
@@ -282,6 +298,16 @@ def check(store: Store) -> list[Check]:
                 results.append(Check(step, False, str(exc)))
                 break
     return results
+
+
+def _reachable(store: Store, when_missing: str) -> str:
+    try:
+        store.require_root()  # before the probe, which would create it
+    except NotFoundError as exc:
+        if not when_missing:
+            raise
+        raise NotFoundError(f"{exc}; {when_missing}") from exc
+    return f"{sum(1 for _ in store.list(layout.USED))} last-used markers"
 
 
 def _write_probe(store: Store, key: str, source: Path) -> str:
@@ -309,28 +335,39 @@ class CloudCheck:
 
 
 def check_cloud(
-    cloud: str,
+    cloud: str | None = None,
     *,
     store_url: str | None = None,
     kubeconfig: Path | None = None,
     kube_context: str | None = None,
 ) -> CloudCheck:
-    """:func:`check` the *cloud*'s store; when it works and a Kubernetes context exists,
-    write the user's credentials into the Secret that launched pods mount."""
+    """:func:`check` the *cloud*'s store (default: *store_url*'s kind, else the configured
+    store's), or *store_url*; when it works and a Kubernetes context exists, write the
+    user's credentials into the Secret that launched pods mount.
+
+    Nothing is created: a missing bucket or directory fails the check and says how to
+    make it, even the per-user default bucket that a first upload creates.
+    """
     from konduktor import config
     from konduktor.k8s import submit
-    from konduktor.storage import open_store
+    from konduktor.storage import open_store, parse_url
 
-    url, options = config.load().store_url(cloud)
-    target = open_store(store_url or url, options)
-    result = CloudCheck(target.url, tuple(check(target)))
+    cfg = config.load()
+    if cloud is None:
+        cloud = parse_url(cfg.store_url()[0] if store_url is None else store_url)[0]
+    url, options = cfg.store_url(cloud)
+    url = url if store_url is None else store_url
+    target = open_store(url, replace(options, create_bucket=False))
+    first_use = options.create_bucket and store_url is None  # the per-user default bucket
+    hint = "or let the first upload create it (konduktor snapshot --upload, or a launch)"
+    result = CloudCheck(target.url, tuple(check(target, when_missing=hint if first_use else "")))
     context = submit.current_context(kubeconfig, kube_context)
     if not result.ok or cloud == "file" or context is None:
         return result
     if importlib.util.find_spec("kubernetes") is None:
         note = (
-            f"kube context {context} found; pip install 'konduktor[k8s]' and check again "
-            "to give its pods your credentials"
+            f"kube context {context} found; to give its pods your credentials, install the "
+            "kubernetes client (pip install 'konduktor[k8s]') and check again"
         )
         return replace(result, secret=note)
     from konduktor.k8s import secrets

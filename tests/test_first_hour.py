@@ -120,6 +120,8 @@ SETUPS: dict[str, Callable[[Path], None]] = {
     # extract/ls-files
     "layers": _named_layers,
     "plain directory": _plain_directory,
+    # store/check
+    "stored": lambda project: _stored(project),
 }
 _LOCAL = ("launch", "--local", "-y", "task.yaml")
 _SANDBOX = r"^khome($|/(local|store|cache)(/|$))"  # what a local run writes: its HOME and store
@@ -301,7 +303,127 @@ ROWS_EXTRACT_LS: list[Row] = [
     ),
 ]
 
-ROWS_STORE_CHECK: list[Row] = []
+_STORE = r"file://\S+/khome/store"  # the default store, under KONDUKTOR_HOME
+ROWS_STORE_CHECK: list[Row] = [
+    # 1. store ls: a header, plans listed, an empty store said in one line on stderr
+    Row("store ls empty", ("store", "ls"), 0, rf"^no layers or launch plans in {_STORE}$"),
+    Row("store ls json empty", ("store", "ls", "--json"), 0, r"^no layers or launch plans in "),
+    Row("store ls pending empty", ("store", "ls", "--pending"), 0, r"^no pending uploads in "),
+    Row(
+        "store ls header",
+        ("store", "ls"),
+        0,
+        r"^KIND +COMMIT +SIZE +LAST USED +KEY$",
+        stream="out",
+        setup="stored",
+    ),
+    Row(
+        "store ls json rows",
+        ("store", "ls", "--json"),
+        0,
+        r'^\{"key": "bases/.*"kind": "base"',
+        stream="out",
+        setup="stored",
+    ),
+    # 2. a bad --older-than is a usage error naming the flag
+    Row(
+        "store gc too short",
+        ("store", "gc", "--older-than", "30m"),
+        2,
+        r"^error: Invalid value for '--older-than': 30m is under 1h.*"
+        r"\(see: konduktor store gc --help\)$",
+        setup="stored",
+    ),
+    Row(
+        "store gc malformed",
+        ("store", "gc", "--older-than", "3 days"),
+        2,
+        r"^error: Invalid value for '--older-than': age '3 days' is not understood; write e\.g\.",
+    ),
+    Row(
+        "store gc dry run",
+        ("store", "gc", "--older-than", "1h", "--dry-run"),
+        0,
+        r"^would delete 0 layer\(s\), 0 B, and 0 launch plan\(s\)",
+        stream="out",
+        setup="stored",
+    ),
+    # 3. check: a bare path refused as everywhere (naming the URL), no store created
+    Row(
+        "check bare path",
+        ("check", "file", "--store", "{tmp}/mystore"),
+        2,
+        r"^error: Invalid value for '--store': store URL '\S+/mystore' has no scheme; "
+        r"for that directory write file://\S+/mystore ",
+    ),
+    Row(
+        "check missing directory",
+        ("check", "file", "--store", "file://{tmp}/mystore"),
+        1,
+        r"^error: the store file://\S+/mystore does not work; fix what failed above$",
+    ),
+    Row(
+        "check missing default store",
+        ("check",),
+        1,
+        rf"^error: the store {_STORE} does not work; fix what failed above$",
+    ),
+    Row(
+        "check default store",
+        ("check", "file"),
+        0,
+        rf"^store {_STORE}$",
+        stream="out",
+        setup="stored",
+        may_change=(r"^khome/store/v1(/check)?$",),  # the probe's directory stays
+    ),
+    Row(
+        "check other kind",
+        ("check", "s3", "--store", "file://{tmp}/mystore"),
+        2,
+        r"^error: Invalid value for '--store': file://\S+ is a file:// store, not s3; "
+        r"run konduktor check file",
+    ),
+    # 4. usage errors exit 2 in one line, before any store or cluster is asked
+    Row("check unknown cloud", ("check", "az"), 2, r"^error: Invalid value for '\[CLOUD\]': 'az'"),
+    Row(
+        "store ls bad url",
+        ("store", "ls", "--store", "ftp://host/x"),
+        2,
+        r"^error: Invalid value for '--store': store URL 'ftp://host/x' has an unknown scheme",
+    ),
+    Row(
+        "secret bad name",
+        ("secret", "create", "Bad_Name", "--kind", "git-ssh", "--from-file", "{tmp}/key"),
+        2,
+        r"^error: 'Bad_Name' is not a valid Secret name",
+    ),
+    Row(
+        "secret missing key file",
+        ("secret", "create", "repo-key", "--kind", "git-ssh", "--from-file", "{tmp}/key"),
+        2,
+        r"^error: --from-file \S+/key: cannot read it",
+    ),
+    Row("secret delete bad name", ("secret", "delete", "A_B"), 2, r"not a valid Secret name"),
+    Row("hooks run extra", ("hooks", "run", "a", "b", "c"), 2, r"unexpected extra argument"),
+]
+
+
+def _stored(project: Path) -> None:
+    """The default store after a launch: the project's layers and one launch plan."""
+    import hashlib
+
+    from konduktor import layout
+    from konduktor.storage import open_store
+
+    code, _, err = run("snapshot", str(project), "--upload")
+    assert code == 0, err
+    plan = project.parent / "plan.json"
+    plan.write_bytes(b"{}")
+    store = open_store(f"file://{os.environ['KONDUKTOR_HOME']}/store")
+    store.put(layout.plan("first-hour-0000"), plan, sha256=hashlib.sha256(b"{}").hexdigest())
+    plan.unlink()
+
 
 ROWS_HELP: list[Row] = [
     Row("version", ("--version",), 0, r"^konduktor, version ", stream="out"),

@@ -85,16 +85,15 @@ def test_refused_endpoint_fails_in_bounded_time_as_transient() -> None:
     assert str(raised.value.__cause__).startswith("Timeout of 10.0s exceeded")
 
 
-def test_check_creates_the_per_user_bucket_first(gcs_store_factory: Factory) -> None:
+def test_the_per_user_bucket_is_created_on_first_use_but_never_by_check(
+    gcs_store_factory: Factory,
+) -> None:
     from konduktor import remote
 
     url, options = gcs_store_factory(create_bucket=False)
     store = open_store(url, StoreOptions(**{**options.__dict__, "create_bucket": True}))
     results = remote.check(store)
-    assert [r.step for r in results if r.ok] == [
-        "identity",
-        "bucket reachable",
-        "write",
-        "read",
-        "delete",
-    ]
+    assert [(r.step, r.ok) for r in results] == [("identity", True), ("bucket reachable", False)]
+    assert "does not exist" in results[-1].detail
+    assert list(store.list("v1/")) == []  # the first use creates it
+    assert all(r.ok for r in remote.check(store))

@@ -15,7 +15,7 @@ from gitrepo_helpers import make_repo
 from test_cli import run
 
 from konduktor import layout, remote, snapshot
-from konduktor.errors import ConflictError, SelectionError, UsageError
+from konduktor.errors import ConflictError, NotFoundError, SelectionError, UsageError
 from konduktor.storage import Store, StoreOptions, open_store
 
 BACKENDS = ["file", "s3", "gcs"]
@@ -172,6 +172,7 @@ def test_cli_upload_twice_reports_bytes_and_reuse(
 
 
 def test_cli_check_file_store(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
     code, out, _ = run("check", "file", "--store", f"file://{tmp_path}/s")
     assert code == 0
     for step in ("identity", "bucket reachable", "write", "read", "delete"):
@@ -180,10 +181,151 @@ def test_cli_check_file_store(tmp_path: Path) -> None:
 
 def test_cli_check_reports_failure_with_exit_1(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("a file, not a directory")
-    code, out, err = run("check", "file", "--store", f"file://{tmp_path}/f/s")
+    code, out, err = run("check", "file", "--store", f"file://{tmp_path}/f")
     assert code == 1
-    assert "FAIL  write" in out
+    assert "FAIL  bucket reachable" in out
+    assert f"{tmp_path}/f is not a directory" in out
     assert err.startswith("error: ")
+
+
+def test_cli_check_of_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    code, out, err = run("check", "file", "--store", f"file://{tmp_path}/new/s")
+    assert code == 1
+    assert f"FAIL  bucket reachable: file://{tmp_path}/new/s: the directory" in out
+    assert f"mkdir -m 700 {tmp_path}/new/s" in out
+    assert "write" not in out  # stopped before the probe, which would create it
+    assert err.count("\n") == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_check_of_a_missing_bucket_creates_nothing(
+    s3_store_factory: Any, tmp_path: Path
+) -> None:
+    url, options = s3_store_factory(create_bucket=False)
+    _endpoint_config(tmp_path, options)
+    code, out, err = run("check", "s3", "--store", url)
+    assert code == 1, err
+    assert "FAIL  bucket reachable" in out
+    assert f"aws s3 mb {url}" in out
+    assert "first upload" not in out  # a bucket named by --store is not created by konduktor
+    s3 = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    assert url.removeprefix("s3://") not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def test_cli_check_does_not_create_the_per_user_default_bucket(
+    s3_store_factory: Any, tmp_path: Path
+) -> None:
+    _, options = s3_store_factory(create_bucket=False)
+    _endpoint_config(tmp_path, options, "allowed_clouds: [s3]\n")
+    code, out, err = run("check")  # CLOUD from the configured store
+    assert code == 1, err
+    assert out.startswith("store s3://konduktor-filemounts-")
+    assert "does not exist" in out
+    assert "let the first upload create it" in out
+    s3 = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    assert not [b for b in s3.list_buckets()["Buckets"] if "filemounts" in b["Name"]]
+
+
+def _endpoint_config(tmp_path: Path, options: StoreOptions, extra: str = "") -> None:
+    """The config the autouse fixture points at, with the test server's endpoint."""
+    (tmp_path / "no-config.yaml").write_text(
+        f"{extra}sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    )
+
+
+def test_cli_check_refuses_a_bare_path_as_every_command_does(repo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    code, out, err = run("check", "file", "--store", path)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert f"write file://{path} " in err
+    assert err.endswith("(see: konduktor check --help)\n")
+    _, _, elsewhere = run("snapshot", repo, "--upload", "--store", path)
+    assert elsewhere.split(" (see:")[0] == err.split(" (see:")[0]
+    (tmp_path / "no-config.yaml").write_text(f"jobs:\n  bucket: {path}\n")
+    code, _, configured = run("check", "file")
+    assert code == 1  # the config's mistake, not the command line's
+    reason = err.split(": ", 2)[2].split(" (see:")[0]
+    assert configured.endswith(f"jobs.bucket: {reason}\n")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("check", "s3", "--store", "gs://some-bucket"), "is a gs:// store, not s3"),
+        (("check", "az"), "Invalid value for '[CLOUD]'"),
+        (("check", "file", "--store", ""), "the store URL is empty"),
+        (("store", "ls", "--store", "ftp://x/y"), "unknown scheme"),
+        (("store", "gc", "--older-than", "30m"), "'--older-than': 30m is under 1h"),
+        (("store", "gc", "--older-than", "3x"), "'--older-than': age '3x' is not understood"),
+        (("store", "gc", "--older-than", "1.5h"), "'--older-than'"),
+        (("store", "gc"), "Missing option '--older-than'"),
+        (("store", "ls", "--pending", "extra"), "unexpected extra argument"),
+    ],
+)
+def test_bad_arguments_of_store_and_check_exit_2_in_one_line(
+    args: tuple[str, ...], words: str, tmp_path: Path
+) -> None:
+    code, out, err = run(*args, *(() if "--store" in args else ("--store", f"file://{tmp_path}/s")))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert words in err
+    assert f"(see: konduktor {args[0]}" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_store_ls_has_a_header_and_lists_plans(
+    repo: Path, store_url: tuple[str, StoreOptions], tmp_path: Path
+) -> None:
+    url, options = store_url
+    if options.endpoint_url:
+        _endpoint_config(tmp_path, options)
+    store = open_store(url, options)
+    result = remote.upload(repo, store)
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(b"{}")
+    store.put(layout.plan("job-0000"), plan, sha256=hashlib.sha256(b"{}").hexdigest())
+    code, out, err = run("store", "ls", "--store", url)
+    assert (code, err) == (0, "")
+    header, base, planned = out.splitlines()
+    assert header.split() == ["KIND", "COMMIT", "SIZE", "LAST", "USED", "KEY"]
+    kind, commit, _, unit, _, ago, key = base.split()
+    assert (kind, commit, unit, ago) == ("base", (result.commit or "")[:12], "B", "ago")
+    assert key == result.keys[0]
+    kind, commit, size, unit, _, ago, key = planned.split()
+    assert (kind, commit, size, unit, ago, key) == (
+        "plan",
+        "-",
+        "2",
+        "B",
+        "ago",
+        "plans/job-0000.json",
+    )
+    assert header.index("KEY") == base.index(result.keys[0]) == planned.index("plans/")
+    code, out, _ = run("store", "ls", "--json", "--store", url)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["kind"] for row in rows] == ["base", "plan"]
+    assert rows[1]["key"] == "plans/job-0000.json"
+    assert rows[1]["bytes"] == 2
+    assert (
+        set(rows[0])
+        == set(rows[1])
+        == {"key", "kind", "commit", "bytes", "last_used", "age_seconds"}
+    )
+
+
+@pytest.mark.parametrize("flags", [(), ("--json",), ("--pending",), ("--pending", "--json")])
+def test_cli_store_ls_of_an_empty_store_says_so_on_stderr(
+    tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    url = f"file://{tmp_path}/s"
+    code, out, err = run("store", "ls", *flags, "--store", url)
+    assert (code, out) == (0, "")
+    what = "pending uploads" if "--pending" in flags else "layers or launch plans"
+    assert err == f"no {what} in {url}\n"
+    assert run("-q", "store", "ls", *flags, "--store", url) == (0, "", "")
+    assert not (tmp_path / "s").exists()
 
 
 def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
@@ -198,7 +340,7 @@ def test_cli_store_ls_and_gc(repo: Path, tmp_path: Path) -> None:
     assert "would delete 0 layer(s), 0 B, and 0 launch plan(s)" in out
     code, _, err = run("store", "gc", "--older-than", "5m", "--store", url)
     assert code == 2  # a bad argument: a usage error
-    assert "at least 1h" in err
+    assert "under 1h" in err
 
 
 @pytest.mark.parametrize(
@@ -332,7 +474,8 @@ def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
     s3.create_multipart_upload(Bucket=bucket, Key="v1/objects/00/left")
     code, out, err = run("store", "ls", "--pending", "--store", url)
     assert code == 0, err
-    [line] = out.splitlines()
+    header, line = out.splitlines()
+    assert header.split() == ["STARTED", "WHAT", "KEY"]
     assert "multipart upload" in line
     assert line.endswith("v1/objects/00/left")
     code, out, err = run("store", "gc", "--older-than", "30d", "--store", url)
@@ -340,7 +483,10 @@ def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
     assert "aborted multipart upload" in out
     assert "1 upload(s) pending for over a day" in out
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert run("store", "ls", "--pending", "--store", url)[1] == ""
+    assert run("store", "ls", "--pending", "--store", url)[1:] == (
+        "",
+        f"no pending uploads in {url}\n",
+    )
 
 
 def test_gc_dry_run_lists_old_pending_uploads_and_aborts_none(s3_store_factory: Any) -> None:
@@ -354,3 +500,21 @@ def test_gc_dry_run_lists_old_pending_uploads_and_aborts_none(s3_store_factory: 
     assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
     assert remote.gc_pending(store) == [listed]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("cloud", ["s3", "gs"])
+@pytest.mark.parametrize("args", [("store", "ls"), ("store", "gc", "--older-than", "1d")])
+def test_store_commands_never_create_a_missing_bucket(
+    cloud: str, args: tuple[str, ...], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Even with a cloud allowed (whose per-user default bucket a first upload creates),
+    listing or collecting a bucket that does not exist says so and creates nothing."""
+    make = request.getfixturevalue(f"{'s3' if cloud == 's3' else 'gcs'}_store_factory")
+    url, options = make(create_bucket=False)
+    _endpoint_config(tmp_path, options, f"allowed_clouds: [{cloud}]\n")
+    code, out, err = run(*args, "--store", url)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "does not exist" in err
+    with pytest.raises(NotFoundError):
+        open_store(url, options).require_root()

@@ -87,3 +87,27 @@ def test_delete_refuses_secrets_konduktor_did_not_make(kube_api: KubeAPI, kubeco
     assert code == 2  # not a Secret konduktor made: a usage error
     assert "no Secret theirs made by konduktor" in err
     assert ("secrets", "team-a", "theirs") in kube_api.objects
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("create", "Bad_Name", "--kind", "git-ssh", "--from-file", "{key}"), "Secret name"),
+        (("create", "ok-name", "--kind", "git-ssh", "--from-file", "{tmp}/absent"), "cannot read"),
+        (("create", "ok-name", "--kind", "rsa", "--from-file", "{key}"), "'--kind'"),
+        (("create", "ok-name", "--kind", "git-ssh"), "Missing option '--from-file'"),
+        (("delete", "Bad_Name"), "Secret name"),
+        (("delete",), "Missing argument 'NAME'"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_cluster_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], words: str
+) -> None:
+    """No kubeconfig at all: a bad argument is still a usage error, not "no context"."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    code, out, err = run("secret", *(a.format(key=key, tmp=tmp_path) for a in args))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert words in err

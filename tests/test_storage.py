@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -386,6 +387,56 @@ def test_bad_store_urls_are_usage_errors(url: str) -> None:
         parse_url(url)
 
 
+@pytest.mark.parametrize("path", ["/srv/store", "./store", "~/store"])
+def test_a_bare_path_is_refused_with_the_url_to_write(path: str) -> None:
+    absolute = os.path.abspath(os.path.expanduser(path))
+    with pytest.raises(
+        UsageError, match=f"has no scheme; for that directory write file://{absolute} "
+    ):
+        parse_url(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "package", "extra"),
+    [
+        ("s3://some-bucket", "boto3", "boto3", "s3"),
+        ("gs://some-bucket", "google.cloud", "google-cloud-storage", "gcs"),
+    ],
+)
+def test_a_missing_sdk_names_its_package_and_the_extra(
+    url: str, module: str, package: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, f"konduktor.storage.{extra}", raising=False)  # afresh
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError for it
+    with pytest.raises(StorageError) as raised:
+        open_store(url)
+    assert f"needs the Python package {package}," in str(raised.value)
+    assert str(raised.value).endswith(f"run pip install 'konduktor[{extra}]'")
+
+
+def test_require_root_passes_for_a_store_that_exists(store: Store) -> None:
+    store.mark("v1/used/x")  # file://: the first write creates the directory
+    store.require_root()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_require_root_says_how_to_create_a_missing_one_and_creates_nothing(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if backend == "file":
+        url, options = f"file://{tmp_path}/absent", StoreOptions()
+    else:
+        make: StoreFactory = request.getfixturevalue(f"{backend}_store_factory")
+        url, options = make(create_bucket=False)
+    store = open_store(url, options)
+    fix = {"file": "mkdir -m 700", "s3": "aws s3 mb", "gcs": "gcloud storage buckets create"}
+    for _ in range(2):  # the first call created nothing
+        with pytest.raises(NotFoundError, match="does not exist") as raised:
+            store.require_root()
+        assert fix[backend] in str(raised.value)
+    assert not (tmp_path / "absent").exists()
+
+
 def test_local_interrupted_upload_leaves_no_metadata(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}/s")
     src, digest = write(tmp_path / "a", b"x" * 10)
@@ -471,8 +522,8 @@ def test_writers_that_keep_colliding_give_up_after_race_attempts(tmp_path: Path)
     assert backend.attempts == core.RACE_ATTEMPTS
 
 
-def test_identity_of_a_local_store_is_not_applicable(tmp_path: Path) -> None:
-    assert open_store(f"file://{tmp_path}/s").identity() == "not applicable"
+def test_identity_of_a_local_store_is_the_user(tmp_path: Path) -> None:
+    assert f"(uid {os.getuid()})" in open_store(f"file://{tmp_path}/s").identity()
 
 
 # -- the file:// store is private ------------------------------------------------------------
@@ -523,6 +574,23 @@ def test_an_open_local_store_root_is_made_0700_with_one_warning(
     assert warnings == [
         f"{root} was readable by other users; made it 0700 (objects may be private files)"
     ]
+
+
+def test_a_shared_sticky_root_like_tmp_keeps_its_mode_and_the_store_inside_is_private(
+    tmp_path: Path,
+) -> None:
+    """`--store file:///tmp` made /tmp 0700 (as root): a sticky directory is shared on
+    purpose; the store's own top directory under it is what becomes private."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    root.chmod(0o1777)
+    (root / "v1").mkdir(mode=0o755)  # left open by an older konduktor
+    (root / "v1").chmod(0o755)
+    store = open_store(f"file://{root}")
+    src, digest = write(tmp_path / "a", b"x")
+    store.put("k", src, sha256=digest)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((root / "v1").stat().st_mode) == 0o700
 
 
 # -- unfinished writes in a file:// store ----------------------------------------------------

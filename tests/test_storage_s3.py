@@ -647,9 +647,15 @@ def test_cli_check_s3(
     assert "ok    delete" in out
 
 
-def test_check_creates_the_per_user_bucket_first(s3_store_factory: Factory) -> None:
+def test_the_per_user_bucket_is_created_on_first_use_but_never_by_check(
+    s3_store_factory: Factory,
+) -> None:
     from konduktor import remote
 
     url, options = s3_store_factory(create_bucket=False)
     store = open_store(url, StoreOptions(**{**options.__dict__, "create_bucket": True}))
+    results = remote.check(store)
+    assert [(r.step, r.ok) for r in results] == [("identity", True), ("bucket reachable", False)]
+    assert "does not exist" in results[-1].detail
+    assert list(store.list("v1/")) == []  # the first use creates it
     assert all(r.ok for r in remote.check(store))

@@ -94,12 +94,16 @@ def is_private_key(data: bytes) -> bool:
     return data.startswith(b"-----BEGIN") and b"PRIVATE KEY" in data.split(b"\n", 1)[0]
 
 
-def create_git_ssh(cluster: Any, name: str, key: Path) -> str:
-    """Create or replace the Secret *name* holding the private key file *key*."""
-    from konduktor.k8s import submit
-
+def check_name(name: str) -> None:
+    """UsageError unless *name* is a valid Secret name (checked before the cluster is asked)."""
     if not _NAME.match(name):
         raise UsageError(f"{name!r} is not a valid Secret name: use lowercase letters, digits, - .")
+
+
+def git_ssh_key(name: str, key: Path) -> bytes:
+    """The private key file *key* for the Secret *name*, read; UsageError when the name or
+    the file will not do (so bad arguments fail before any cluster is asked)."""
+    check_name(name)
     try:
         data = key.read_bytes()
     except OSError as exc:
@@ -108,6 +112,14 @@ def create_git_ssh(cluster: Any, name: str, key: Path) -> str:
         raise UsageError(
             f"--from-file {key} is not a private key file (-----BEGIN ... PRIVATE KEY)"
         )
+    return data
+
+
+def create_git_ssh(cluster: Any, name: str, data: bytes) -> str:
+    """Create or replace the Secret *name* holding the private key *data* (read by
+    :func:`git_ssh_key`)."""
+    from konduktor.k8s import submit
+
     labels = {**MANAGED, KIND_LABEL: "git-ssh"}
     done = submit.apply_secret(cluster, name, {GIT_SSH_KEY: data}, labels=labels)
     return f"{done} Secret {name} in namespace {cluster.namespace}; launch with --ssh-secret {name}"

@@ -37,11 +37,13 @@ __all__ = [
 def open_store(url: str, options: StoreOptions | None = None) -> Store:
     """The store at *url*; tells which extra to install when its SDK is missing."""
     scheme, _, _ = parse_url(url)
-    module_name, class_name, extra = BACKENDS[scheme]
+    module_name, class_name, extra, package = BACKENDS[scheme]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        # exc.name is a module ("google"), which is not what pip installs
         raise StorageError(
-            f"{url}: the {scheme}:// store needs {exc.name}; run pip install 'konduktor[{extra}]'"
+            f"{url}: the {scheme}:// store needs the Python package {package}, which cannot "
+            f"be imported (no module {exc.name}); run pip install 'konduktor[{extra}]'"
         ) from exc
     return Store(getattr(module, class_name)(url, options or StoreOptions()))

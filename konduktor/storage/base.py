@@ -28,11 +28,12 @@ Metadata = Mapping[str, str]
 SHA256 = "sha256"  # metadata keys every object carries
 SIZE = "size"
 
-# scheme -> (module, backend class, pip extra); modules are imported only when used
+# scheme -> (module, backend class, pip extra, the SDK's package on PyPI); modules are
+# imported only when used
 BACKENDS = {
-    "file": ("konduktor.storage.local", "LocalBackend", None),
-    "s3": ("konduktor.storage.s3", "S3Backend", "s3"),
-    "gs": ("konduktor.storage.gcs", "GCSBackend", "gcs"),
+    "file": ("konduktor.storage.local", "LocalBackend", None, None),
+    "s3": ("konduktor.storage.s3", "S3Backend", "s3", "boto3"),
+    "gs": ("konduktor.storage.gcs", "GCSBackend", "gcs", "google-cloud-storage"),
 }
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
@@ -57,6 +58,14 @@ def parse_url(url: str) -> tuple[str, str, str]:
     scheme = parts.scheme
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
+        if not url:
+            raise UsageError(f"the store URL is empty; write one such as file:///path ({known})")
+        if not scheme:  # a path: stores are URLs everywhere (--store, jobs.bucket)
+            absolute = os.path.abspath(os.path.expanduser(url))
+            raise UsageError(
+                f"store URL {url!r} has no scheme; for that directory write file://{absolute} "
+                f"(stores are URLs: {known})"
+            )
         raise UsageError(f"store URL {url!r} has an unknown scheme; use one of {known}")
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
@@ -164,6 +173,12 @@ class Backend(Protocol):
 
     def identity(self) -> str:
         """Who the credentials are (for `konduktor check`), never the secrets themselves."""
+        ...
+
+    def require_root(self) -> None:
+        """NotFoundError saying how to create it when the bucket (``file://``: the
+        directory) does not exist; never creates it. Where the credentials may not tell,
+        it passes: objects may be readable without the right to look up the bucket."""
         ...
 
 

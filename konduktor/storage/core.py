@@ -203,6 +203,11 @@ class Store:
         """Who the credentials are (for `konduktor check`), never the secrets themselves."""
         return self._backend.identity()
 
+    def require_root(self) -> None:
+        """NotFoundError, saying how to create it, when the bucket (``file://``: the
+        directory) does not exist; never creates it (for `konduktor check`)."""
+        self._backend.require_root()
+
 
 class _HashingWriter(io.RawIOBase):
     """Writes through to a file, hashing the bytes and reporting their count."""

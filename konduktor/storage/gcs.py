@@ -418,6 +418,9 @@ class GCSBackend:
     def identity(self) -> str:
         return self.credentials
 
+    def require_root(self) -> None:
+        self._check_bucket()
+
     def _key(self, key: str) -> str:
         return base.join_key(self.prefix, key)
 

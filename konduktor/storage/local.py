@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import getpass
 import io
 import json
 import logging
@@ -27,8 +28,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from konduktor import layout
 from konduktor.cache import atomic_file, atomic_write
-from konduktor.errors import KeyTakenError, MissingKeyError, PermissionDeniedError, StorageError
+from konduktor.errors import (
+    KeyTakenError,
+    MissingKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+)
 from konduktor.storage import base
 
 log = logging.getLogger(__name__)
@@ -111,17 +119,22 @@ class LocalBackend:
                 d.mkdir(mode=0o700)
 
     def _tighten_root(self) -> None:
-        """Make this user's existing root 0700: objects may be private files (SSH keys)."""
+        """Make this user's existing root 0700: objects may be private files (SSH keys).
+        A sticky directory (``/tmp``) is shared on purpose and stays as it is: then the
+        store's own top directory, under it, is what is made private."""
+        target = self.root
         try:
-            st = self.root.stat()
+            if self.root.stat().st_mode & stat.S_ISVTX:
+                target = self.root / layout.VERSION
+            st = target.stat()
         except FileNotFoundError:
             return  # _make_dirs creates it 0700
         if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
             log.warning(
                 "%s was readable by other users; made it 0700 (objects may be private files)",
-                self.root,
+                target,
             )
-            self.root.chmod(0o700)
+            target.chmod(0o700)
         self._private = True
 
     def discard(self, key: str, version: str | None) -> None:
@@ -202,7 +215,25 @@ class LocalBackend:
         return None  # the pod copies from the path itself
 
     def identity(self) -> str:
-        return "not applicable"  # files are read as the user running konduktor
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):  # no login name in the environment nor in passwd
+            user = "?"
+        return f"user {user} (uid {os.getuid()}): the local pod copies files as this user"
+
+    def require_root(self) -> None:
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            raise StorageError(
+                f"{self.url}: {self.root} is not a directory; give a directory to --store "
+                "(or jobs.bucket in ~/.konduktor/config.yaml)"
+            )
+        raise NotFoundError(
+            f"{self.url}: the directory {self.root} does not exist; create it "
+            f"(mkdir -m 700 {self.root}), or give another --store (or jobs.bucket in "
+            "~/.konduktor/config.yaml); the first upload also creates it"
+        )
 
 
 def _meta_path(path: Path) -> Path:

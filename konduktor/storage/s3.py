@@ -448,6 +448,15 @@ class S3Backend:
             return configured
         return str(head.get("BucketRegion") or configured)
 
+    def require_root(self) -> None:
+        try:
+            with self._errors("find the bucket"):
+                self._client.head_bucket(Bucket=self.bucket)
+        except errors.MissingKeyError as exc:  # HEAD says a bare 404 for a missing bucket
+            raise errors.NotFoundError(_NO_BUCKET.format(s=self)) from exc
+        except errors.PermissionDeniedError:  # HeadBucket needs s3:ListBucket, which GETs do not
+            log.debug("may not look up bucket %s; its objects may still be readable", self.bucket)
+
     def identity(self) -> str:
         with self._lock:
             sts = self._new_client("sts")
