@@ -26,6 +26,13 @@ GOLDEN = ROOT / "fixtures" / "jobset" / "quickstart.yaml"
 LAUNCH_GOLDEN = ROOT / "fixtures" / "jobset" / "launch.yaml"
 K8S_VERSION = "1.30"  # kubernetes-validate's schemas for this Kubernetes release
 PROVENANCE = {"git-commit": "0123456789abcdef0123456789abcdef01234567", "git-dirty": "true"}
+OWNER = jobset.Owner("tester", "tester-0a1b")
+
+
+@pytest.fixture(autouse=True)
+def fixed_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden files hold a fixed owner, not whoever runs the tests."""
+    monkeypatch.setattr(jobset, "current_owner", lambda: OWNER)
 
 
 def strict(schema: Any) -> Any:
@@ -120,7 +127,15 @@ def test_a_missing_crd_fails_on_ci_and_skips_elsewhere(
 
 def test_konduktor_shape(task_file: Path) -> None:
     manifest = render(task_file)
-    assert manifest["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "user-queue"}
+    assert manifest["metadata"]["labels"] == {
+        "kueue.x-k8s.io/queue-name": "user-queue",
+        "trainy.ai/job-name": "train-1a2b",
+        "trainy.ai/user-id": "tester-0a1b",
+        "trainy.ai/username": "tester",
+        "trainy.ai/accelerator": "H100",
+        "trainy.ai/num-accelerators": "8",
+        "trainy.ai/konduktor-managed": "true",
+    }
     annotations = manifest["metadata"]["annotations"]
     assert annotations["kueue.x-k8s.io/maxRunDurationSeconds"] == "600"
     assert annotations["konduktor.dev/git-commit"] == PROVENANCE["git-commit"]
@@ -152,6 +167,17 @@ def test_default_max_run_duration(tmp_path: Path) -> None:
         load(path), name="t-0000", command="true", secret_names=["s"], provenance={}
     )
     assert manifest["metadata"]["annotations"]["kueue.x-k8s.io/maxRunDurationSeconds"] == "604800"
+    labels = manifest["metadata"]["labels"]
+    assert (labels["trainy.ai/accelerator"], labels["trainy.ai/num-accelerators"]) == ("None", "0")
+
+
+def test_the_owner_is_the_cleaned_login_and_a_host_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real current_owner
+    monkeypatch.setenv("LOGNAME", "Jane.Doe")
+    owner = jobset.current_owner()
+    assert owner.username == "jane-doe"
+    assert owner.user_id.startswith("jane-doe-")
+    assert len(owner.user_id) == len("jane-doe-") + 4
 
 
 def test_job_names_are_name_dash_eight_hex(task_file: Path) -> None:

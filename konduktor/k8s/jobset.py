@@ -9,8 +9,11 @@ annotations and env vars.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from konduktor import __version__
@@ -26,6 +29,33 @@ STORE_VOLUME = "konduktor-store"  # a shared file:// store, from the node at the
 MAX_RUN_ANNOTATION = "kueue.x-k8s.io/maxRunDurationSeconds"
 DEFAULT_MAX_RUN_SECONDS = 604800
 _COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# Upstream Konduktor's labels (konduktor/utils/jobset_utils.py), so that both tools list
+# the same jobs: its `status` keeps the JobSets whose USERNAME_LABEL is the cleaned login.
+JOB_NAME_LABEL = "trainy.ai/job-name"
+USER_ID_LABEL = "trainy.ai/user-id"
+USERNAME_LABEL = "trainy.ai/username"
+ACCELERATOR_LABEL = "trainy.ai/accelerator"
+NUM_ACCELERATORS_LABEL = "trainy.ai/num-accelerators"
+MANAGED_LABEL = "trainy.ai/konduktor-managed"
+POD_JOB_LABEL = "konduktor.dev/job"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who launched a job: the cleaned login name and upstream's user id
+    (``<login>-<last 4 hex of md5(hostname)>``, as its ``user_and_hostname_hash``)."""
+
+    username: str
+    user_id: str
+
+
+def current_owner() -> Owner:
+    """The user launching from this machine."""
+    from konduktor import config
+
+    host = hashlib.md5(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[-4:]
+    name = config.user()  # upstream puts the raw login here; a label value must be clean
+    return Owner(name, f"{name}-{host}")
 
 
 def to_yaml(manifest: dict[str, Any]) -> str:
@@ -59,12 +89,15 @@ def render(
     provenance: Mapping[str, str],
     git_secret: str | None = None,
     store_path: str | None = None,
+    owner: Owner | None = None,
 ) -> dict[str, Any]:
     """The JobSet manifest; *command* is the pod's startup script, run by ``sh -c``;
     the Secrets *secret_names* (each optional) are mounted read-only together, and a
-    shared ``file://`` store's directory *store_path* read-only from the node."""
+    shared ``file://`` store's directory *store_path* read-only from the node; *owner*
+    (default: :func:`current_owner`) goes into upstream Konduktor's labels."""
     labels = dict(task.resources.labels)
     max_run = labels.pop("maxRunDurationSeconds", str(DEFAULT_MAX_RUN_SECONDS))
+    labels.update(_labels(task, name, owner or current_owner()))
     annotations = {MAX_RUN_ANNOTATION: max_run, "konduktor.dev/version": __version__}
     annotations.update({f"konduktor.dev/{k}": v for k, v in provenance.items()})
     return {
@@ -83,6 +116,20 @@ def render(
                 }
             ],
         },
+    }
+
+
+def _labels(task: Task, name: str, owner: Owner) -> dict[str, str]:
+    """Upstream's JobSet labels; they win over a task label of the same key, which would
+    otherwise hide the job from its owner's `status`."""
+    kind, _, count = (task.resources.accelerators or "").partition(":")
+    return {
+        JOB_NAME_LABEL: name,
+        USER_ID_LABEL: owner.user_id,
+        USERNAME_LABEL: owner.username,
+        ACCELERATOR_LABEL: kind or "None",
+        NUM_ACCELERATORS_LABEL: (count or "1") if kind else "0",
+        MANAGED_LABEL: "true",
     }
 
 
@@ -122,7 +169,7 @@ def _job(
             "completionMode": "Indexed",
             "backoffLimit": 0,
             "template": {
-                "metadata": {"labels": {"konduktor.dev/job": name}},
+                "metadata": {"labels": {POD_JOB_LABEL: name, JOB_NAME_LABEL: name}},
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [container],
