@@ -14,6 +14,7 @@ says what failed, on which object, and what to do next. The CLI prints it as
     ├── ConfigError       ~/.konduktor/config.yaml is invalid
     ├── TaskError         a task file is invalid
     ├── ClusterError      the Kubernetes API is unreachable or refused a request
+    ├── JobError          no job, or more than one, answers to a name; a job vanished
     ├── SetupError        this machine cannot do the work (TMPDIR missing or full)
     └── StorageError      an object store operation failed
         ├── NotFoundError          the object or bucket does not exist
@@ -32,7 +33,7 @@ Exit codes of the ``konduktor`` command:
     3    an unexpected error, a bug: rerun with -v for the traceback
     130  interrupted (Ctrl-C); 143 on SIGTERM, 129 on SIGHUP (both handled as Ctrl-C is:
          uploads in flight are aborted and scratch files removed before the exit)
-    N    `launch --local` without -d: the exit code of the task itself
+    N    `launch` without -d (a cluster's job or --local): the exit code of the task itself
 A pod whose startup script cannot sync its files exits 97 before `run:` starts.
 """
 
@@ -131,3 +132,7 @@ class SetupError(KonduktorError):
 
 class ClusterError(KonduktorError):
     """The Kubernetes API could not be reached, or refused a request."""
+
+
+class JobError(KonduktorError):
+    """No job, or more than one, answers to a name; or the followed job was deleted."""

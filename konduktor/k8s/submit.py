@@ -24,8 +24,9 @@ from konduktor.errors import ClusterError
 GROUP, VERSION, PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
 TIMEOUT = (10.0, 60.0)  # (connect, read) seconds: the client has no timeout by default
 _NO_CONTEXT = "set KUBECONFIG or pass --kubeconfig; to try without a cluster use --local"
-_RESOURCES = {"JobSet": f"{PLURAL}.{GROUP}", "Secret": "secrets"}
-_RBAC_VERBS = {"create": "create", "read": "get", "replace": "update"}
+_RESOURCES = {"JobSet": f"{PLURAL}.{GROUP}", "Secret": "secrets", "Pod": "pods", "log": "pods/log"}
+_RBAC_VERBS = {"create": "create", "read": "get", "replace": "update", "list": "list"}
+_RBAC_VERBS |= {"patch": "patch", "delete": "delete"}
 
 
 @dataclass(frozen=True)
@@ -233,14 +234,14 @@ def _api_error(
     if status == 401:
         fix = "the credentials were rejected (401); log in again or refresh the kubeconfig"
     elif status == 403:
-        resource = _RESOURCES[kind]
+        resource = _RESOURCES[kind.removesuffix("s")]  # "list JobSets": the kind JobSet
         return ClusterError(
             f"not allowed to {verb} {resource} in namespace {ns} on {where}: ask your cluster "
             f"admin for the RBAC verb {_RBAC_VERBS[verb]!r} on {resource} in {ns}"
         )
     elif status == 404 and details.get("kind") == "namespaces":
         fix = f"namespace {ns} does not exist; create it or set the context's namespace"
-    elif status == 404 and step == "create JobSet":
+    elif status == 404 and step in ("create JobSet", "list JobSets"):
         return ClusterError(
             f"the JobSet CRD is not installed on {where}: install JobSet "
             "(https://jobset.sigs.k8s.io) or pick a cluster that has it with --context"
