@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from konduktor import __version__, units
+from konduktor.cli_jobs import COMMANDS as JOB_COMMANDS
 from konduktor.cli_manage import (
     HelpGroup,
     check,
@@ -361,7 +362,15 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     "--detach-run",
     "detach",
     is_flag=True,
-    help="Do not wait: with --local, run in the background (it says where the output goes).",
+    help="Do not follow the job: submit it and exit (with --local, run it in the "
+    "background; it says where the output goes). `konduktor logs JOB` follows it later.",
+)
+@click.option(
+    "--rank",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Following a cluster job: stream the log of this rank's pod.",
 )
 @cluster_options
 @store_option
@@ -374,12 +383,35 @@ def launch(ctx: click.Context, /, task_file: Path, **_: object) -> int:
     upload only the layers the store lacks; write the launch plan; submit.
     The pod's startup script fetches, verifies and places the files, then
     runs `run:` in ~/konduktor_workdir.
+
+    Unless -d, it then follows the job: its state while it is queued or
+    pending (and why), then rank 0's log (--rank N: rank N's) on stdout until
+    the job ends, and exits with the job's exit code (97: its files did not
+    sync, and the pod's reason). Ctrl-C stops following and leaves the job
+    running; `konduktor logs JOB` follows it again.
     """
     from konduktor import launch as launching
 
-    confirm = None if ctx.params["yes"] else _confirm
+    opts = ctx.params
+    if opts["rank"] and (opts["local"] or opts["detach"] or opts["dry_run"]):
+        raise click.UsageError("--rank goes with following a cluster job (not -d, --local)")
+    confirm = None if opts["yes"] else _confirm
     result = launching.launch(_request(ctx), confirm=confirm, report=info, progress=_byte_bar)
-    return _print_launch(result, ctx.params["output"])
+    code = _print_launch(result, opts["output"], detach=opts["detach"])
+    if result.target == "cluster" and not opts["detach"]:
+        return _follow(result, opts["kubeconfig"], opts["rank"])
+    return code
+
+
+def _follow(result: LaunchResult, kubeconfig: Path | None, rank: int) -> int:
+    from konduktor.cli_jobs import follow_job
+    from konduktor.k8s import submit
+
+    cluster = submit.connect(kubeconfig, result.context)
+    try:
+        return follow_job(cluster, result.job, rank=rank)
+    finally:
+        cluster.api_client.close()
 
 
 def _request(ctx: click.Context) -> Request:
@@ -409,18 +441,23 @@ def _confirm(prepared: Prepared) -> bool:
     return not sys.stdin.isatty() or click.confirm("launch?", default=True, err=True)
 
 
-def _print_launch(result: LaunchResult, output: str | None) -> int:
+def _print_launch(result: LaunchResult, output: str | None, *, detach: bool = False) -> int:
+    """What the launch did; a followed job's log (not its name) is the output then."""
+    where = f"context {result.context}, namespace {result.namespace}"
     if result.target == "dry-run":
         _print_dry_run(result, output)
-    elif result.target == "cluster":
+    elif result.target == "cluster" and detach:
         info(
-            f"submitted JobSet {result.job} (context {result.context}, namespace "
-            f"{result.namespace}); follow it with: kubectl logs -f -l "
-            f"jobset.sigs.k8s.io/jobset-name={result.job} -n {result.namespace}"
+            f"submitted JobSet {result.job} ({where}); follow it with: konduktor logs {result.job}"
         )
         click.echo(result.job)
+    elif result.target == "cluster":
+        info(f"submitted JobSet {result.job} ({where}); Ctrl-C stops following, not the job")
     elif result.log is not None:
-        info(f"{result.job} runs in the background; its output goes to {result.log}")
+        info(
+            f"{result.job} runs in the background; its output goes to {result.log} "
+            f"(konduktor logs {result.job} follows it)"
+        )
     else:
         info(_exited(result.job, result.exit_code))
     return result.exit_code
@@ -475,7 +512,7 @@ def extract(layers: tuple[Path, ...], dest: Path, replace: bool) -> None:
     )
 
 
-for _command in (store, check, secret, hooks):
+for _command in (store, check, secret, hooks, *JOB_COMMANDS):
     cli.add_command(_command)
 
 

@@ -3,15 +3,28 @@
 Each run gets a sandbox HOME under ``~/.konduktor/local/<job>``; the newest
 :data:`LOCAL_KEEP` are kept. The script is the one a pod runs, rendered from the
 same launch plan, with the cluster's variables set for one node.
+
+A run is a job as `status`, `logs` and `down` see it: its output goes to
+``<HOME>/run.log`` (a foreground run's also to the terminal, as it comes), its process
+id to ``<HOME>/.konduktor/pid`` and, once it ends, its exit code to
+``<HOME>/.konduktor/exit-code``; the startup script's one-line sync failure is in
+``<HOME>/.konduktor/termination-log``, as a pod's termination message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from konduktor import pod
 from konduktor.cache import konduktor_home
@@ -26,8 +39,96 @@ def home(job: str) -> Path:
 
 
 def log(job: str) -> Path:
-    """Where a detached run's output goes."""
+    """Where a run's output goes."""
     return home(job) / "run.log"
+
+
+def _marker(job: str, name: str) -> Path:
+    return home(job) / ".konduktor" / name
+
+
+@dataclass(frozen=True)
+class Run:
+    """A local run, as `status` shows it."""
+
+    name: str
+    created: datetime.datetime
+    phase: str  # running, succeeded, failed, or ended (no exit code was recorded)
+    exit_code: int | None
+    message: str  # the sync failure's line, if any
+    log: Path
+
+
+def runs() -> list[Run]:
+    """The local runs kept, newest first."""
+    try:
+        homes = [p for p in (konduktor_home() / "local").iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+    found = [describe(p.name) for p in homes]
+    return sorted(found, key=lambda run: run.created, reverse=True)
+
+
+def describe(job: str) -> Run:
+    script = _marker(job, "startup.sh")  # written as the run starts, never again
+    started = (script if script.exists() else home(job)).stat().st_mtime
+    created = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
+    code = _read_int(_marker(job, "exit-code"))
+    pid = _read_int(_marker(job, "pid"))
+    if code is not None:
+        phase = "succeeded" if code == 0 else "failed"
+    else:
+        phase = "running" if pid is not None and _alive(pid) else "ended"
+    termination = _marker(job, "termination-log")
+    message = termination.read_text(errors="replace").strip() if termination.exists() else ""
+    return Run(job, created, phase, code, " ".join(message.split()), log(job))
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove(job: str) -> bool:
+    """End the run *job* if it is running, and delete its sandbox HOME; False if none."""
+    if not home(job).is_dir():
+        return False
+    pid = _read_int(_marker(job, "pid"))
+    if pid is not None and _alive(pid) and _read_int(_marker(job, "exit-code")) is None:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:  # a detached run leads its own process group
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(home(job), ignore_errors=True)
+    return True
+
+
+def read(job: str, *, follow: bool = False, poll: float = 0.5) -> Iterator[bytes]:
+    """The run's log; with *follow*, what it writes until it ends."""
+    import time
+
+    with log(job).open("rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or describe(job).phase != "running":
+                return
+            time.sleep(poll)
 
 
 def _prune_local(keep: int) -> None:
@@ -54,10 +155,12 @@ def run(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = Fal
     env = _environment(sandbox, task)
     if quiet:
         env["KONDUKTOR_QUIET"] = "1"
+    exit_file, pid_file = _marker(plan.job, "exit-code"), _marker(plan.job, "pid")
     if detach:  # an outer sh starts it in the background and returns: nothing to wait for
+        background = '( sh "$1"; echo $? > "$2" ) & echo $! > "$3"'
         with log(plan.job).open("ab") as out:
             subprocess.run(
-                ["sh", "-c", 'sh "$1" &', "sh", str(script)],
+                ["sh", "-c", background, "sh", str(script), str(exit_file), str(pid_file)],
                 cwd=sandbox,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -68,7 +171,43 @@ def run(plan: LaunchPlan, task: Task, *, detach: bool = False, quiet: bool = Fal
             )
         return 0
     sys.stdout.flush()
-    return subprocess.call(["sh", str(script)], cwd=sandbox, env=env)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # through the tee, as live as on a terminal
+    code = _tee(["sh", str(script)], sandbox, env, pid_file)
+    exit_file.write_text(f"{code}\n")
+    return code
+
+
+def _tee(cmd: list[str], cwd: Path, env: dict[str, str], pid_file: Path) -> int:
+    """Run *cmd*, its stdout and stderr going where ours go and both into run.log."""
+    lock = threading.Lock()
+    with (cwd / "run.log").open("ab") as out:
+
+        def copy(source: BinaryIO, dest: BinaryIO) -> None:
+            for chunk in iter(lambda: os.read(source.fileno(), 65536), b""):
+                with lock:
+                    out.write(chunk)
+                    out.flush()
+                dest.write(chunk)
+                dest.flush()
+
+        with subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as proc:
+            pid_file.write_text(f"{proc.pid}\n")
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            pipes = [(proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)]
+            threads = [threading.Thread(target=copy, args=pipe, daemon=True) for pipe in pipes]
+            try:
+                for thread in threads:
+                    thread.start()
+                code = proc.wait()
+                for thread in threads:  # a process the task left behind may hold a pipe
+                    thread.join(timeout=2)
+            except BaseException:
+                proc.kill()
+                raise
+    return code
 
 
 def _environment(home: Path, task: Task) -> dict[str, str]:

@@ -361,11 +361,13 @@ def follow(
     rank: int = 0,
     on_state: Callable[[State], None],
     on_output: Callable[[bytes], None],
+    tail: int | None = None,
     poll: float | None = None,
 ) -> State:
     """Watch job *name* until it ends: *on_state* gets each new state while it waits or
-    runs, *on_output* its rank's log as it comes; the final state is returned (its
-    ``exit_code`` is the job's). Raises JobError when the JobSet is deleted meanwhile."""
+    runs, *on_output* its rank's log as it comes (from its last *tail* lines, if given);
+    the final state is returned (its ``exit_code`` is the job's). Raises JobError when
+    the JobSet is deleted meanwhile."""
     seen: tuple[str, str] | None = None
     streamed = False
     while True:
@@ -376,7 +378,7 @@ def follow(
         running = current.phase == "running" and not current.detail  # the rank's container
         if current.pod and ((current.started and not streamed) or (streamed and running)):
             # After a first whole stream, only what comes after it broke off: tail 0.
-            for chunk in read_log(cluster, current.pod, follow=True, tail=0 if streamed else None):
+            for chunk in read_log(cluster, current.pod, follow=True, tail=0 if streamed else tail):
                 on_output(chunk)
             if not streamed:
                 streamed = True
