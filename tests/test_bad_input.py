@@ -434,7 +434,7 @@ def clean_bucket(world: World) -> Iterator[None]:
 
 def _target(case: Case, world: World) -> tuple[str, ...]:
     return {
-        "cluster": ("-y", "--kubeconfig", str(world.kubeconfig)),
+        "cluster": ("-y", "-d", "--kubeconfig", str(world.kubeconfig)),
         "local": ("--local", "-y"),
         "dry-run": ("--dry-run",),
         "none": (),
@@ -505,7 +505,7 @@ def test_the_sweep_is_big_and_its_files_are_what_they_claim(world: World) -> Non
     "args",
     [
         ("launch", "--dry-run", "%P%/task.yaml"),
-        ("launch", "-y", "--kubeconfig", "%R%/kubeconfig", "%P%/task.yaml"),
+        ("launch", "-y", "-d", "--kubeconfig", "%R%/kubeconfig", "%P%/task.yaml"),
         ("snapshot", "%R%/bigwork", "--upload"),
     ],
     ids=["launch-dry-run", "launch", "snapshot-upload"],

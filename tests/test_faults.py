@@ -181,7 +181,9 @@ def test_launches_through_a_proxy_that_resets_connections(
             if i % 6 == 5:
                 (project / "weights.bin").write_bytes(os.urandom(BIG))
             submitted = len(kube_api.requests)
-            launch = konduktor("launch", "-y", "--kubeconfig", kubeconfig, project / "task.yaml")
+            launch = konduktor(
+                "launch", "-y", "-d", "--kubeconfig", kubeconfig, project / "task.yaml"
+            )
             code, err = finish(launch)
             outcomes[_outcome(code, err)] += 1
             if code != 0:  # nothing is submitted after a failed upload
@@ -362,7 +364,7 @@ def test_racing_launches_of_one_commit_send_its_base_once(
     with fault_proxy(s3_server, 0.0) as proxy:
         configure(env, bucket, proxy.url)
         racers = [
-            konduktor("launch", "-y", "--kubeconfig", kubeconfig, repo / "task.yaml")
+            konduktor("launch", "-y", "-d", "--kubeconfig", kubeconfig, repo / "task.yaml")
             for _ in range(RACERS)
         ]
         results = [finish(racer) for racer in racers]

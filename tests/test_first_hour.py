@@ -131,7 +131,7 @@ _SANDBOX = r"^khome($|/(local|store|cache)(/|$))"  # what a local run writes: it
 ROWS_LAUNCH: list[Row] = [
     Row(
         "cluster launch with the default file:// store is refused before anything is sent",
-        ("launch", "-y", "--kubeconfig", "{kubeconfig}", "task.yaml"),
+        ("launch", "-y", "-d", "--kubeconfig", "{kubeconfig}", "task.yaml"),
         1,
         r"^error: the store file://.*khome/store is a directory on this machine, which the "
         r"cluster's pods cannot read: set jobs\.bucket to an s3:// or gs:// URL",

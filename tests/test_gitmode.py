@@ -290,8 +290,8 @@ def test_the_git_jobset_is_valid_and_carries_no_key(
     commit_all(project.work, "task without a key mount")
     git(project.work, "push", "-q", "origin", "main")
     code, out, err = run(
-        "launch", "--mode", "git", "-y", "--ssh-secret", "repo-key", "--kubeconfig", kubeconfig,
-        project.task,
+        "launch", "--mode", "git", "-y", "-d", "--ssh-secret", "repo-key",
+        "--kubeconfig", kubeconfig, project.task,
     )  # fmt: skip
     assert code == 0, err
     (request,) = kube_api.requests
@@ -344,7 +344,7 @@ def test_the_rendered_git_script_is_clean_under_shellcheck(project: Project) -> 
 def _bad(project: Project, kube_api: KubeAPI, tmp_path: Path, *args: str) -> str:
     kubeconfig = kube_api.write_kubeconfig(tmp_path)
     code, _, err = run(
-        "launch", "--mode", "git", "-y", "--kubeconfig", kubeconfig, *args, project.task
+        "launch", "--mode", "git", "-y", "-d", "--kubeconfig", kubeconfig, *args, project.task
     )
     assert code == 1, err
     assert len(err.splitlines()) == 1, err

@@ -193,7 +193,7 @@ def test_launch_submits_the_jobset(
     quickstart: Path, khome: Path, shared: Path, kube_api: KubeAPI
 ) -> None:
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
-    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     job = out.strip()
     (request,) = kube_api.requests
@@ -217,7 +217,7 @@ def test_launch_submits_the_jobset(
     mount = {"name": "konduktor-store", "mountPath": store, "readOnly": True}
     assert mount in container["volumeMounts"]
 
-    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     assert uploaded_line(err).startswith("upload: nothing to send")
     assert len(kube_api.requests) == 2
@@ -232,14 +232,16 @@ def test_nothing_is_submitted_when_the_upload_fails(
         "    endpoint_url: http://127.0.0.1:9\n    max_attempts: 1\n"
     )
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 1
     assert "cannot reach" in err
     assert kube_api.requests == []
 
 
 def test_no_kube_context_fails_before_uploading(quickstart: Path, khome: Path) -> None:
-    code, _, err = run("launch", "-y", "--kubeconfig", khome / "absent", quickstart / "task.yaml")
+    code, _, err = run(
+        "launch", "-y", "-d", "--kubeconfig", khome / "absent", quickstart / "task.yaml"
+    )
     assert code == 1
     assert "--local" in err
     assert stored(khome) == []
@@ -304,7 +306,7 @@ def test_bad_input_is_one_clear_line_and_nothing_happens(
     task.write_text(text)
     monkeypatch.chdir(tmp_path)
     kubeconfig = kube_api.write_kubeconfig(tmp_path)
-    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, *args, task)
+    code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, *args, task)
     flag_only = bool(args) and args[0] != "--env-file"  # the file is fine: a usage error
     assert code == (2 if flag_only else 1), err
     lines = err.splitlines()
@@ -384,7 +386,7 @@ def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
     task = tmp_path / "task.yaml"
     task.write_text(f"name: keyed\nfile_mounts:\n  ~/.ssh/id_ed25519: {key}\nrun: ssh -V\n")
     kubeconfig = kube_api.write_kubeconfig(tmp_path)
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, task)
     assert code == 0, err
     (request,) = kube_api.requests
     body = str(request.body)
@@ -392,7 +394,7 @@ def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
     digest = sha256_file(key)
     assert f'k_file "$HOME"/.ssh/id_ed25519 file://{khome}/store/v1/objects/' in body
     assert f"{digest} 600" in body
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, task)
     assert code == 0, err
     assert uploaded_line(err).startswith("upload: nothing to send")
 
@@ -407,7 +409,7 @@ def test_a_context_the_client_cannot_load_fails_before_uploading(
         "apiVersion: v1\nkind: Config\ncurrent-context: broken\nclusters: []\nusers: []\n"
         "contexts:\n- name: broken\n  context: {cluster: missing, user: nobody}\n"
     )
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 1
     assert "cannot use Kubernetes context 'broken'" in err
     assert stored(khome) == []
@@ -522,7 +524,7 @@ def test_a_replaced_layer_stops_the_launch_before_it_submits(
 ) -> None:
     """A bucket writer swaps the base layer and its metadata: nothing is submitted."""
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     for layer in (khome / "store" / "v1" / "bases").rglob("*.tar.zst"):
         meta = layer.with_name(layer.name + ".meta.json")
@@ -532,7 +534,7 @@ def test_a_replaced_layer_stops_the_launch_before_it_submits(
         fields = json.loads(meta.read_text())
         fields.update(sha256=hashlib.sha256(b"injected").hexdigest(), size="8")
         meta.write_text(json.dumps(fields))
-    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 1
     last = err.splitlines()[-1]
     assert last.startswith("error: ")
@@ -552,7 +554,7 @@ def test_the_plan_kept_in_the_bucket_holds_no_presigned_url(
         f"jobs:\n  bucket: {url}\nsync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
     )
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
-    code, out, err = run("launch", "-y", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     (request,) = kube_api.requests
     assert "X-Amz-Credential=testing" in str(request.body)  # the pod fetches over HTTPS
@@ -606,7 +608,7 @@ def test_a_file_mount_that_changes_while_it_is_sent_fails_and_leaves_its_key_fre
 
     with monkeypatch.context() as mp:
         mp.setattr(base.Source, "read", change_then_read)
-        code, _, err = run("launch", "-y", "--store", url, "--kubeconfig", kubeconfig, task)
+        code, _, err = run("launch", "-y", "-d", "--store", url, "--kubeconfig", kubeconfig, task)
     assert code == 1, err
     [line] = err.strip().splitlines()[-1:]
     assert line.startswith(f"error: {data} changed while it was being uploaded"), err
@@ -615,7 +617,7 @@ def test_a_file_mount_that_changes_while_it_is_sent_fails_and_leaves_its_key_fre
     after = sha256_file(data)
     assert store.stat(layout.file(before).key) is None
     assert store.stat(layout.file(after).key) is None
-    code, _, err = run("launch", "-y", "--store", url, "--kubeconfig", kubeconfig, task)
+    code, _, err = run("launch", "-y", "-d", "--store", url, "--kubeconfig", kubeconfig, task)
     assert code == 0, err
     assert len(kube_api.requests) == 1
     info = store.stat(layout.file(after).key)
