@@ -252,7 +252,7 @@ def logs(
     A local run's log is its run.log.
     """
     with _connected(kubeconfig, kube_context, required=False) as cluster:
-        (found,) = _find([name], cluster, all_users=True)
+        (found,) = _find([name], cluster)
         if _is_local(found):
             return _local_logs(found, rank, follow, tail)
         assert cluster is not None

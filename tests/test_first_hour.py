@@ -203,7 +203,7 @@ ROWS_LAUNCH: list[Row] = [
         r"^job first-hour-",
         may_change=(_SANDBOX,),
         last=r"runs in the background; its output goes to .*khome/local/first-hour-[0-9a-f]{8}"
-        r"/run\.log$",
+        r"/run\.log \(konduktor logs first-hour-[0-9a-f]{8} follows it\)$",
     ),
     Row(
         "the summary and the limit warning use the same MB",
