@@ -39,6 +39,7 @@ class Row:
     where: str  # the context, or "local"
     user: str
     state: str
+    exit_code: int | None  # a finished job's
     created: datetime.datetime | None
     nodes: int
     accelerators: str
@@ -54,6 +55,7 @@ class Row:
             "context": None if self.where == "local" else self.where,
             "user": self.user,
             "state": self.state,
+            "exit_code": self.exit_code,
             "created": created,
             "age_seconds": age,
             "nodes": self.nodes,
@@ -188,17 +190,16 @@ def _cluster_rows(cluster: Cluster | None, listed: Sequence[Job | Run]) -> list[
         now = jobs.state(job.jobset, found.get(job.name, []))
         commit = (job.commit or "")[:12] + ("+dirty" if job.dirty and job.commit else "")
         why = now.detail if now.phase not in ("running", "succeeded") else ""
-        state = f"{now.phase} ({now.exit_code})" if now.phase == "failed" else now.phase
         accelerators = job.accelerators or ""
-        row = Row(job.name, cluster.context, job.user or "", state, job.created, job.nodes,
-                  accelerators, commit, why)  # fmt: skip
+        row = Row(job.name, cluster.context, job.user or "", now.phase, now.exit_code,
+                  job.created, job.nodes, accelerators, commit, why)  # fmt: skip
         rows.append(row)
     return rows
 
 
 def _local_row(run: Run) -> Row:
-    state = f"failed ({run.exit_code})" if run.phase == "failed" else run.phase
-    return Row(run.name, "local", _me(), state, run.created, 1, "", "", run.message)
+    return Row(run.name, "local", _me(), run.phase, run.exit_code, run.created, 1, "", "",
+               run.message)  # fmt: skip
 
 
 _STATUS = "{:<32} {:<14} {:<12} {:>5} {:>5}  {:<10} {:<18} {}"
@@ -219,7 +220,8 @@ def _print_status(rows: Sequence[Row], as_json: bool, all_users: bool) -> None:
     click.echo(fmt.format(*([*head[:2], "USER", *head[2:]] if all_users else head)).rstrip())
     for row in rows:
         age = units.age(now - row.created) if row.created else "-"
-        cells = [row.name, row.where, row.state, age, str(row.nodes), row.accelerators or "-"]
+        state = f"{row.state} ({row.exit_code})" if row.state == "failed" else row.state
+        cells = [row.name, row.where, state, age, str(row.nodes), row.accelerators or "-"]
         cells += [row.commit or "-", row.why]
         if all_users:
             cells.insert(2, row.user or "-")

@@ -81,8 +81,9 @@ class Step:
     not started: *reason* ``Unschedulable`` is the scheduler's, any other a container's
     waiting reason such as ``ErrImagePull``; *message* says why), ``Running``,
     ``Succeeded`` or ``Failed`` (every container ended with *exit_code*, *message* its
-    termination message). *logs*: lines every pod writes in this step (``{rank}`` is
-    replaced by the pod's rank), before its state changes. *after*: seconds to wait first.
+    termination message), or ``Deleted`` (someone deleted the JobSet, its pods with it).
+    *logs*: lines every pod writes in this step (``{rank}`` is replaced by the pod's
+    rank), before its state changes. *after*: seconds to wait first.
     *seen*: hold the state until a client has looked at the job's pods (a follower saw
     it), so that a test does not depend on how fast the client polls.
     """
@@ -262,6 +263,13 @@ class KubeAPI:
         for rank, pod in enumerate(pods):
             for line in step.logs:
                 self.log(pod, line.replace("{rank}", str(rank)) + "\n", ns=ns)
+        if step.phase == "Deleted":
+            with self._changed:
+                self.objects.pop(("jobsets", ns, job), None)
+                for key in [k for k, o in self.objects.items() if _owned(k, o, ns, job)]:
+                    del self.objects[key]
+                self._changed.notify_all()
+            return
         if step.phase == "Queued":
             conditions = [{"type": "Suspended", "status": "True", "reason": "SuspendedJobs"}]
             self.set_jobset(job, ns=ns, spec={"suspend": True}, status={"conditions": conditions})

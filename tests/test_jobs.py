@@ -274,7 +274,25 @@ def test_launch_follows_the_job_and_exits_with_its_code(
         "exited with code 3 (the task's own code; konduktor exits with it)"
     )
     assert "Traceback" not in err
-    assert changes(kube_api) == []  # following touches nothing
+    first, *rest = [r.method for r in kube_api.requests]
+    assert (first, set(rest)) == ("POST", {"GET"})  # following touches nothing
+    streams = [p for p in paths(kube_api) if "/log?" in p]
+    assert len(streams) == 1
+    assert "follow=true" in streams[0]
+
+
+def test_a_job_deleted_while_it_is_followed_ends_the_launch_with_one_line(
+    kube_api: KubeAPI, kubeconfig: Path, task: Path
+) -> None:
+    kube_api.play(
+        [Step("Pending", "ErrImagePull", "pull access denied", seen=True), Step("Deleted")]
+    )
+    code, _, err = run("launch", "-y", "--kubeconfig", kubeconfig, task)
+    assert code == 1, err
+    assert "is pending: ErrImagePull: pull access denied" in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: job train-")
+    assert "was deleted while it was followed" in last
 
 
 def test_launch_of_a_job_that_succeeds_exits_0(
@@ -480,7 +498,7 @@ def test_a_local_run_is_listed_and_its_log_read(tmp_path: Path) -> None:
     assert code == 0, err
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["name"].startswith("here-")
-    assert (row["local"], row["state"]) == (True, "failed (4)")
+    assert (row["local"], row["state"], row["exit_code"]) == (True, "failed", 4)
     code, out, err = run("logs", row["name"][:7])
     assert code == 4, err
     assert set(out.splitlines()) == {"out", "err"}

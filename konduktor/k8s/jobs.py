@@ -350,7 +350,8 @@ def read_log(
         yield from response.stream(4096, decode_content=True)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         log.debug("the log stream of %s ended: %s", pod, exc)
-    finally:
+    finally:  # a stream left half read cannot carry another request: close it
+        response.close()
         response.release_conn()
 
 
