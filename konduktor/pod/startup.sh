@@ -65,7 +65,7 @@ k_watch() {
   while kill -0 "$$" 2>/dev/null; do
     sleep "$K_TICK" >/dev/null 2>&1 &  # not holding the script's stderr open
     K_NAP=$!
-    wait "$K_NAP"
+    wait "$K_NAP" || exit 0  # a KONDUKTOR_PROGRESS_SECONDS sleep refuses: no lines at all
     if [ -n "$3" ]; then
       # shellcheck disable=SC2012  # sizes only: ls reads no byte (find -printf is GNU's)
       K_DONE=$(ls -ln "$3" "$3".* "$3"_* 2>/dev/null | awk '{ n += $5 } END { print n + 0 }')
