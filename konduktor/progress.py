@@ -27,18 +27,12 @@ Factory = Callable[[str, int], Bytes | None]
 """Called with (what, total bytes) before a transfer; a :data:`Bytes` callback, or None."""
 
 
-def _count(n: int) -> str:
-    return f"{n} files"
-
-
 class _Meter:
     """Counts towards *total*: a bar on a terminal (once *delay* seconds have passed), else
     a line every PERIOD seconds."""
 
-    def __init__(
-        self, label: str, total: int, unit: Callable[[int], str], delay: float = 0.0
-    ) -> None:
-        self.label, self.total, self.unit = label, total, unit
+    def __init__(self, label: str, total: int, *, sized: bool, delay: float = 0.0) -> None:
+        self.label, self.total, self.sized = label, total, sized
         self.done = 0
         self._tty = sys.stderr.isatty()
         self._bar: click._termui_impl.ProgressBar[int] | None = None
@@ -68,8 +62,9 @@ class _Meter:
     def line(self) -> str:
         """``upload base layer 120.0 MB of 400.0 MB (30%)``; counts: ``3 of 10 files``."""
         share = self.done * 100 // max(self.total, 1)
-        done = units.size(self.done) if self.unit is units.size else str(self.done)
-        return f"{self.label} {done} of {self.unit(self.total)} ({share}%)"
+        if self.sized:
+            return f"{self.label} {units.size(self.done)} of {units.size(self.total)} ({share}%)"
+        return f"{self.label} {self.done} of {self.total} files ({share}%)"
 
     def close(self) -> None:
         self._closed = True
@@ -87,7 +82,7 @@ def transfers(verb: str, *, quiet: bool) -> Factory | None:
     def start(what: str, total: int) -> Bytes | None:
         if total < LARGE:
             return None
-        return _Meter(f"{verb} {what}".strip(), total, units.size).advance
+        return _Meter(f"{verb} {what}".strip(), total, sized=True).advance
 
     return start
 
@@ -103,7 +98,7 @@ class Counter:
 
     def __call__(self, done: int, total: int) -> None:
         if self._meter is None or self._meter.done >= self._meter.total:
-            self._meter = _Meter(self.label, total, _count, BAR_DELAY)
+            self._meter = _Meter(self.label, total, sized=False, delay=BAR_DELAY)
         self._meter.advance(done - self._meter.done)
 
     def close(self) -> None:
