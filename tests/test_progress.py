@@ -113,6 +113,12 @@ def _on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int
     return proc.wait(timeout=10), out.decode(errors="replace")
 
 
+def _job(output: str) -> str:
+    found = re.search(r"job (progress-[0-9a-f]{8}):", output)
+    assert found is not None, output
+    return found.group(1)
+
+
 def _states(output: str, start: str) -> set[str]:
     """The distinct screens (a bar redrawn after \\r, or a line) that begin with *start*."""
     screens = re.split(r"[\r\n]+", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output))
@@ -132,7 +138,10 @@ def test_launch_local_on_a_terminal_shows_the_upload_and_the_extraction_moving(
     assert all(re.search(r"\d+%", state) for state in uploads), uploads
     extracting = _states(output, "konduktor: extract full layer of ~/konduktor_workdir ")
     assert len(extracting) > 1, output
-    assert "done" in output.splitlines()[-1]
+    assert [line.strip() for line in output.splitlines()[-2:]] == [
+        "done",
+        f"job {_job(output)} exited with code 0",
+    ]
 
     code, output = _on_a_terminal(
         [*argv[:3], "-q", *argv[3:]], {**env, "KONDUKTOR_HOME": str(tmp_path / "b")}, work
