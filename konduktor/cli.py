@@ -7,19 +7,18 @@ code (the table is in :mod:`konduktor.errors`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from konduktor import __version__, units
+from konduktor import __version__, progress, units
 from konduktor.cli_jobs import COMMANDS as JOB_COMMANDS
 from konduktor.cli_manage import (
     HelpGroup,
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from konduktor.snapshot import SnapshotInfo
 
 EXIT_UNEXPECTED, EXIT_INTERRUPTED = 3, 130
-_LARGE_TRANSFER = 4_000_000  # bytes: smaller transfers get no progress bar
 # launch's options that make up a gitmode.Options and a task.Overrides
 _GIT_OPTIONS: tuple[str, ...] = ("remote", "branch", "ssh_url", "fetch", "accept_host_key")
 _GIT_OPTIONS += ("clean_only", "ssh_secret", "recurse_submodules")
@@ -192,8 +190,8 @@ def snapshot(
     as_json = output == "json"
     if upload:
         return _upload(path, commit, level, as_json, out, store_url, cfg.hard_limit_mb)
-    with _progress("snapshot") as progress:
-        info = snap.build(path, commit=commit, out=out, level=level, progress=progress)
+    with progress.counting("snapshot", quiet=quiet()) as counter:
+        info = snap.build(path, commit=commit, out=out, level=level, progress=counter)
     warn(info.warnings)
     if as_json:
         click.echo(json.dumps(_snapshot_json(info), indent=2))
@@ -218,7 +216,12 @@ def _upload(
     store = open_store(url)
     p = snap.plan(path, commit=commit, level=level, hash_files=False)
     snap.check_size(str(path), snap.shipped_sizes(p), hard_limit_mb)  # before hashing
-    result = remote.upload_plan(snap.with_keys(p), store, progress=_byte_bar)
+    result = remote.upload_plan(
+        snap.with_keys(p),
+        store,
+        progress=progress.transfers("upload", quiet=quiet()),
+        build_progress=progress.counts("build", quiet=quiet()),
+    )
     if result.info is not None:
         warn(result.info.warnings)
     if as_json:
@@ -272,41 +275,6 @@ def _print_snapshot(info: SnapshotInfo) -> None:
     for layer in info.layers:
         if layer.path:
             click.echo(f"wrote {layer.path}")
-
-
-def _byte_bar(label: str, total: int) -> Callable[[int], None] | None:
-    """A progress bar for one transfer over a few MB, on a terminal and without --quiet."""
-    if total < _LARGE_TRANSFER or not sys.stderr.isatty() or quiet():
-        return None
-    bar = click.progressbar(length=total, label=label[-40:], file=sys.stderr)
-    bar.__enter__()
-
-    def update(n: int) -> None:
-        bar.update(n)
-        if bar.pos >= total:
-            bar.__exit__(None, None, None)
-
-    return update
-
-
-@contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A (done, total) callback drawing a progress bar on stderr, when that is a terminal."""
-    if not sys.stderr.isatty() or quiet():
-        yield None
-        return
-    with contextlib.ExitStack() as bars:
-        bar: click._termui_impl.ProgressBar[int] | None = None
-
-        def update(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = bars.enter_context(
-                    click.progressbar(length=total, label=label, file=sys.stderr)
-                )
-            bar.update(done - bar.pos)
-
-        yield update
 
 
 @cli.command()
@@ -396,7 +364,13 @@ def launch(ctx: click.Context, /, task_file: Path, **_: object) -> int:
     if opts["rank"] and (opts["local"] or opts["detach"] or opts["dry_run"]):
         raise click.UsageError("--rank goes with following a cluster job (not -d, --local)")
     confirm = None if opts["yes"] else _confirm
-    result = launching.launch(_request(ctx), confirm=confirm, report=info, progress=_byte_bar)
+    result = launching.launch(
+        _request(ctx),
+        confirm=confirm,
+        report=info,
+        progress=progress.transfers("upload", quiet=quiet()),
+        build_progress=progress.counts("build", quiet=quiet()),
+    )
     code = _print_launch(result, opts["output"], detach=opts["detach"])
     if result.target == "cluster" and not opts["detach"]:
         return _follow(result, opts["kubeconfig"], opts["rank"])
@@ -505,7 +479,10 @@ def extract(layers: tuple[Path, ...], dest: Path, replace: bool) -> None:
 
     if dest.exists() and any(dest.iterdir()) and not replace:
         raise click.UsageError(f"{dest} is not empty; give --replace to replace it")
-    result = ex.extract([ex.LayerRef.beside_manifest(path) for path in layers], dest)
+    refs = [ex.LayerRef.beside_manifest(path) for path in layers]
+    start = progress.transfers("extract", quiet=quiet())
+    total = sum(ref.path.stat().st_size for ref in refs)
+    result = ex.extract(refs, dest, progress=start("", total) if start else None)
     deleted = f", deleted {result.deleted}" if result.deleted else ""
     click.echo(
         f"extracted {result.files} files and {result.symlinks} symlinks into {dest}{deleted}"

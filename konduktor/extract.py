@@ -43,10 +43,10 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import zstandard
 
@@ -163,8 +163,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract(layers: Sequence[LayerRef], dest: Path) -> ExtractResult:
-    """Verify ``layers``, apply them in order, and replace ``dest`` with the result.
+def extract(
+    layers: Sequence[LayerRef], dest: Path, *, progress: Callable[[int], None] | None = None
+) -> ExtractResult:
+    """Verify ``layers``, apply them in order, and replace ``dest`` with the result;
+    *progress* is called with the count of each layer's compressed bytes as they are read.
 
     Raises :class:`UsageError` when the layers are not in an order that makes one
     snapshot (:func:`check_order`), and :class:`ExtractError` when a layer is
@@ -179,7 +182,7 @@ def extract(layers: Sequence[LayerRef], dest: Path) -> ExtractResult:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.konduktor-", dir=dest.parent))
     try:
-        deleted = sum(_apply_layer(layer.path, staging) for layer in layers)
+        deleted = sum(_apply_layer(layer.path, staging, progress) for layer in layers)
         files, symlinks = _count_tree(staging)
         # mkdtemp made it 0o700, which kept other users out while it was built.
         os.chmod(staging, 0o755)
@@ -254,12 +257,13 @@ def _count_tree(root: Path) -> tuple[int, int]:
     return files, symlinks
 
 
-def _apply_layer(layer: Path, root: Path) -> int:
+def _apply_layer(layer: Path, root: Path, progress: Callable[[int], None] | None = None) -> int:
     """Apply one layer on top of root; return how many paths its whiteouts deleted."""
     try:
         with layer.open("rb") as raw:
+            source = raw if progress is None else cast(BinaryIO, _Reporting(raw, progress))
             # Frames carry no content size, so decompress as a stream, frame after frame.
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
             with _open_tar(reader) as tar:
                 deleted = _apply_members(tar, layer, root)
                 end = tar.offset
@@ -269,6 +273,18 @@ def _apply_layer(layer: Path, root: Path) -> int:
     except OSError as exc:
         raise ExtractError(f"cannot read layer {layer}: {exc}") from exc
     return deleted
+
+
+class _Reporting:
+    """A file read once, forwards, that reports how many bytes each read returned."""
+
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], None]) -> None:
+        self._raw, self._progress = raw, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._progress(len(data))
+        return data
 
 
 def _check_complete(reader: BinaryIO, end: int, layer: Path) -> None:

@@ -183,7 +183,7 @@ class IgnoreChain:
         if not rules:
             return []
         files = list(paths)
-        dirs = {d for p in files for d in _parents(p)}
+        dirs = {d for p in files for d in parent_dirs(p)}
         candidates = [(p, False) for p in files] + [(d, True) for d in dirs]
         unused = [
             r
@@ -214,7 +214,7 @@ def _unused_warning(rule: Rule) -> str:
     return f"{rule}: pattern matches nothing (harmless, unless it is a typo)"
 
 
-def _parents(path: str) -> Iterator[str]:
+def parent_dirs(path: str) -> Iterator[str]:
     while "/" in path:
         path = path.rpartition("/")[0]
         yield path

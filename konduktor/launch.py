@@ -106,9 +106,11 @@ def launch(
     confirm: Callable[[Prepared], bool] | None = None,
     report: Callable[[str], None] = _silent,
     progress: ProgressFactory | None = None,
+    build_progress: snapshot.Progress | None = None,
 ) -> LaunchResult:
-    """Launch *request*; *report* gets one-line progress notes, *confirm* (if given) may
-    stop the launch after the summary and before anything is sent."""
+    """Launch *request*; *report* gets one-line progress notes, *progress* and
+    *build_progress* the uploads' bytes and the layers' files as they go, *confirm* (if
+    given) may stop the launch after the summary and before anything is sent."""
     from konduktor.k8s import jobset
 
     task = load_task(request.task_file, request.overrides)
@@ -131,7 +133,7 @@ def launch(
         return _dry_run(prepared, store, cfg, request, git_secret)
     if confirm is not None and not confirm(prepared):
         raise AbortedError("aborted: nothing was uploaded or submitted")
-    synced = sync(prepared, store, cfg, progress=progress)
+    synced = sync(prepared, store, cfg, progress=progress, build_progress=build_progress)
     _report_upload(synced, store, report)
     result = LaunchResult(prepared.job, request.target, store.url, synced)
     if cluster is None:
@@ -315,6 +317,7 @@ def sync(
     cfg: Config,
     *,
     progress: ProgressFactory | None = None,
+    build_progress: snapshot.Progress | None = None,
     dry_run: bool = False,
 ) -> Synced:
     """Upload what *store* lacks and write the launch plan there; *dry_run* only looks."""
@@ -324,7 +327,13 @@ def sync(
     sent = 0
     for source in prepared.sources:
         if source.snapshot is not None:
-            result = remote.upload_plan(source.snapshot, store, progress=progress, dry_run=dry_run)
+            result = remote.upload_plan(
+                source.snapshot,
+                store,
+                progress=progress,
+                build_progress=build_progress,
+                dry_run=dry_run,
+            )
             p = source.snapshot
             trees.append(Tree(source.target, str(source.path), p.commit, p.dirty, result.layers))
             uploaded += [name.key for name in result.uploaded]
@@ -371,7 +380,7 @@ def _put_file(
     if dry_run:
         return f, missing
     if missing:
-        bar = progress(name.key, size) if progress else None
+        bar = progress(f"file {source.path.name}", size) if progress else None
         done = store.put(
             name.key,
             source.path,

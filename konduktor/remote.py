@@ -66,9 +66,12 @@ def upload_plan(
     store: Store,
     *,
     progress: Callable[[str, int], Progress | None] | None = None,
+    build_progress: snapshot.Progress | None = None,
     dry_run: bool = False,
 ) -> UploadResult:
-    """:func:`upload` for a snapshot plan made already; *dry_run* only looks.
+    """:func:`upload` for a snapshot plan made already; *dry_run* only looks. *progress*
+    is called with (what, bytes) before each upload, *build_progress* as the missing
+    layers are built.
 
     The digests in the result are this machine's own (:func:`_verified`), never the
     store's metadata: a pod is only handed bytes this machine vouches for.
@@ -82,7 +85,8 @@ def upload_plan(
     if missing and dry_run:
         digests.update({name: (TO_UPLOAD, 0, 0, 0) for name in missing})
     elif missing:
-        info, sent = _put_layers(p, _layers(p, missing), store, progress, digests)
+        layers = _layers(p, missing)
+        info, sent = _put_layers(p, layers, store, progress, digests, build_progress)
         for name in missing:
             vouched.put(name, digests[name])
     vouched.save()
@@ -144,14 +148,15 @@ def _put_layers(
     store: Store,
     progress: Callable[[str, int], Progress | None] | None,
     stored: dict[layout.Name, Built],
+    build_progress: snapshot.Progress | None = None,
 ) -> tuple[snapshot.SnapshotInfo, int]:
     """Build the *missing* layers and put them; record each digest in *stored*."""
     sent = 0
     with scratch.directory("upload") as tmp:
-        built = snapshot.build_layers(p, missing, out=tmp)
+        built = snapshot.build_layers(p, missing, out=tmp, progress=build_progress)
         for layer in built:
             assert layer.path is not None
-            bar = progress(layer.key, layer.compressed_bytes) if progress else None
+            bar = progress(f"{layer.kind} layer", layer.compressed_bytes) if progress else None
             result = store.put(
                 layer.key.key,
                 layer.path,

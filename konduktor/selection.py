@@ -37,7 +37,7 @@ from konduktor.gitrepo import (
     is_within,
     run_git,
 )
-from konduktor.ignore import IgnoreChain, Rule, SymlinkedIgnoreFile
+from konduktor.ignore import IgnoreChain, Rule, SymlinkedIgnoreFile, parent_dirs, parse
 
 log = logging.getLogger(__name__)
 
@@ -282,26 +282,44 @@ def _from_worktree(repo: Repo, why: bool, *, untracked: bool = True) -> Selectio
     for path in others:
         walk.add_untracked(path)
     out = walk.out
-    out.warnings.extend(_ignore_files_above(repo))
-    out.ignore_warnings(walk.chain, [e.path for e in tracked] + others)
+    candidates = [e.path for e in tracked] + others
+    out.warnings.extend(_ignore_files_above(repo, candidates))
+    out.ignore_warnings(walk.chain, candidates)
     out.skip_excluded_dirs(walk.chain)
     dirty = frozenset(status.changes.keys() | walk.lfs)
     return out.result(commit=status.head, repo=repo, dirty=dirty, checked_ns=status.started_ns)
 
 
-def _ignore_files_above(repo: Repo) -> list[str]:
+def _ignore_files_above(repo: Repo, paths: list[str]) -> list[str]:
     """Warnings for the ignore files between the sync root and the work tree's top, which
-    do not apply (only the root's own and those below it do)."""
+    do not apply (only the root's own and those below it do), when their patterns match
+    some of *paths* (relative to the root): a file that ships though a rule names it."""
     if repo.workdir is None:
         return []
     root = repo.root.resolve()
     above = [d for d in root.parents if d == repo.workdir or repo.workdir in d.parents]
-    return [
-        f"{d / IGNORE_FILE}: not applied, it is above the sync root {root}; "
-        f"move its rules into {root / IGNORE_FILE} if they are meant for this launch"
-        for d in above
-        if os.path.lexists(d / IGNORE_FILE)
-    ]
+    warnings = []
+    for d in above:
+        try:
+            data = (d / IGNORE_FILE).read_bytes() if not (d / IGNORE_FILE).is_symlink() else b""
+        except OSError:
+            continue
+        rules = [r for r in parse(data, source="", base="", warnings=[]) if not r.negate]
+        rel = root.relative_to(d).as_posix()
+        named = [p for p in paths if _named(rules, f"{rel}/{p}")]
+        if named:
+            warnings.append(
+                f"{d / IGNORE_FILE}: not applied, it is above the sync root {root}, so "
+                f"{len(named)} file(s) it names ship ({', '.join(named[:3])}); move its rules "
+                f"into {root / IGNORE_FILE} if they are meant for this launch"
+            )
+    return warnings
+
+
+def _named(rules: list[Rule], path: str) -> bool:
+    """Whether a pattern of *rules* matches *path* or a directory above it."""
+    dirs = list(parent_dirs(path))
+    return any(r.matches(path, False) or any(r.matches(d, True) for d in dirs) for r in rules)
 
 
 class _WorkTree:
@@ -415,7 +433,7 @@ def _from_commit(repo: Repo, commit: str, why: bool) -> Selection:
 
     chains = (IgnoreChain(IGNORE_FILE, read),)
     out = _Collector(repo.root, why, commit)
-    out.warnings.extend(_ignore_files_above(repo))
+    out.warnings.extend(_ignore_files_above(repo, [e.path for e in entries]))
     lfs = any(
         posixpath.basename(e.path) == ".gitattributes" and b"filter=lfs" in repo.blob(e.oid)
         for e in entries

@@ -77,6 +77,7 @@ class LayerPlan:
     entries: tuple[Entry, ...]
     deletions: tuple[str, ...] = ()
     base: layout.Name | None = None
+    hashed: tuple[Record, ...] = ()  # what a content key was computed from (with_keys)
 
 
 @dataclass(frozen=True)
@@ -259,13 +260,8 @@ def with_keys(p: SnapshotPlan) -> SnapshotPlan:
     for layer in p.layers:
         if layer.key is None:
             records = [_record_from_disk(e, cache) for e in layer.entries]
-            layer = LayerPlan(
-                layer.kind,
-                content_key(records, layer.deletions, p.level),
-                layer.entries,
-                layer.deletions,
-                layer.base,
-            )
+            key = content_key(records, layer.deletions, p.level)
+            layer = replace(layer, key=key, hashed=tuple(records))
         layers.append(layer)
     cache.save()
     return replace(p, layers=tuple(layers))
@@ -473,9 +469,13 @@ def _built_key(p: SnapshotPlan, layer: LayerPlan, records: list[Record]) -> layo
         return layer.key
     key = content_key(records, layer.deletions, p.level)
     if layer.key is not None and key != layer.key:
+        planned = dict(zip([r.path for r in layer.hashed], layer.hashed, strict=True))
+        changed = [r.path for r in records if planned.get(r.path) != r]
+        what = ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
         raise SelectionError(
-            f"{p.root}: a file changed between hashing and archiving (its {layer.kind} layer "
-            f"is no longer {layer.key}); run again once the files stop changing"
+            f"{p.root}: {what or 'a file'} changed between hashing and archiving (its "
+            f"{layer.kind} layer is no longer {layer.key}); run again once the files stop "
+            "changing, or exclude a file that is being written (a log) in .konduktorignore"
         )
     return key
 

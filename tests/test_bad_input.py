@@ -229,20 +229,22 @@ TASK_FILES = [
 ]
 
 FLAGS = [
-    Case("flag-num-nodes-huge", args=("--num-nodes", "100000000"), words=("num_nodes",)),
-    Case("flag-cpus-inf", args=("--cpus", "inf"), words=("resources.cpus",)),
-    Case("flag-cpus-nan", args=("--cpus", "nan"), words=("resources.cpus",)),
-    Case("flag-cpus-huge", args=("--cpus", "5000"), words=("at most 1024",)),
-    Case("flag-memory-huge", args=("--memory", "1000000000000"), words=("resources.memory",)),
-    Case("flag-gpus-huge", args=("--gpus", "H100:1000"), words=("accelerators",)),
-    Case("flag-env-bad-name", args=("--env", "1 BAD=x"), words=("--env '1 BAD'",)),
-    Case("flag-env-space", args=("--env", "A B"), words=("--env 'A B'",)),
-    Case("flag-env-empty-name", args=("--env", "=x"), words=("--env ''",)),
+    # a bad override is a usage error blamed on its flag (the task file is fine)
+    Case("flag-num-nodes-huge", args=("--num-nodes", "100000000"), words=("--num-nodes:",), code=2),
+    Case("flag-cpus-inf", args=("--cpus", "inf"), words=("--cpus: 'inf'",), code=2),
+    Case("flag-cpus-nan", args=("--cpus", "nan"), words=("--cpus: 'nan'",), code=2),
+    Case("flag-cpus-huge", args=("--cpus", "5000"), words=("--cpus", "at most 1024"), code=2),
+    Case("flag-memory-huge", args=("--memory", "1000000000000"), words=("--memory:",), code=2),
+    Case("flag-gpus-huge", args=("--gpus", "H100:1000"), words=("--gpus: 'H100:1000'",), code=2),
+    Case("flag-env-bad-name", args=("--env", "1 BAD=x"), words=("--env '1 BAD'",), code=2),
+    Case("flag-env-space", args=("--env", "A B"), words=("--env 'A B'",), code=2),
+    Case("flag-env-empty-name", args=("--env", "=x"), words=("--env ''",), code=2),
     Case(
         "flag-env-secret-not-echoed",
         args=("--env", "BAD-NAME=hunter2"),
         words=("BAD-NAME",),
         secret="hunter2",
+        code=2,
     ),
     Case("flag-env-big", args=("--env", "X=" + "y" * 70000), words=("run: and envs",)),
     Case("flag-env-file-bad-name", args=("--env-file", "%P%/bad.env"), words=(":2:", "'1BAD'")),
@@ -251,8 +253,8 @@ FLAGS = [
     Case("flag-env-file-fifo", args=("--env-file", "%P%/fifo"), words=("not a regular file",)),
     Case("flag-env-file-dev-zero", args=("--env-file", "/dev/zero"), words=("--env-file",)),
     Case("flag-env-file-missing", args=("--env-file", "%P%/absent.env"), words=("--env-file",)),
-    Case("flag-name", args=("--name", "Bad Name"), words=("name",)),
-    Case("flag-image-space", args=("--image-id", "a b"), words=("image_id",)),
+    Case("flag-name", args=("--name", "Bad Name"), words=("--name: 'Bad Name'",), code=2),
+    Case("flag-image-space", args=("--image-id", "a b"), words=("--image-id: 'a b'",), code=2),
     Case("flag-store-scheme", args=("--store", "ftp://x"), words=("ftp",), code=2),
     Case("flag-store-bucket", args=("--store", "s3://Bad_Name"), words=("malformed",), code=2),
     Case(
@@ -266,9 +268,13 @@ FLAGS = [
         args=("--context", "nope"),
         words=("no Kubernetes context 'nope'",),
     ),
-    Case("flag-env-dry-run", args=("--env", "1 BAD=x"), words=("--env",), target="dry-run"),
+    Case("flag-env-dry-run", args=("--env", "1 BAD=x"), words=("--env",), target="dry-run", code=2),
     Case(
-        "flag-env-local", args=("--env", "A=B=C", "--env", "2X=1"), words=("'2X'",), target="local"
+        "flag-env-local",
+        args=("--env", "A=B=C", "--env", "2X=1"),
+        words=("'2X'",),
+        target="local",
+        code=2,
     ),
     # click's own parse errors: one line too, naming where the help is
     Case("flag-num-nodes-0", args=("--num-nodes", "0"), words=("--num-nodes", "--help"), code=2),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import pytest
 import zstandard
 from gitrepo_helpers import commit_all, git
 
-from konduktor import launch, pod
+from konduktor import launch, pod, units
 from konduktor.config import Config
 from konduktor.extract import sha256_file
 from konduktor.plan import Bucket, LaunchPlan, Layer, Tree
@@ -507,3 +509,167 @@ def test_a_gcs_bucket_mount_is_copied_with_python3(tmp_path: Path, gcs_store_fac
     result = run_script(plan, home, toolbox(tmp_path, "python3"))
     assert result.returncode == 0, result.stderr
     assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}
+
+
+# -- progress --------------------------------------------------------------------------------
+
+BIG = 6_000_000  # bytes: above the script's K_BIG, so fetch and extraction show progress
+HALF = 3_000_000  # what the slow cp writes before its pause
+
+
+def _slow(bin_dir: Path, name: str, body: str) -> None:
+    """Replace *name* in *bin_dir* by a script running *body* ({real}: the real one)."""
+    real = os.path.realpath(bin_dir / name)
+    if Path(real).name == "busybox":
+        real = f"{real} {name}"
+    (bin_dir / name).unlink()
+    (bin_dir / name).write_text(f"#!/bin/sh\n{body.format(real=real)}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+def _shell(tmp_path: Path, shell: str) -> tuple[str, str]:
+    """(the shell, a PATH): dash with coreutils and GNU tar, or busybox's sh and applets;
+    their cp writes HALF a file and pauses before it copies it whole, their zstd pauses
+    before it reads: the script's one-second progress ticks find them at work."""
+    if shell == "dash":
+        bin_dir, sh = Path(toolbox(tmp_path, "zstd")), "/bin/sh"
+    else:
+        bin_dir = tmp_path / "busybox-bin"
+        bin_dir.mkdir()
+        busybox = _which("busybox")
+        applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+        for applet in applets.stdout.split():
+            (bin_dir / applet).symlink_to(busybox)
+        (bin_dir / "zstd").symlink_to(_which("zstd"))
+        sh = str(bin_dir / "sh")
+    _slow(bin_dir, "cp", f'head -c {HALF} "$1" >"$2"; sleep 2; exec {{real}} "$@"')
+    _slow(bin_dir, "zstd", 'sleep 2; exec {real} "$@"')
+    return sh, str(bin_dir)
+
+
+def _big_project(tmp_path: Path) -> Path:
+    """A directory (no git: one full layer) of BIG random bytes, and a task mounting a file
+    of BIG random bytes too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "weights.bin").write_bytes(os.urandom(BIG))
+    (tmp_path / "table.bin").write_bytes(os.urandom(BIG))
+    (work / "task.yaml").write_text(
+        f"name: pod-test\nworkdir: .\nfile_mounts:\n  ~/table.bin: {tmp_path}/table.bin\n"
+        "run: echo ran\n"
+    )
+    return work
+
+
+def _started(
+    plan: LaunchPlan, home: Path, shell: tuple[str, str], **env: str
+) -> subprocess.Popen[str]:
+    """The script of *plan* started in a session of its own (see :func:`_left_behind`),
+    with a progress line every second."""
+    home.mkdir(exist_ok=True)
+    script = home.parent / f"{home.name}-startup.sh"
+    script.write_text(pod.render(plan))
+    env = {
+        "HOME": str(home),
+        "PATH": shell[1],
+        "KONDUKTOR_CREDENTIALS_DIR": str(home.parent / "no-secret"),
+        "KONDUKTOR_TERMINATION_LOG": str(home / ".konduktor" / "termination-log"),
+        "KONDUKTOR_PROGRESS_SECONDS": "1",
+        **env,
+    }
+    return subprocess.Popen(
+        [shell[0], str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finished(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """The exit code and stderr of *proc*, once nothing of its session is left running."""
+    _, err = proc.communicate(timeout=120)
+    assert _left_behind(proc.pid) == []
+    return proc.returncode, err
+
+
+def _left_behind(session: int) -> list[str]:
+    """The command lines of the processes still in *session* (a progress watcher or its
+    sleep, had they outlived the script; zombies too: here nothing reaps orphans)."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == session:
+                left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return left
+
+
+def _share(done: int, total: int) -> str:
+    return f"{units.size(done)} of {units.size(total)} ({done * 100 // total}%)"
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_big_layers_and_files_show_their_progress(tmp_path: Path, shell: str) -> None:
+    plan = make_plan(_big_project(tmp_path), f"file://{tmp_path}/store")
+    (layer,) = plan.trees[0].layers
+    code, err = _finished(_started(plan, tmp_path / "home", _shell(tmp_path, shell)))
+    assert code == 0, err
+    lines = err.splitlines()
+    what = "full layer of ~/konduktor_workdir"
+    assert f"konduktor: fetch ~/table.bin {_share(HALF, BIG)}" in lines, err
+    placed = rf"konduktor: placed {re.escape(str(tmp_path))}/home/table\.bin \(6\.0 MB in \d+ s\)"
+    assert [line for line in lines if re.fullmatch(placed, line)], err
+    assert f"konduktor: fetch {what} {_share(HALF, layer.size)}" in lines, err
+    for step in ("check", "extract"):  # zstd has read nothing yet
+        assert f"konduktor: {step} {what} 0 B of {units.size(layer.size)} (0%)" in lines, err
+    closing = (
+        rf"konduktor: {what}: {re.escape(units.size(layer.size))} fetched in \d+ s, "
+        rf"{re.escape(units.size(layer.tar_bytes))} checked and extracted in \d+ s"
+    )
+    assert [line for line in lines if re.fullmatch(closing, line)], err
+
+
+def test_small_layers_show_no_progress_and_quiet_none_at_all(project: Path, tmp_path: Path) -> None:
+    shell = _shell(tmp_path, "dash")
+    small = make_plan(project, f"file://{tmp_path}/store")
+    code, err = _finished(_started(small, tmp_path / "home", shell))
+    assert code == 0, err
+    assert [line for line in err.splitlines() if not line.startswith("konduktor: placed ")] == []
+    big = make_plan(_big_project(tmp_path), f"file://{tmp_path}/store2")
+    code, err = _finished(_started(big, tmp_path / "home2", shell, KONDUKTOR_QUIET="1"))
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("end", ["failure", "TERM", "INT"])
+def test_no_progress_watcher_outlives_the_script(tmp_path: Path, shell: str, end: str) -> None:
+    """A layer that is no tar fails its check while the check's progress shows; TERM and INT
+    come once a progress line showed: the script ends, and nothing of it runs on."""
+    store = tmp_path / "store"
+    raw = os.urandom(BIG)
+    path = store / "v1" / "objects" / "nota.tar.zst"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    layer = Layer("v1/objects/nota.tar.zst", "full", sha256_file(path), BIG, 1, len(raw))
+    plan = LaunchPlan(
+        job="watched",
+        store=f"file://{store}",
+        run="echo ran",
+        trees=(Tree("~/konduktor_workdir", "/src", None, False, (layer,)),),
+    )
+    proc = _started(plan, tmp_path / "home", _shell(tmp_path, shell))
+    if end != "failure":
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.startswith("konduktor: fetch full layer of ~/konduktor_workdir "), first
+        proc.send_signal(getattr(signal, f"SIG{end}"))
+    code, err = _finished(proc)
+    assert code == {"failure": pod.SYNC_FAILED, "TERM": 143, "INT": 130}[end], err
+    assert [line for line in err.splitlines() if not line.startswith("konduktor: ")] == []
+    if end == "failure":
+        assert "konduktor: check full layer of ~/konduktor_workdir 0 B of " in err
+        assert "is not a readable tar archive" in err
+    assert not list((tmp_path / "home").glob(".konduktor-stage.*"))

@@ -45,7 +45,7 @@ def render(plan: LaunchPlan) -> str:
             )
         lines += [
             f"k_layer {q(_url(plan, la.key))} {q(la.https or '')} {_digest(la.sha256)} "
-            f"{la.members:d} {la.tar_bytes:d}"
+            f"{la.members:d} {la.tar_bytes:d} {la.size:d} {q(la.kind)}"
             for la in tree.layers
         ]
         lines.append("k_place")
@@ -69,7 +69,8 @@ def render(plan: LaunchPlan) -> str:
 def _file(plan: LaunchPlan, f: File) -> str:
     q = shlex.quote
     url = _url(plan, f.key)
-    return f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {_digest(f.sha256)} {f.mode:o}"
+    sha256 = _digest(f.sha256)
+    return f"k_file {_path(f.target)} {q(url)} {q(f.https or '')} {sha256} {f.mode:o} {f.size:d}"
 
 
 def _digest(sha256: str) -> str:

@@ -16,6 +16,9 @@ K_IMAGE_LINE="RUN apt-get update && apt-get install -y curl ca-certificates zstd
 K_TMP=""
 K_STAGE=""
 K_UNZ=""
+K_BIG=4000000  # bytes: smaller objects are fetched and extracted without progress lines
+K_TICK=${KONDUKTOR_PROGRESS_SECONDS:-2}  # seconds between two progress lines
+K_WATCH=""  # the progress watcher (k_watch) running, if any
 
 k_log() { [ -n "${KONDUKTOR_QUIET:-}" ] || printf 'konduktor: %s\n' "$*" >&2; }
 k_fail() {
@@ -25,12 +28,82 @@ k_fail() {
 }
 k_have() { command -v "$1" >/dev/null 2>&1; }
 k_cleanup() {
+  k_unwatch
   if [ -n "$K_STAGE" ]; then rm -rf "$K_STAGE"; fi
   if [ -n "$K_TMP" ]; then rm -rf "$K_TMP"; fi
 }
 trap k_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Progress, for objects of K_BIG bytes or more: k_watching starts k_watch in the background
+# (unless KONDUKTOR_QUIET), k_unwatch stops it (k_cleanup too: on failure, INT and TERM).
+k_watching() {
+  [ -z "${KONDUKTOR_QUIET:-}" ] || return 0
+  k_watch "$1" "$2" "${3:-}" &
+  K_WATCH=$!
+}
+
+k_unwatch() {
+  [ -n "$K_WATCH" ] || return 0
+  kill "$K_WATCH" 2>/dev/null
+  wait "$K_WATCH" 2>/dev/null
+  K_WATCH=""
+}
+
+# k_watch WHAT TOTAL [FILE]: every K_TICK seconds, "WHAT 12.0 MB of 40.0 MB (30%)": the
+# bytes of FILE fetched so far (with the temporary FILE.* or FILE_* the aws CLI, boto3 and
+# gcloud write first), else those of fd 7 its reader consumed (Linux's /proc; elsewhere,
+# the seconds so far). It reads no byte of either file, and ends with the script.
+k_watch() {
+  trap - EXIT
+  K_NAP=""
+  trap 'kill "$K_NAP" 2>/dev/null; wait "$K_NAP" 2>/dev/null; exit 0' TERM  # its sleep too
+  k_size "$2"
+  K_OF=$K_SIZE
+  K_BEGAN=$(date +%s)
+  while kill -0 "$$" 2>/dev/null; do
+    sleep "$K_TICK" >/dev/null 2>&1 &  # not holding the script's stderr open
+    K_NAP=$!
+    wait "$K_NAP" || exit 0  # a KONDUKTOR_PROGRESS_SECONDS sleep refuses: no lines at all
+    if [ -n "$3" ]; then
+      # shellcheck disable=SC2012  # sizes only: ls reads no byte (find -printf is GNU's)
+      K_DONE=$(ls -ln "$3" "$3".* "$3"_* 2>/dev/null | awk '{ n += $5 } END { print n + 0 }')
+    else
+      K_DONE=""
+      if [ -r /proc/self/fdinfo/7 ]; then
+        while read -r K_FIELD K_VALUE; do
+          if [ "$K_FIELD" = pos: ]; then K_DONE=$K_VALUE; fi
+        done </proc/self/fdinfo/7
+      fi
+    fi
+    if [ -n "$K_DONE" ]; then
+      k_size "$K_DONE"
+      k_log "$1 $K_SIZE of $K_OF ($((K_DONE * 100 / $2))%)"
+    else
+      k_log "$1 ($K_OF): $(($(date +%s) - K_BEGAN)) s"
+    fi
+  done
+}
+
+# k_size BYTES: K_SIZE is BYTES as konduktor writes sizes (powers of 1000: 512 B, 23.4 MB).
+k_size() {
+  if [ "$1" -lt 1000 ]; then K_SIZE="$1 B"; return 0; fi
+  K_DIV=1000 K_UNIT=kB
+  if [ "$1" -ge 1000000000 ]; then K_DIV=1000000000 K_UNIT=GB
+  elif [ "$1" -ge 1000000 ]; then K_DIV=1000000 K_UNIT=MB
+  fi
+  K_TENTHS=$((($1 * 10 + K_DIV / 2) / K_DIV))
+  K_SIZE="$((K_TENTHS / 10)).$((K_TENTHS % 10)) $K_UNIT"
+}
+
+# k_shown PATH: K_SHOWN is PATH with $HOME written as ~, as the task file writes it.
+k_shown() {
+  case $1 in
+    "$HOME"/*) K_SHOWN='~'/${1#"$HOME"/} ;;
+    *) K_SHOWN=$1 ;;
+  esac
+}
 
 k_start() {
   mkdir -p "$K_STATE/done" || k_fail "cannot create $K_STATE; is \$HOME ($HOME) writable?"
@@ -141,14 +214,17 @@ KONDUKTOR_PY
   return 1
 }
 
-# k_get URL HTTPS SHA256 DEST: fetch and verify, or fail naming the object.
+# k_get URL HTTPS SHA256 DEST [SIZE WHAT]: fetch and verify, or fail naming the object; an
+# object of K_BIG bytes or more shows its progress as "fetch WHAT".
 k_get() {
+  if [ "${5:-0}" -ge "$K_BIG" ]; then k_watching "fetch $6" "$5" "$4"; fi
   k_fetch "$1" "$2" "$4" || k_fetch_installed "$1" "$2" "$4" || {
     if [ -z "$K_TRIED" ]; then
       k_fail "cannot fetch $1: the image has none of curl, wget, python3 (with boto3 or google-cloud-storage), aws or gcloud, and konduktor runs as $(id -u), not root, so it cannot install them; add to the image: $K_IMAGE_LINE"
     fi
     k_fail "cannot fetch $1 (tried:$K_TRIED); see the messages above"
   }
+  k_unwatch
   k_sha256 "$4" || k_fail "cannot compute the sha256 of $1"
   [ "$K_SUM" = "$3" ] || k_fail "$1 is corrupt: sha256 $K_SUM, expected $3; delete it from the store and launch again"
 }
@@ -171,23 +247,30 @@ k_choose_unz() {
   fi
 }
 
-# k_unpack FILE TAR_BYTES: the layer's tar on stdout, never more than its manifest's size
-# (a decompression bomb stops there; nothing uncompressed is written to disk).
+# k_unpack TAR_BYTES: the tar of the layer open as fd 7 (k_reading) on stdout, never more
+# than its manifest's size (a decompression bomb stops there; nothing uncompressed is
+# written to disk).
 k_unpack() {
   case $K_UNZ in
-    zstd) zstd -q -d -c "$1" ;;
-    *) "$K_PY" - "$1" "$K_UNZ" <<'KONDUKTOR_PY' ;;
-import shutil, sys
-if sys.argv[2] == "zstandard":
+    zstd) zstd -q -d -c ;;
+    *) "$K_PY" -c 'import shutil, sys
+if sys.argv[1] == "zstandard":
     import zstandard
-    with open(sys.argv[1], "rb") as f:
-        zstandard.ZstdDecompressor().copy_stream(f, sys.stdout.buffer)
+    zstandard.ZstdDecompressor().copy_stream(sys.stdin.buffer, sys.stdout.buffer)
 else:
     from compression import zstd  # Python 3.14+
-    with zstd.open(sys.argv[1]) as f:
-        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-KONDUKTOR_PY
-  esac 2>"$K_TMP/unpack.err" | head -c "$2"
+    with zstd.open(sys.stdin.buffer) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)' "$K_UNZ" ;;
+  esac <&7 2>"$K_TMP/unpack.err" | head -c "$1"
+}
+
+# k_reading FILE [WHAT TOTAL]: open FILE, from its start, as fd 7 of this shell, which
+# k_unpack's decompressor reads as its stdin; with WHAT, watch how far it has read (the
+# file offset they share) while a layer of K_BIG bytes or more is checked or extracted.
+k_reading() {
+  k_unwatch
+  command exec 7<"$1" || k_fail "cannot read $1"
+  if [ -n "${2:-}" ]; then k_watching "$2" "$3"; fi
 }
 
 # k_install PACKAGE...: as root, with the image's package manager.
@@ -274,19 +357,28 @@ k_git_refused() {
   esac
 }
 
-# k_layer URL HTTPS SHA256 MEMBERS TAR_BYTES: fetch, verify, check and apply one layer onto
-# the staging directory. Every shell and tar alike: the layer's listing is checked before
+# k_layer URL HTTPS SHA256 MEMBERS TAR_BYTES SIZE KIND: fetch, verify, check and apply one
+# layer (SIZE bytes compressed; base, overlay or full) onto the staging directory. Every shell and tar alike: the layer's listing is checked before
 # anything is written (only regular files, directories and symlinks; no setuid, setgid or
 # sticky bit; no absolute or '..' name, none that tar rewrites; nothing under a symlink of
 # this tree; at most MEMBERS members and TAR_BYTES bytes); then whiteouts are applied and
-# tar extracts with the container user as owner and its umask on modes.
+# tar extracts with the container user as owner and its umask on modes. A layer of K_BIG
+# bytes or more (compressed or not) shows its progress, and a closing line.
 k_layer() {
   [ -n "$K_SKIP" ] && return 0
-  k_get "$1" "$2" "$3" "$K_TMP/layer.zst"
+  K_WHAT="" K_SINCE=""
+  if [ "$6" -ge "$K_BIG" ] || [ "$5" -ge "$K_BIG" ]; then
+    k_shown "$K_TARGET"
+    K_WHAT="$7 layer of $K_SHOWN" K_SINCE=$(date +%s)
+  fi
+  k_get "$1" "$2" "$3" "$K_TMP/layer.zst" "$6" "$K_WHAT"
   k_is_zstd "$K_TMP/layer.zst" "$1"
   k_choose_unz "$1"
-  k_unpack "$K_TMP/layer.zst" "$5" | LC_ALL=C tar -tvf - >"$K_TMP/list" 2>"$K_TMP/list.err" \
+  [ -z "$K_WHAT" ] || K_FETCHED=$(date +%s)
+  k_reading "$K_TMP/layer.zst" "${K_WHAT:+check $K_WHAT}" "$6"
+  k_unpack "$5" | LC_ALL=C tar -tvf - >"$K_TMP/list" 2>"$K_TMP/list.err" \
     || k_fail "$1 is not a readable tar archive: $(k_first_error)"
+  k_unwatch
   awk -v members="$4" -v style="$K_TAR_STYLE" -v disk="$K_DISK" -v later="$K_LATER" \
     -v links="$K_TMP/links" -v after="$K_TMP/after.sh" -f "$K_TMP/check.awk" \
     "$K_TMP/links" "$K_TMP/list" >"$K_TMP/apply.sh" 2>"$K_TMP/why" \
@@ -297,12 +389,25 @@ k_layer() {
   fi
   # shellcheck disable=SC1091  # written just above: whiteouts, replaced links, checks
   . "$K_TMP/apply.sh"
-  k_unpack "$K_TMP/layer.zst" "$5" | (umask 022 && tar -xmo --no-same-permissions -f - -C "$K_STAGE") 2>"$K_TMP/list.err" \
+  k_reading "$K_TMP/layer.zst" "${K_WHAT:+extract $K_WHAT}" "$6"
+  k_unpack "$5" | (umask 022 && tar -xmo --no-same-permissions -f - -C "$K_STAGE") 2>"$K_TMP/list.err" \
     || k_fail "cannot extract $1: $(k_first_error)"
+  k_unwatch
+  exec 7<&-
   # shellcheck disable=SC1091  # the whiteout markers themselves go
   . "$K_TMP/after.sh"
   rm -f "$K_TMP/layer.zst" "$K_TMP/list"
   K_LATER=1
+  [ -z "$K_WHAT" ] || k_took "$K_WHAT" "$6" "$5"
+}
+
+# k_took WHAT SIZE TAR_BYTES: a big layer's closing line, with its sizes and times.
+k_took() {
+  K_NOW=$(date +%s)
+  k_size "$2"
+  K_LINE="$1: $K_SIZE fetched in $((K_FETCHED - K_SINCE)) s"
+  k_size "$3"
+  k_log "$K_LINE, $K_SIZE checked and extracted in $((K_NOW - K_FETCHED)) s"
 }
 
 k_first_error() {
@@ -440,19 +545,23 @@ k_place() {
   k_log "placed $K_TARGET"
 }
 
-# k_file TARGET URL HTTPS SHA256 MODE: one mounted file.
+# k_file TARGET URL HTTPS SHA256 MODE SIZE: one mounted file (of SIZE bytes).
 k_file() {
   K_TARGET=$1
   if [ -f "$K_TARGET" ] && k_sha256 "$K_TARGET" && [ "$K_SUM" = "$4" ]; then
     chmod "$5" "$K_TARGET"
     return 0
   fi
-  k_get "$2" "$3" "$4" "$K_TMP/file"
+  K_TOOK=""
+  if [ "$6" -ge "$K_BIG" ]; then K_SINCE=$(date +%s); fi
+  k_shown "$K_TARGET"
+  k_get "$2" "$3" "$4" "$K_TMP/file" "$6" "$K_SHOWN"
+  if [ "$6" -ge "$K_BIG" ]; then k_size "$6" && K_TOOK=" ($K_SIZE in $(($(date +%s) - K_SINCE)) s)"; fi
   if ! { mkdir -p "$(dirname "$K_TARGET")" && chmod "$5" "$K_TMP/file" \
     && mv -f "$K_TMP/file" "$K_TARGET"; }; then
     k_fail "cannot place $K_TARGET"
   fi
-  k_log "placed $K_TARGET"
+  k_log "placed $K_TARGET$K_TOOK"
 }
 
 # k_bucket TARGET URL MARK: a bucket prefix copied as is into TARGET: with the aws CLI or

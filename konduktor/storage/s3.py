@@ -249,7 +249,12 @@ class S3Backend:
         self, key: str, source: base.Source, meta: base.Metadata, progress: base.Progress | None
     ) -> None:
         """One conditional PUT of bytes read and checked first: botocore reads a body more
-        than once (checksums, retries), so a streamed file could change in between."""
+        than once (checksums, retries), so a streamed file could change in between.
+
+        *progress* follows the bytes as botocore first reads them: over HTTPS that is the
+        send (the checksum goes in a trailer); over plain HTTP botocore reads the body for
+        the checksum header and the payload signature before it sends, ahead of the send
+        (parts of a multipart upload are reported once sent)."""
         data = source.read(source.size)
         source.check()
         with self._errors("upload"):
