@@ -164,14 +164,14 @@ class KubeAPI:
         with self._changed:
             return self._store("jobsets", ns, name, body)
 
-    def add_pod(self, job: str, rank: int, *, ns: str = "team-a") -> str:
+    def add_pod(self, job: str, rank: int, *, ns: str = "team-a", suffix: str = "x") -> str:
         """The pod of *rank* that the JobSet controller makes for *job* (pending); its name."""
         with self._changed:
             jobset = self.objects[("jobsets", ns, job)]
             template = jobset["spec"]["replicatedJobs"][0]["template"]["spec"].get("template", {})
             labels = dict(template.get("metadata", {}).get("labels", {}))
             labels.update({JOBSET_NAME: job, COMPLETION_INDEX: str(rank)})
-            name = f"{job}-workers-0-{rank}-x{rank:04d}"
+            name = f"{job}-workers-0-{rank}-{suffix}{rank:04d}"
             pod = {
                 "apiVersion": "v1",
                 "kind": "Pod",

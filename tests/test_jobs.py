@@ -142,6 +142,56 @@ def test_follow_another_rank(kube_api: KubeAPI, cluster: submit.Cluster, task: P
     assert final.exit_code == 0
 
 
+def test_a_log_stream_that_goes_quiet_is_reopened_without_repeating(
+    kube_api: KubeAPI, cluster: submit.Cluster, task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's read timeout ends a silent stream; following goes on from there."""
+    monkeypatch.setattr(submit, "TIMEOUT", (10.0, 0.3))
+    kube_api.play(
+        [
+            Step("Running", logs=["before"]),
+            Step("Running", logs=["after"], after=1.2),
+            Step("Succeeded", after=0.2),
+        ]
+    )
+    submitted(cluster, task, "train-0000000e")
+    out: list[bytes] = []
+    final = jobs.follow(cluster, "train-0000000e", on_state=lambda s: None, on_output=out.append)
+    assert (b"".join(out), final.exit_code) == (b"before\nafter\n", 0)
+    streams = [p for p in paths(kube_api) if "/log?" in p]
+    assert len(streams) >= 2
+    assert "tailLines" not in streams[0]
+    assert all("tailLines=0" in p for p in streams[1:])
+
+
+def _ended(code: int) -> dict[str, Any]:
+    container = {"name": jobset.CONTAINER, "state": {"terminated": {"exitCode": code}}}
+    return {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [container]}
+
+
+def test_a_pod_the_jobset_replaced_is_streamed_from_its_start(
+    kube_api: KubeAPI, cluster: submit.Cluster, task: Path
+) -> None:
+    submitted(cluster, task, "train-0000000f")
+    first = kube_api.add_pod("train-0000000f", 0)
+    kube_api.log(first, "first try\n")
+    kube_api.set_pod(first, _ended(1))  # rank 1 has no pod yet: not the end
+    out: list[bytes] = []
+
+    def replace_it(chunk: bytes) -> None:
+        out.append(chunk)
+        if len(out) == 1:  # the JobSet restarts its jobs: a new pod of rank 0
+            del kube_api.objects[("pods", "team-a", first)]
+            second = kube_api.add_pod("train-0000000f", 0, suffix="y")
+            kube_api.log(second, "second try\n")
+            kube_api.set_pod(second, _ended(0))
+            kube_api.set_jobset("train-0000000f", status={"terminalState": "Completed"})
+
+    final = jobs.follow(cluster, "train-0000000f", on_state=lambda s: None, on_output=replace_it)
+    assert b"".join(out) == b"first try\nsecond try\n"
+    assert final.exit_code == 0
+
+
 def test_a_job_deleted_while_followed_is_a_job_error(
     kube_api: KubeAPI, cluster: submit.Cluster, task: Path
 ) -> None:
@@ -437,6 +487,26 @@ def test_bad_job_names_are_one_line_and_exit_1(
     for word in words:
         assert word in line
     assert changes(kube_api) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("status",), ["not allowed to list jobsets.jobset.x-k8s.io", "RBAC verb 'list'"]),
+        (("down", "-y", "train-"), ["not allowed to list jobsets", "in namespace team-a"]),
+    ],
+    ids=["status", "down"],
+)
+def test_a_refused_request_is_one_line(
+    kube_api: KubeAPI, kubeconfig: Path, args: tuple[str, ...], words: list[str]
+) -> None:
+    kube_api.fail_next(403, "jobsets is forbidden")
+    code, _, err = run(*args, "--kubeconfig", kubeconfig)
+    assert code == 1, err
+    (line,) = err.splitlines()
+    assert line.startswith("error: ")
+    for word in words:
+        assert word in line
 
 
 def test_stop_and_start_from_the_command_line(

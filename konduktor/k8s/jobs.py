@@ -370,19 +370,21 @@ def follow(
     the final state is returned (its ``exit_code`` is the job's). Raises JobError when
     the JobSet is deleted meanwhile."""
     seen: tuple[str, str] | None = None
-    streamed = False
+    streamed: str | None = None  # the pod whose log was streamed from its start
     while True:
         current = _look(cluster, name, rank)
         if (current.phase, current.detail) != seen:
             seen = (current.phase, current.detail)
             on_state(current)
+        pod = current.pod
         running = current.phase == "running" and not current.detail  # the rank's container
-        if current.pod and ((current.started and not streamed) or (streamed and running)):
-            # After a first whole stream, only what comes after it broke off: tail 0.
-            for chunk in read_log(cluster, current.pod, follow=True, tail=0 if streamed else tail):
+        fresh = pod != streamed  # a new pod (the JobSet restarted its jobs) starts over
+        if pod and ((current.started and fresh) or (not fresh and running)):
+            # A log already streamed: only what comes after its stream broke off.
+            for chunk in read_log(cluster, pod, follow=True, tail=tail if fresh else 0):
                 on_output(chunk)
-            if not streamed:
-                streamed = True
+            if fresh:
+                streamed = pod
                 continue
         if current.finished:
             return current
