@@ -66,14 +66,12 @@ class Row:
 
 
 @contextlib.contextmanager
-def _connected(
-    kubeconfig: Path | None, context: str | None, *, required: bool
-) -> Iterator[Cluster | None]:
-    """The cluster, or None when nothing names one and no kubeconfig has a current
-    context (then only local runs are jobs) and *required* is false."""
+def _connected(kubeconfig: Path | None, context: str | None) -> Iterator[Cluster | None]:
+    """The cluster, or None when no option names one and no kubeconfig has a current
+    context: then only local runs are jobs."""
     from konduktor.k8s import submit
 
-    if not (required or kubeconfig or context) and submit.current_context() is None:
+    if not (kubeconfig or context) and submit.current_context() is None:
         yield None
         return
     cluster = submit.connect(kubeconfig, context)
@@ -164,7 +162,7 @@ def status(
     from konduktor import local
     from konduktor.k8s import jobs
 
-    with _connected(kubeconfig, kube_context, required=False) as cluster:
+    with _connected(kubeconfig, kube_context) as cluster:
         if cluster is None:
             info("no Kubernetes context: local runs only (set KUBECONFIG or pass --kubeconfig)")
         listed: list[Job | Run] = []
@@ -253,7 +251,7 @@ def logs(
     exits with the job's exit code; Ctrl-C stops following and leaves the job running.
     A local run's log is its run.log.
     """
-    with _connected(kubeconfig, kube_context, required=False) as cluster:
+    with _connected(kubeconfig, kube_context) as cluster:
         (found,) = _find([name], cluster)
         if _is_local(found):
             return _local_logs(found, rank, follow, tail)
@@ -408,7 +406,7 @@ def down(
 
     if bool(names) == all_:
         raise click.UsageError("give JOB names or --all (not both)")
-    with _connected(kubeconfig, kube_context, required=False) as cluster:
+    with _connected(kubeconfig, kube_context) as cluster:
         if all_:
             targets: list[Job | Run] = [*(jobs.list_jobs(cluster, user=_me()) if cluster else [])]
             targets += local.runs()
@@ -466,7 +464,7 @@ def _suspend(
     from konduktor.k8s import jobs
 
     verb = "stop" if suspend else "start"
-    with _connected(kubeconfig, context, required=False) as cluster:
+    with _connected(kubeconfig, context) as cluster:
         found = _find(names, cluster)
         for target in found:
             if _is_local(target):
