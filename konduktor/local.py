@@ -204,8 +204,12 @@ def _tee(cmd: list[str], cwd: Path, env: dict[str, str], pid_file: Path) -> int:
                 code = proc.wait()
                 for thread in threads:  # a process the task left behind may hold a pipe
                     thread.join(timeout=2)
-            except BaseException:
-                proc.kill()
+            except BaseException:  # Ctrl-C, SIGTERM: let the script's traps clean up first
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
                 raise
     return code
 
