@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from gcs_server import gcs_server, gcs_store_factory  # noqa: F401  (fixtures)
-from kube_server import kube_api  # noqa: F401  (fixtures)
+from kube_server import cluster, kube_api, kubeconfig  # noqa: F401  (fixtures)
 from s3_server import s3_server, s3_store_factory  # noqa: F401  (fixtures)
 from ssh_server import sshd, sshd_factory  # noqa: F401  (fixtures)
 

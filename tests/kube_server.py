@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-__all__ = ["TOKEN", "KubeAPI", "Request", "Step", "kube_api"]
+__all__ = ["TOKEN", "KubeAPI", "Request", "Step", "cluster", "kube_api", "kubeconfig"]
 
 TOKEN = "kube-test-token-5e3c7a9b"
 _ROUTE = re.compile(
@@ -540,3 +540,19 @@ def kube_api() -> Iterator[KubeAPI]:
     """A fresh API server on a free loopback port for one test."""
     with serve() as api:
         yield api
+
+
+@pytest.fixture
+def kubeconfig(kube_api: KubeAPI, tmp_path: Path) -> Path:
+    """A kubeconfig for *kube_api*, current context team-a."""
+    return kube_api.write_kubeconfig(tmp_path)
+
+
+@pytest.fixture
+def cluster(kubeconfig: Path) -> Iterator[Any]:
+    """A konduktor.k8s.submit.Cluster connected to *kube_api* (the real client)."""
+    from konduktor.k8s import submit
+
+    connected = submit.connect(kubeconfig)
+    yield connected
+    connected.api_client.close()

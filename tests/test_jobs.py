@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +41,6 @@ def alice(monkeypatch: pytest.MonkeyPatch, konduktor_home_sandbox: Path) -> None
     monkeypatch.setattr(jobs, "POLL_SECONDS", 0.05)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     (konduktor_home_sandbox / "config.yaml").write_text("sync:\n  shared_store: true\n")
-
-
-@pytest.fixture
-def kubeconfig(kube_api: KubeAPI, tmp_path: Path) -> Path:
-    return kube_api.write_kubeconfig(tmp_path)
-
-
-@pytest.fixture
-def cluster(kubeconfig: Path) -> Iterator[submit.Cluster]:
-    cluster = submit.connect(kubeconfig)
-    yield cluster
-    cluster.api_client.close()
 
 
 @pytest.fixture

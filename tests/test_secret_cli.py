@@ -12,11 +12,6 @@ from test_cli import run
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-material\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
-@pytest.fixture
-def kubeconfig(tmp_path: Path, kube_api: KubeAPI) -> Path:
-    return kube_api.write_kubeconfig(tmp_path)
-
-
 def test_create_list_delete(tmp_path: Path, kube_api: KubeAPI, kubeconfig: Path) -> None:
     key = tmp_path / "id_ed25519"
     key.write_text(KEY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,6 @@ SECRET_DATA = {"credentials": b"aws_secret_access_key = TOPSECRET\n", "blob": by
 @pytest.fixture(autouse=True)
 def no_kubeconfig_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBECONFIG", raising=False)
-
-
-@pytest.fixture
-def kubeconfig(kube_api: KubeAPI, tmp_path: Path) -> Path:
-    return kube_api.write_kubeconfig(tmp_path)
-
-
-@pytest.fixture
-def cluster(kubeconfig: Path) -> Iterator[submit.Cluster]:
-    cluster = submit.connect(kubeconfig)
-    yield cluster
-    cluster.api_client.close()
 
 
 @pytest.fixture
