@@ -44,7 +44,8 @@ EXIT_UNEXPECTED, EXIT_INTERRUPTED = 3, 130
 # launch's options that make up a gitmode.Options and a task.Overrides
 _GIT_OPTIONS: tuple[str, ...] = ("remote", "branch", "ssh_url", "fetch", "accept_host_key")
 _GIT_OPTIONS += ("clean_only", "ssh_secret", "recurse_submodules")
-_OVERRIDES = ("name", "num_nodes", "cpus", "memory", "gpus", "image_id", "envs", "env_file")
+_OVERRIDES: tuple[str, ...] = ("name", "num_nodes", "cpus", "memory", "gpus", "image_id")
+_OVERRIDES += ("envs", "env_file", "workdir")
 log = logging.getLogger("konduktor")
 
 
@@ -57,7 +58,13 @@ class _Formatter(logging.Formatter):
 @click.version_option(__version__, prog_name="konduktor")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose: bool, quiet: bool) -> None:
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path),
+    help="Kubeconfig file, for every command that talks to the cluster.",
+)
+@click.option("--context", "kube_context", help="Kubeconfig context, likewise.")
+def cli(verbose: bool, quiet: bool, kubeconfig: Path | None, kube_context: str | None) -> None:
     """Ship exactly the right code from your work tree to a Kubernetes GPU cluster.
 
     konduktor snapshots a directory as the git-tracked files plus their
@@ -286,7 +293,11 @@ def _print_snapshot(info: SnapshotInfo) -> None:
     "~/.konduktor/local/<job>, instead of submitting; exit with the task's code.",
 )
 @click.option(
-    "--dry-run", is_flag=True, help="Upload and submit nothing: print the plan (and -o yaml)."
+    "--dry-run",
+    "--dryrun",
+    "dry_run",
+    is_flag=True,
+    help="Upload and submit nothing: print the plan (and -o yaml).",
 )
 @click.option(
     "-o",
@@ -315,7 +326,10 @@ def _print_snapshot(info: SnapshotInfo) -> None:
 @click.option("--clean-only", is_flag=True, help="Git mode: refuse uncommitted changes.")
 @click.option("--ssh-secret", metavar="NAME", help="Git mode: the key from this Secret.")
 @click.option("--recurse-submodules", is_flag=True, help="Git mode: check out submodules.")
-@click.option("--name", help="Override the task's name.")
+@click.option("-n", "--name", help="Override the task's name.")
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), help="Override workdir (relative to here)."
+)
 @click.option("--num-nodes", type=click.IntRange(min=1), help="Override num_nodes.")
 @click.option("--cpus", help="Override resources.cpus (vCPUs).")
 @click.option("--memory", help="Override resources.memory (GiB).")

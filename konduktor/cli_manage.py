@@ -101,11 +101,27 @@ def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def cluster_options(f: F) -> F:
-    """--kubeconfig and --context, as kubectl has them."""
-    f = click.option("--context", "kube_context", help="Kubeconfig context (default: current).")(f)
-    return click.option(
-        "--kubeconfig", type=click.Path(path_type=Path), help="Kubeconfig file to use."
+    """--kubeconfig and --context, as kubectl has them; given before the command
+    (`konduktor --context C status`), they apply to it as well."""
+    f = click.option(
+        "--context",
+        "kube_context",
+        callback=_from_root,
+        help="Kubeconfig context (default: current).",
     )(f)
+    return click.option(
+        "--kubeconfig",
+        type=click.Path(path_type=Path),
+        callback=_from_root,
+        help="Kubeconfig file to use.",
+    )(f)
+
+
+def _from_root(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """The command's own value, else the one given before the command."""
+    if value is None and param.name is not None:
+        return ctx.find_root().params.get(param.name)
+    return value
 
 
 def open_store(url: str | None, *, create: bool = True) -> Store:

@@ -155,6 +155,7 @@ class Overrides:
     image_id: str | None = None
     envs: Sequence[str] = ()  # K=V, or K to take the value from the environment
     env_file: Path | None = None
+    workdir: Path | None = None  # relative to the current directory, as on a command line
 
 
 # Where each override lands in the task, as the key paths in error messages name it.
@@ -207,6 +208,8 @@ def _apply_overrides(path: Path, data: dict[str, Any], o: Overrides) -> dict[str
     for key, value in (("name", o.name), ("num_nodes", o.num_nodes)):
         if value is not None:
             data[key] = value
+    if o.workdir is not None:
+        data["workdir"] = os.path.abspath(o.workdir)
     for key, value in (("cpus", o.cpus), ("memory", o.memory), ("image_id", o.image_id)):
         if value is not None:
             resources[key] = value

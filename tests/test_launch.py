@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -664,3 +665,26 @@ def test_a_tmpdir_that_fills_up_while_a_layer_is_built_is_one_line(
     assert "Traceback" not in err
     assert list(small_tmpdir.rglob("*.tmp")) == []  # the partial layer is gone
     assert stored(khome) == []
+
+
+# -- Konduktor's spellings -----------------------------------------------------------------------
+
+
+def test_konduktors_flag_spellings_work(
+    quickstart: Path, khome: Path, shared: Path, kube_api: KubeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dryrun`, `-n`, `--workdir` (relative to here), `--detach-run`, and `--kubeconfig`
+    given before the command, as Konduktor users type them."""
+    monkeypatch.chdir(quickstart)
+    code, _, err = run(
+        "launch", "--dryrun", "-y", "-n", "renamed", "--workdir", "test_dir", "task.yaml"
+    )
+    assert code == 0, err
+    assert re.search(r"^job renamed-[0-9a-f]{8}: ", err, re.M), err
+    assert "~/konduktor_workdir/hello.txt" in err  # the workdir is test_dir now
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, out, err = run("--kubeconfig", kubeconfig, "launch", "--detach-run", "-y", "task.yaml")
+    assert code == 0, err
+    (request,) = kube_api.requests
+    assert request.method == "POST"
+    assert request.body["metadata"]["name"] == out.strip()
