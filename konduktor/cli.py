@@ -34,13 +34,13 @@ from konduktor.cli_manage import (
     store_option,
     warn,
 )
-from konduktor.errors import Interrupted, KonduktorError
+from konduktor.errors import EXIT_INTERRUPTED, Interrupted, KonduktorError
 
 if TYPE_CHECKING:
     from konduktor.launch import LaunchResult, Prepared, Request, Target
     from konduktor.snapshot import SnapshotInfo
 
-EXIT_UNEXPECTED, EXIT_INTERRUPTED = 3, 130
+EXIT_UNEXPECTED = 3
 # launch's options that make up a gitmode.Options and a task.Overrides
 _GIT_OPTIONS: tuple[str, ...] = ("remote", "branch", "ssh_url", "fetch", "accept_host_key")
 _GIT_OPTIONS += ("clean_only", "ssh_secret", "recurse_submodules")

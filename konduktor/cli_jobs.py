@@ -20,14 +20,13 @@ import click
 
 from konduktor import units
 from konduktor.cli_manage import cluster_options, info, output_option
-from konduktor.errors import Interrupted, JobError
+from konduktor.errors import EXIT_INTERRUPTED, Interrupted, JobError
 
 if TYPE_CHECKING:
     from konduktor.k8s.jobs import Job, State
     from konduktor.k8s.submit import Cluster
     from konduktor.local import Run
 
-EXIT_INTERRUPTED = 130
 _PLAN_NOTE = "its launch plan stays in the store until `konduktor store gc` collects it by age"
 
 
@@ -272,9 +271,9 @@ def _check_rank(found: Job | Run, rank: int) -> None:
 
 
 def _print_log(cluster: Cluster, name: str, rank: int, tail: int | None) -> int:
-    from konduktor.k8s import jobs
+    from konduktor.k8s import jobs, submit
 
-    found = jobs.get(cluster, name)
+    found = submit.get_jobset(cluster, name)
     if found is None:
         raise JobError(f"job {name} is gone (namespace {cluster.namespace})")
     now = jobs.state(found, jobs.pods(cluster, [name]).get(name, []), rank)

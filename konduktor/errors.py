@@ -48,6 +48,9 @@ class KonduktorError(Exception):
     exit_code: ClassVar[int] = 1
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C; signal N ends a command with 128 + N
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread so that every cleanup a Ctrl-C
     runs (aborting uploads, removing scratch files) runs for them too."""

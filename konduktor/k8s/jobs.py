@@ -22,7 +22,7 @@ from typing import Any
 
 from konduktor.errors import JobError
 from konduktor.k8s import jobset as js
-from konduktor.k8s.submit import GROUP, PLURAL, VERSION, Cluster, _call, _kubernetes
+from konduktor.k8s.submit import GROUP, PLURAL, VERSION, Cluster, _call, _kubernetes, get_jobset
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,6 @@ def list_jobs(cluster: Cluster, *, user: str | None) -> list[Job]:
     return sorted(jobs, key=lambda job: job.created or oldest, reverse=True)
 
 
-def get(cluster: Cluster, name: str) -> dict[str, Any] | None:
-    from konduktor.k8s import submit
-
-    return submit.get_jobset(cluster, name)
-
-
 def pods(cluster: Cluster, jobs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The pods of each of *jobs* (one request), as the API's JSON."""
     if not jobs:
@@ -172,7 +166,7 @@ def resolve(cluster: Cluster, name: str, candidates: Sequence[Job]) -> Job:
     if matches:
         names = ", ".join(job.name for job in matches)
         raise JobError(f"{name!r} matches {len(matches)} jobs in {where}: {names}; give more of it")
-    found = get(cluster, name)
+    found = get_jobset(cluster, name)
     if found is not None and not is_konduktor(found):
         raise JobError(
             f"the JobSet {name} in {where} was not made by konduktor (it has no "
@@ -392,7 +386,7 @@ def follow(
 
 
 def _look(cluster: Cluster, name: str, rank: int) -> State:
-    found = get(cluster, name)
+    found = get_jobset(cluster, name)
     if found is None:
         raise JobError(
             f"job {name} was deleted while it was followed (namespace {cluster.namespace}, "
