@@ -519,8 +519,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         _fail(f"error: {exc.format_message()}{_see_help(exc)}", exc.exit_code)
-    except KonduktorError as exc:
-        _fail(f"error: {exc}", exc.exit_code)
+    except KonduktorError as exc:  # several mistakes (a task file's): a line each
+        lines = str(exc).splitlines() or [""]
+        _fail("\n".join(f"error: {line}" for line in lines), exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         _interrupted(exc)
     except Exception as exc:

@@ -5,8 +5,10 @@
 - YAML goes through PyYAML's safe loader made stricter: **aliases** (``*name``) are
   refused, since expanding them is how a few lines become gigabytes (a "billion
   laughs"), and neither task files nor the config need them; a **key given twice** in
-  one mapping is refused (PyYAML keeps the last one silently); nesting deeper than
-  :data:`MAX_DEPTH` is refused before Python's recursion limit is reached.
+  one mapping is refused (PyYAML keeps the last one silently), each one named with its
+  line when the caller collects them (``duplicates=``) so that they are reported with
+  the file's other mistakes; nesting deeper than :data:`MAX_DEPTH` is refused before
+  Python's recursion limit is reached.
 - Every error is one line, ``file:line:column: cannot read the task file: problem``,
   raised as the caller's
   :class:`~konduktor.errors.KonduktorError` subclass.
@@ -52,11 +54,19 @@ def read_text(path: Path, error: type[KonduktorError], what: str) -> str:
         ) from None
 
 
-def load_yaml(path: Path, error: type[KonduktorError], what: str) -> Any:
-    """The YAML document in *path* (see the module docstring for what is refused)."""
+def load_yaml(
+    path: Path, error: type[KonduktorError], what: str, duplicates: list[str] | None = None
+) -> Any:
+    """The YAML document in *path* (see the module docstring for what is refused). With
+    *duplicates*, a key given twice is not raised but added there, as a line
+    ``file:line:column: key 'run' is given twice (first at line 1); keep one``, and the
+    document read on (the caller reports them)."""
     text = read_text(path, error, what)
     try:
-        return _parse(text)
+        data, twice = _parse(text, collect=duplicates is not None)
+        if duplicates is not None:
+            duplicates += [f"{path}:{line}:{column}: {problem}" for line, column, problem in twice]
+        return data
     except yaml.MarkedYAMLError as exc:
         raise error(_marked(path, what, exc)) from None
     except yaml.reader.ReaderError as exc:
@@ -70,10 +80,11 @@ def load_yaml(path: Path, error: type[KonduktorError], what: str) -> Any:
         raise error(f"{path}: cannot read the {what}: not valid YAML: {problem}") from None
 
 
-def _parse(text: str) -> Any:
+def _parse(text: str, *, collect: bool = False) -> tuple[Any, list[tuple[int, int, str]]]:
     loader = _StrictLoader(text)
+    loader.duplicates = [] if collect else None
     try:
-        return loader.get_single_data()
+        return loader.get_single_data(), loader.duplicates or []
     finally:
         loader.dispose()
 
@@ -90,6 +101,7 @@ def _marked(path: Path, what: str, exc: yaml.MarkedYAMLError) -> str:
 
 class _StrictLoader(yaml.SafeLoader):
     depth = 0
+    duplicates: list[tuple[int, int, str]] | None = None  # collected, or None: raised
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
@@ -110,14 +122,14 @@ class _StrictLoader(yaml.SafeLoader):
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
                 continue
             key = self.construct_object(key_node)
+            mark = key_node.start_mark
             if key in first:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} is given twice (first at line {first[key]}); keep one",
-                    key_node.start_mark,
-                )
-            first[key] = key_node.start_mark.line + 1
+                problem = f"key {key!r} is given twice (first at line {first[key]}); keep one"
+                if self.duplicates is None:
+                    raise yaml.constructor.ConstructorError(None, None, problem, mark)
+                self.duplicates.append((mark.line + 1, mark.column + 1, problem))
+            else:
+                first[key] = mark.line + 1
         return super().construct_mapping(node, deep)
 
 

@@ -359,6 +359,7 @@ def _plan(
         job=prepared.job,
         store=store.url,
         run=task.run,
+        setup=task.setup,
         trees=tuple(trees),
         files=tuple(files),
         buckets=tuple(Bucket(m.target, m.source) for m in task.file_mounts if m.kind == "bucket"),

@@ -84,6 +84,7 @@ class LaunchPlan:
     job: str
     store: str  # the store URL; object URLs are f"{store}/{key}"
     run: str
+    setup: str = ""  # run before run:, in the workdir; if it fails, run: does not start
     trees: tuple[Tree, ...] = ()
     files: tuple[File, ...] = ()
     buckets: tuple[Bucket, ...] = ()

@@ -1,15 +1,19 @@
 """Task files, compatible with Konduktor's task YAML (DESIGN §2).
 
 A task file is validated by a JSON Schema (``TASK_SCHEMA``) and then by the rules
-a schema cannot say (paths exist, mount targets do not collide, ``${VAR}``
-references resolve). Every error names the file, the key path and the fix, e.g.
-``task.yaml: resources.memory: '16G' is not a number of GiB; write memory: 16``;
-the mistakes of one file are reported together, in one line.
+a schema cannot say (paths exist, mount targets do not collide, ``$VAR`` and
+``${VAR}`` references resolve). Every error names the file, the key path and the fix,
+e.g. ``task.yaml: resources.memory: '16G' is not a number of GiB; write memory: 16``;
+every mistake of one file is reported in one :class:`TaskError`, one line each.
+
+Local paths (``workdir``, ``file_mounts`` sources) are relative to the current
+directory, as in Konduktor (and SkyPilot): ``konduktor launch configs/train.yaml`` with
+``workdir: .`` ships the directory it is run from.
 
 Sizes and counts are bounded here, before anything is uploaded, by what a JobSet can
 carry (see the README's "Limits"): :data:`MAX_NODES`, :data:`MAX_CPUS`,
-:data:`MAX_MEMORY_GIB`, :data:`MAX_GPUS` and :data:`MAX_TEXT_BYTES` for ``run:`` and
-``envs`` together.
+:data:`MAX_MEMORY_GIB`, :data:`MAX_GPUS` and :data:`MAX_TEXT_BYTES` for ``setup:``,
+``run:`` and ``envs`` together.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from konduktor.errors import TaskError, UsageError
 
 WORKDIR_TARGET = "~/konduktor_workdir"
 # A DNS-1035 label short enough that every pod's host name, <name>-<8 hex>-workers-0-<rank>
-# (rank up to MAX_NODES - 1), fits Kubernetes' 63 characters.
+# (rank up to MAX_NODES - 1: 40 + 23 = 63), fits Kubernetes' 63 characters; MASTER_ADDR's
+# first label, <name>-<8 hex>-workers-0-0, is the shortest of them.
 MAX_NAME = 40
 NAME = rf"^[a-z]([-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?$"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -40,9 +45,9 @@ MAX_NODES = 512
 MAX_CPUS = 1024  # vCPUs: above the largest machines sold
 MAX_MEMORY_GIB = 65536
 MAX_GPUS = 64  # per node
-# run: rides in the pod's `sh -c` script, one argument, which Linux caps at 128 KiB
-# (MAX_ARG_STRLEN); the script's own code takes about 24 KiB of it. envs go into the
-# container's env beside it.
+# setup: and run: ride in the pod's `sh -c` script, one argument, which Linux caps at
+# 128 KiB (MAX_ARG_STRLEN); the script's own code takes about 30 KiB of it. envs go into
+# the container's env beside it.
 MAX_TEXT_BYTES = 64 << 10
 _LABEL_KEY = (
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -93,13 +98,16 @@ TASK_SCHEMA: dict[str, Any] = {
             "propertyNames": {"pattern": f"^{ENV_NAME.pattern}$"},
             "additionalProperties": {"anyOf": [_SCALAR, {"type": "null"}]},
         },
+        "setup": {"type": "string"},
         "run": {"type": "string", "pattern": r"\S"},
     },
 }
 
 _FIXES = {
-    "name": f"use lowercase letters, digits and -, starting with a letter, at most {MAX_NAME} "
-    "characters (Kubernetes names the pods' hosts after it), e.g. name: my-train",
+    "name": "a name is a DNS-1035 label: lowercase letters, digits and -, starting with a "
+    f"letter, ending with a letter or digit, at most {MAX_NAME} characters (so that every "
+    "pod's host name, <name>-<8 hex>-workers-0-<rank>, and MASTER_ADDR fit Kubernetes' 63); "
+    "no _ or ., e.g. name: my-train",
     "num_nodes": f"write a whole number of nodes, at least 1 and at most {MAX_NODES}",
     "cpus": f"write a number of vCPUs above 0 and at most {MAX_CPUS}, e.g. cpus: 4",
     "memory": f"write a number of GiB above 0 and at most {MAX_MEMORY_GIB}, e.g. memory: 16",
@@ -112,6 +120,7 @@ _FIXES = {
     "labels value": "write at most 63 letters, digits, - _ . (starting and ending with a "
     "letter or digit)",
     "run": "give the commands to run, e.g. run: python train.py",
+    "setup": "give the commands to run before run:, e.g. setup: pip install -r requirements.txt",
 }
 
 
@@ -141,6 +150,7 @@ class Task:
     resources: Resources
     envs: Mapping[str, str]
     run: str
+    setup: str = ""  # run before run:, in the workdir; its failure is the task's
 
 
 @dataclass(frozen=True)
@@ -170,9 +180,12 @@ _FLAGS = {
 
 
 def load(path: Path, overrides: Overrides | None = None) -> Task:
-    """Read, override, validate and resolve a task file."""
+    """Read, override, validate and resolve a task file. Every mistake found is in the one
+    error raised, a line each: a TaskError when the file has any (the command line's
+    mistakes listed first), else a UsageError for the command line's."""
     overrides = overrides or Overrides()
-    data = _read(path)
+    duplicates: list[str] = []  # whole lines, ``file:line:column: ...``
+    data = _read(path, duplicates)
     data = _apply_overrides(path, data, overrides)
     given = {
         "name": overrides.name,
@@ -182,13 +195,19 @@ def load(path: Path, overrides: Overrides | None = None) -> Task:
         "resources.accelerators": overrides.gpus,
         "resources.image_id": overrides.image_id,
     }
-    _validate(path, data, {key for key, value in given.items() if value is not None})
-    return _resolve(path, data)
+    flags, problems = _validate(data, {key for key, value in given.items() if value is not None})
+    resolved = _resolve(data, problems)
+    if duplicates or problems:
+        lines = [*flags, *duplicates, *(f"{path}: {problem}" for problem in problems)]
+        raise TaskError("\n".join(lines))
+    if flags:  # the file is fine: only the command line is wrong
+        raise UsageError("\n".join(flags))
+    return _build(path, data, resolved)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, duplicates: list[str]) -> dict[str, Any]:
     try:
-        data = inputs.load_yaml(path, TaskError, "task file")
+        data = inputs.load_yaml(path, TaskError, "task file", duplicates=duplicates)
     except FileNotFoundError:
         raise TaskError(f"task file {path} does not exist; check the path") from None
     except OSError as exc:
@@ -265,9 +284,9 @@ def _env_file(path: Path) -> dict[str, str]:
     return found
 
 
-def _validate(path: Path, data: dict[str, Any], overridden: Set[str] = frozenset()) -> None:
-    """Every mistake the schema and the limits find, in one line; a value from the command
-    line (its key path in *overridden*) is blamed on its flag, not on the file."""
+def _validate(data: dict[str, Any], overridden: Set[str]) -> tuple[list[str], list[str]]:
+    """Every mistake the schema and the limits find: those of a value from the command
+    line (its key path in *overridden*) blamed on its flag, and those of the file."""
     validator = jsonschema.Draft202012Validator(TASK_SCHEMA)
     errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
     problems = list(dict.fromkeys([*(_message(e) for e in errors), *_limits(data)]))
@@ -278,10 +297,7 @@ def _validate(path: Path, data: dict[str, Any], overridden: Set[str] = frozenset
             flags.append(_FLAGS[key] + problem[len(key) :])
         else:
             in_file.append(problem)
-    if in_file:
-        raise TaskError("; ".join([*flags, f"{path}: " + "; ".join(in_file)]))
-    if flags:  # the file is fine: only the command line is wrong
-        raise UsageError("; ".join(flags))
+    return flags, in_file
 
 
 def _message(error: jsonschema.ValidationError) -> str:
@@ -326,7 +342,7 @@ def _limits(data: dict[str, Any]) -> list[str]:
     size = _text_bytes(data)
     if size > MAX_TEXT_BYTES:
         problems.append(
-            f"run: and envs take {size / 1024:.0f} KiB together, above the "
+            f"setup:, run: and envs take {size / 1024:.0f} KiB together, above the "
             f"{MAX_TEXT_BYTES >> 10} KiB a pod's startup script carries; put long scripts "
             "and data in files in the workdir"
         )
@@ -343,27 +359,40 @@ def _number(value: object) -> float | None:
 
 
 def _text_bytes(data: dict[str, Any]) -> int:
-    run = data.get("run")
     envs = data.get("envs")
-    size = len(run.encode()) if isinstance(run, str) else 0
+    size = sum(
+        len(text.encode()) for text in (data.get("setup"), data.get("run")) if isinstance(text, str)
+    )
     if isinstance(envs, dict):
         size += sum(len(str(k).encode()) + len(str(v).encode()) for k, v in envs.items())
     return size
 
 
-def _resolve(path: Path, data: dict[str, Any]) -> Task:
-    base = path.parent
-    envs = {k: _env_value(path, k, v) for k, v in (data.get("envs") or {}).items()}
-    workdir = None
-    if "workdir" in data:
-        workdir = _local(path, "workdir", _substitute(path, "workdir", data["workdir"], envs), base)
-        if not workdir.is_dir():
-            raise TaskError(f"{path}: workdir: {workdir} is not a directory; fix the path")
-    mounts = tuple(
-        _mount(path, target, source, envs, base)
-        for target, source in (data.get("file_mounts") or {}).items()
-    )
-    _check_targets(path, mounts)
+@dataclass(frozen=True)
+class _Resolved:
+    envs: Mapping[str, str]
+    workdir: Path | None
+    mounts: tuple[FileMount, ...]
+
+
+def _resolve(data: dict[str, Any], problems: list[str]) -> _Resolved:
+    """Values, paths and mounts, each mistake added to *problems*; a part the schema
+    already refused (a list where a mapping belongs) is skipped, not reported again."""
+    envs = _envs(data.get("envs"), problems)
+    workdir = _workdir(data.get("workdir"), envs, problems)
+    mounts = []
+    given = data.get("file_mounts")
+    for target, source in given.items() if isinstance(given, dict) else ():
+        if isinstance(target, str) and isinstance(source, str) and source:
+            mount = _mount(target, source, envs, problems)
+            if mount is not None:
+                mounts.append(mount)
+    _check_targets(mounts, problems)
+    return _Resolved(envs, workdir, tuple(mounts))
+
+
+def _build(path: Path, data: dict[str, Any], resolved: _Resolved) -> Task:
+    """The task of a file found valid."""
     res = data.get("resources") or {}
     resources = Resources(
         cpus=float(res["cpus"]) if "cpus" in res else None,
@@ -372,86 +401,139 @@ def _resolve(path: Path, data: dict[str, Any]) -> Task:
         image_id=res.get("image_id", "ubuntu"),
         labels={str(k): str(v) for k, v in (res.get("labels") or {}).items()},
     )
-    name = data.get("name") or _default_name(path)
     return Task(
-        path, name, int(data.get("num_nodes", 1)), workdir, mounts, resources, envs, data["run"]
+        path,
+        data.get("name") or _default_name(path),
+        int(data.get("num_nodes", 1)),
+        resolved.workdir,
+        resolved.mounts,
+        resources,
+        resolved.envs,
+        data["run"],
+        setup=data.get("setup") or "",
     )
 
 
-def _env_value(path: Path, key: str, value: object) -> str:
-    if value is None:
-        raise TaskError(
-            f"{path}: envs.{key} has no value; set it in the file or pass --env {key}=V"
-        )
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _envs(given: object, problems: list[str]) -> dict[str, str]:
+    envs = {}
+    for key, value in given.items() if isinstance(given, dict) else ():
+        if value is None:
+            problems.append(
+                f"envs.{key} has no value; set it in the file or pass --env {key}=VALUE"
+            )
+        elif isinstance(value, bool):
+            envs[str(key)] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            envs[str(key)] = str(value)
+    return envs
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+def _workdir(given: object, envs: Mapping[str, str], problems: list[str]) -> Path | None:
+    if not isinstance(given, str) or not given:
+        return None  # none, or the schema reported it
+    text = _substitute("workdir", given, envs, problems)
+    if text is None:
+        return None
+    workdir = _local(text)
+    if not workdir.is_dir():
+        problems.append(f"workdir: {workdir} is not a directory; fix the path{_relative(text)}")
+    return workdir
 
 
-def _substitute(path: Path, where: str, text: str, envs: Mapping[str, str]) -> str:
+def _relative(text: str) -> str:
+    """The reminder a relative path deserves: it is not the task file's folder's."""
+    return "" if os.path.isabs(os.path.expanduser(text)) else " (relative to the current directory)"
+
+
+# $NAME or ${NAME}, as Konduktor (SkyPilot) substitutes them in workdir and file_mounts.
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _substitute(where: str, text: str, envs: Mapping[str, str], problems: list[str]) -> str | None:
+    """*text* with each ``$NAME`` and ``${NAME}`` replaced by its value in *envs*; None
+    (and a problem for each) if some name is not there."""
+    missing: dict[str, str] = {}
+
     def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in envs:
-            raise TaskError(f"{path}: {where}: ${{{name}}} is not in envs; add it to envs or --env")
-        return envs[name]
+        name = match.group(1) or match.group(2)
+        if name in envs:
+            return envs[name]
+        missing[match.group(0)] = name
+        return match.group(0)
 
-    return _VAR.sub(value, text)
+    result = _VAR.sub(value, text)
+    for spelled, name in missing.items():
+        problems.append(
+            f"{where}: {spelled} is not in envs; add it to envs or pass --env {name}=VALUE"
+        )
+    return None if missing else result
 
 
-def _local(path: Path, where: str, text: str, base: Path) -> Path:
-    local = Path(os.path.expanduser(text))
-    return Path(os.path.realpath(local if local.is_absolute() else base / local))
+def _local(text: str) -> Path:
+    """A local path as written in the task file: relative to the current directory."""
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(text))))
 
 
-def _mount(path: Path, target: str, source: str, envs: Mapping[str, str], base: Path) -> FileMount:
+def _mount(
+    target: str, source: str, envs: Mapping[str, str], problems: list[str]
+) -> FileMount | None:
     where = f"file_mounts.{target}"
-    target = _substitute(path, where, target, envs)
-    source = _substitute(path, where, source, envs)
+    found = len(problems)
+    target_ = _substitute(where, target, envs, problems)
+    source_ = _substitute(where, source, envs, problems)
+    if target_ is None or source_ is None:
+        return None
+    target, source = target_, source_
     if "://" in target:
-        raise TaskError(
-            f"{path}: {where}: a mount target is a path in the pod, not a URL; "
+        problems.append(
+            f"{where}: a mount target is a path in the pod, not a URL; "
             "write it as `/path/in/pod: s3://bucket/prefix`"
         )
-    if not (target.startswith("/") or target == "~" or target.startswith("~/")):
-        raise TaskError(f"{path}: {where}: the target must be absolute or start with ~/")
-    if target.rstrip("/") in ("", "~") or ".." in target.split("/"):
-        raise TaskError(
-            f"{path}: {where}: a mount would replace the whole / or home directory, or "
+    elif not (target.startswith("/") or target == "~" or target.startswith("~/")):
+        problems.append(f"{where}: the target must be absolute or start with ~/")
+    elif target.rstrip("/") in ("", "~") or ".." in target.split("/"):
+        problems.append(
+            f"{where}: a mount would replace the whole / or home directory, or "
             "climb with ..; name a directory or file inside it, e.g. ~/data"
         )
     if source.startswith(("s3://", "gs://")):
-        return FileMount(target, source, "bucket")
+        return FileMount(target, source, "bucket") if len(problems) == found else None
     if "://" in source:
-        raise TaskError(f"{path}: {where}: {source!r}: only s3:// and gs:// URLs can be mounted")
-    local = _local(path, where, source, base)
-    return FileMount(target, str(local), _source_kind(f"{path}: {where}", local))
+        problems.append(f"{where}: {source!r}: only s3:// and gs:// URLs can be mounted")
+        return None
+    local = _local(source)
+    kind = _source_kind(where, local, _relative(source), problems)
+    if kind is None or len(problems) > found:
+        return None
+    return FileMount(target, str(local), kind)
 
 
-def _source_kind(where: str, local: Path) -> Literal["dir", "file"]:
+def _source_kind(
+    where: str, local: Path, hint: str, problems: list[str]
+) -> Literal["dir", "file"] | None:
     """A directory, or a regular file that opens (a FIFO, device or socket would block
     the upload or never end)."""
     try:
         mode = local.stat().st_mode
     except FileNotFoundError:
-        raise TaskError(f"{where}: {local} does not exist; fix the source path") from None
+        problems.append(f"{where}: {local} does not exist; fix the source path{hint}")
+        return None
     except OSError as exc:
-        raise TaskError(f"{where}: cannot reach {local}: {exc.strerror}; fix the path") from exc
+        problems.append(f"{where}: cannot reach {local}: {exc.strerror}; fix the path")
+        return None
     if stat.S_ISDIR(mode):
         return "dir"
     if not stat.S_ISREG(mode):
-        raise TaskError(
+        problems.append(
             f"{where}: {local} is a {_KINDS.get(stat.S_IFMT(mode), 'special file')}, not a "
             "regular file or a directory; mount a file or a directory"
         )
+        return None
     try:
         local.open("rb").close()
     except OSError as exc:
-        raise TaskError(
-            f"{where}: cannot read {local}: {exc.strerror}; fix its permissions"
-        ) from exc
+        problems.append(f"{where}: cannot read {local}: {exc.strerror}; fix its permissions")
+        return None
     return "file"
 
 
@@ -463,15 +545,25 @@ _KINDS = {
 }
 
 
-def _check_targets(path: Path, mounts: Sequence[FileMount]) -> None:
+def _check_targets(mounts: Sequence[FileMount], problems: list[str]) -> None:
+    """No mount on the workdir's place, and no place mounted twice (``~/x`` and ``~/x/``,
+    or two targets that name the same path once their variables are substituted)."""
     workdir = WORKDIR_TARGET.rstrip("/")
+    seen: dict[str, str] = {}
     for mount in mounts:
         target = mount.target.rstrip("/")
         if target == workdir or target.startswith(workdir + "/"):
-            raise TaskError(
-                f"{path}: file_mounts.{mount.target}: collides with the workdir's place "
+            problems.append(
+                f"file_mounts.{mount.target}: collides with the workdir's place "
                 f"{WORKDIR_TARGET}; mount it elsewhere"
             )
+        elif target in seen:
+            problems.append(
+                f"file_mounts.{mount.target}: the same place as file_mounts.{seen[target]}; "
+                "mount each place once"
+            )
+        else:
+            seen[target] = mount.target
 
 
 def _default_name(path: Path) -> str:

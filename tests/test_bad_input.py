@@ -138,11 +138,6 @@ TASK_VALUES = [
     Case("label-key", "resources:\n  labels: {'bad key!': x}\nrun: ls\n", ("resources.labels",)),
     Case("label-value", "resources:\n  labels: {team: " + "v" * 70 + "}\nrun: ls\n", ("labels",)),
     Case("image-space", "resources: {image_id: 'ubuntu latest'}\nrun: ls\n", ("image_id",)),
-    Case(
-        "many-at-once",
-        "num_nodes: 100000\nresources: {cpus: .inf}\nenvs: {1 BAD: x}\nrun: ls\n",
-        ("num_nodes", "resources.cpus: inf", "envs: '1 BAD'"),
-    ),
 ]
 
 REPO_STATES = [
@@ -536,3 +531,41 @@ def test_the_hard_limit_refuses_before_any_file_is_read(
     assert "huge.bin (21.5 GB)" in err
     assert _bucket_state(world.endpoint) == ([], [])
     assert world.kube.requests == []
+
+
+@pytest.mark.usefixtures("clean_bucket")
+def test_five_mistakes_in_a_task_file_are_five_lines_in_one_run(
+    world: World, monkeypatch: pytest.MonkeyPatch, konduktor_home_sandbox: Path
+) -> None:
+    """Every mistake of the file at once, one ``error:`` line each, whatever finds it
+    (the YAML reader, the schema, the limits, the paths, the variables); exit 1 and
+    nothing sent, as for one mistake."""
+    monkeypatch.chdir(world.project)
+    text = (
+        "name: my_train\n"  # the schema
+        "resources: {cpus: .inf}\n"  # the limits
+        "workdir: ./missing\n"  # the paths
+        "file_mounts:\n  ~/w: ./w-${NOPE}\n"  # the variables
+        "run: ls\n"
+        "run: ls -l\n"  # the YAML reader
+    )
+    task = _write_inputs(Case("five", text), world, monkeypatch)
+    world.kube.requests.clear()
+    code, out, err = _launch(Case("five"), world, task)
+    lines = err.splitlines()
+    assert code == 1, err
+    assert len(lines) == 5, err
+    assert all(line.startswith(f"error: {task}") for line in lines), err
+    expected = [
+        (":7:1: key 'run' is given twice (first at line 6)",),
+        ("name: 'my_train' is not valid", "DNS-1035"),
+        ("resources.cpus: inf is not valid",),
+        ("workdir:", "missing is not a directory", "relative to the current directory"),
+        ("file_mounts.~/w: ${NOPE} is not in envs", "--env NOPE=VALUE"),
+    ]
+    for line, words in zip(lines, expected, strict=True):
+        assert all(word in line for word in words), (line, words)
+    assert (out, "Traceback" in err) == ("", False)
+    assert _bucket_state(world.endpoint) == ([], [])
+    assert world.kube.requests == []
+    assert not (konduktor_home_sandbox / "local").exists()

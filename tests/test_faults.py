@@ -99,9 +99,10 @@ def configure(env: dict[str, str], bucket: str, endpoint: str) -> None:
     (Path(env["KONDUKTOR_HOME"]) / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def konduktor(*args: str | Path) -> subprocess.Popen[str]:
+def konduktor(*args: str | Path, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """The command, run from *cwd* (a task's relative paths start there)."""
     cmd = [sys.executable, "-m", "konduktor", *[str(a) for a in args]]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = HANG) -> tuple[int | None, str]:
@@ -182,7 +183,7 @@ def test_launches_through_a_proxy_that_resets_connections(
                 (project / "weights.bin").write_bytes(os.urandom(BIG))
             submitted = len(kube_api.requests)
             launch = konduktor(
-                "launch", "-y", "-d", "--kubeconfig", kubeconfig, project / "task.yaml"
+                "launch", "-y", "-d", "--kubeconfig", kubeconfig, project / "task.yaml", cwd=project
             )
             code, err = finish(launch)
             outcomes[_outcome(code, err)] += 1
@@ -269,9 +270,11 @@ def test_a_signal_mid_upload_leaves_nothing_behind(
     point: str,
     signum: int,
 ) -> None:
-    launch = konduktor("launch", "--dry-run", project / "task.yaml")  # warms the hash cache
+    launch = konduktor(
+        "launch", "--dry-run", project / "task.yaml", cwd=project
+    )  # warms the hash cache
     assert finish(launch)[0] == 0
-    launch = konduktor("launch", "-y", "--local", "-d", project / "task.yaml")
+    launch = konduktor("launch", "-y", "--local", "-d", project / "task.yaml", cwd=project)
     wait_for(lambda: POINTS[point](s3, bucket, env), point)
     launch.send_signal(signum)
     code, err = finish(launch, timeout=60)
@@ -294,13 +297,13 @@ def test_after_a_sigkill_the_next_run_and_gc_clean_up(
     tmp_path: Path,
     point: str,
 ) -> None:
-    launch = konduktor("launch", "-y", "--local", "-d", project / "task.yaml")
+    launch = konduktor("launch", "-y", "--local", "-d", project / "task.yaml", cwd=project)
     wait_for(lambda: POINTS[point](s3, bucket, env), point)
     launch.kill()
     finish(launch)
     assert scratch_left(env)  # killed: it could not clean up
     configure(env, bucket, s3_server)
-    again = konduktor("launch", "-y", "--local", "-d", project / "task.yaml")
+    again = konduktor("launch", "-y", "--local", "-d", project / "task.yaml", cwd=project)
     code, err = finish(again)
     assert code == 0, err
     gc(env)
@@ -364,7 +367,9 @@ def test_racing_launches_of_one_commit_send_its_base_once(
     with fault_proxy(s3_server, 0.0) as proxy:
         configure(env, bucket, proxy.url)
         racers = [
-            konduktor("launch", "-y", "-d", "--kubeconfig", kubeconfig, repo / "task.yaml")
+            konduktor(
+                "launch", "-y", "-d", "--kubeconfig", kubeconfig, repo / "task.yaml", cwd=repo
+            )
             for _ in range(RACERS)
         ]
         results = [finish(racer) for racer in racers]

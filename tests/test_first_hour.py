@@ -155,8 +155,8 @@ ROWS_LAUNCH: list[Row] = [
         "--name blames the flag, with the rule",
         ("launch", "--local", "-y", "--name", "Bad_Name", "task.yaml"),
         2,
-        r"^error: --name: 'Bad_Name' is not valid; use lowercase letters, digits and -, "
-        r"starting with a letter",
+        r"^error: --name: 'Bad_Name' is not valid; a name is a DNS-1035 label: lowercase "
+        r"letters, digits and -, starting with a letter",
     ),
     Row(
         "--cpus blames the flag",
@@ -174,7 +174,9 @@ ROWS_LAUNCH: list[Row] = [
         "name: my_train is refused with the rule",
         ("launch", "--local", "-y", "task.yaml"),
         1,
-        r"task\.yaml: name: 'my_train' is not valid; use lowercase letters, digits and -",
+        r"task\.yaml: name: 'my_train' is not valid; a name is a DNS-1035 label: lowercase "
+        r"letters, digits and -, starting with a letter, ending with a letter or digit, at most "
+        r"40 characters .*MASTER_ADDR.*no _ or \.",
         setup="underscore name",
     ),
     Row(

@@ -25,6 +25,7 @@ from ssh_server import SSHServer
 from test_cli import run
 from test_jobset import CRD, K8S_VERSION, job_and_pod, require_crd, strict
 from test_launch import stored
+from test_pod import launched_from
 
 from konduktor import gitmode, pod
 
@@ -53,6 +54,7 @@ class Project:
             timeout=120,
             check=False,
             env={**os.environ, **(env or {})},
+            cwd=self.work,  # launched from the clone: workdir: . is the clone
         )
 
     def home_of(self, result: subprocess.CompletedProcess[str]) -> Path:
@@ -97,6 +99,7 @@ def make_project(
     commit_all(work)
     git(work, "remote", "add", "origin", server.url(name))
     git(work, "push", "-q", "origin", "main")
+    monkeypatch.chdir(work)  # launched from the clone: the task's workdir: . is the clone
     return Project(work, upstream, task, khome, server)
 
 
@@ -343,9 +346,10 @@ def test_the_rendered_git_script_is_clean_under_shellcheck(project: Project) -> 
 
 def _bad(project: Project, kube_api: KubeAPI, tmp_path: Path, *args: str) -> str:
     kubeconfig = kube_api.write_kubeconfig(tmp_path)
-    code, _, err = run(
-        "launch", "--mode", "git", "-y", "-d", "--kubeconfig", kubeconfig, *args, project.task
-    )
+    with launched_from(project.work):
+        code, _, err = run(
+            "launch", "--mode", "git", "-y", "-d", "--kubeconfig", kubeconfig, *args, project.task
+        )
     assert code == 1, err
     assert len(err.splitlines()) == 1, err
     assert stored(project.khome) == []

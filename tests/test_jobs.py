@@ -44,7 +44,8 @@ def alice(monkeypatch: pytest.MonkeyPatch, konduktor_home_sandbox: Path) -> None
 
 
 @pytest.fixture
-def task(tmp_path: Path) -> Path:
+def task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # launched from the task's folder: workdir: work is there
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "train.py").write_text("print('hi')\n")
     path = tmp_path / "task.yaml"

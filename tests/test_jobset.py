@@ -71,7 +71,8 @@ def validator() -> jsonschema.Draft7Validator:
 
 
 @pytest.fixture
-def task_file(tmp_path: Path) -> Path:
+def task_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # launched from the task's folder: workdir: . is there
     (tmp_path / "test_dir").mkdir()
     path = tmp_path / "task.yaml"
     path.write_text(

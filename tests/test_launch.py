@@ -32,6 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launch from the folder of the tests' task files: their relative paths start at the
+    current directory (the quickstart fixture moves into its repository)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def khome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "khome"
@@ -50,12 +57,14 @@ def shared(khome: Path) -> Path:
 
 
 @pytest.fixture
-def quickstart(tmp_path: Path) -> Path:
-    """The README's example, as its own repository."""
+def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The README's example, as its own repository, and the current directory (the
+    README launches it from there)."""
     repo = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, repo)
     git(repo, "init", "-q")
     commit_all(repo)
+    monkeypatch.chdir(repo)
     return repo
 
 
@@ -123,6 +132,24 @@ def test_the_exit_code_is_the_tasks(tmp_path: Path, khome: Path) -> None:
     assert result.returncode == 5
     assert result.stdout == "out\n"
     assert "err" in result.stderr
+
+
+def test_local_setup_runs_first_in_the_workdir_and_its_failure_is_the_tasks(
+    tmp_path: Path, khome: Path
+) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "f").write_text("x")
+    task = tmp_path / "task.yaml"
+    task.write_text("name: prep\nworkdir: w\nsetup: echo made > made.txt\nrun: cat made.txt f\n")
+    ok = launch_cli("--local", task)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "made\nx"
+    task.write_text("name: prep\nworkdir: w\nsetup: echo preparing; exit 4\nrun: echo ran\n")
+    failed = launch_cli("--local", "-y", task)
+    assert failed.returncode == 4, failed.stderr
+    assert failed.stdout == "preparing\n"
+    assert "konduktor: setup failed with exit code 4; run: not started" in failed.stderr
+    assert re.search(r"job prep-[0-9a-f]{8} exited with code 4", failed.stderr)
 
 
 def test_a_sync_failure_exits_with_the_scripts_code(tmp_path: Path, khome: Path) -> None:

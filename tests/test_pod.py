@@ -8,6 +8,7 @@ real store: a local directory, the local S3 server, the GCS emulator.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,21 @@ def make_project(tmp_path: Path) -> Path:
     return repo
 
 
+@contextlib.contextmanager
+def launched_from(directory: Path) -> Iterator[None]:
+    """The current directory for a while: a task file's relative paths start there."""
+    before = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def make_plan(project: Path, url: str, options: StoreOptions | None = None) -> LaunchPlan:
-    task = load(project / "task.yaml")
+    """*project*'s task, launched from *project*, synced to the store at *url*."""
+    with launched_from(project):
+        task = load(project / "task.yaml")
     cfg = Config(path=None, store=options or StoreOptions())
     store = open_store(url, options)
     return launch.sync(launch.prepare(task, cfg, "pod-test-0000"), store, cfg).plan
@@ -509,6 +524,134 @@ def test_a_gcs_bucket_mount_is_copied_with_python3(tmp_path: Path, gcs_store_fac
     result = run_script(plan, home, toolbox(tmp_path, "python3"))
     assert result.returncode == 0, result.stderr
     assert tree(home / "ref") == {"a.txt": ("file", 0, "A"), "sub/b.txt": ("file", 0, "B")}
+
+
+def test_a_single_object_is_copied_as_a_file_with_the_aws_cli_or_boto3(
+    tmp_path: Path, s3_store_factory: Any
+) -> None:
+    """``~/x.pt: s3://b/x.pt`` places the object as a file (Konduktor and SkyPilot do so
+    when the object exists); a prefix, with or without its /, stays a directory."""
+    import boto3
+
+    url, options = s3_store_factory()
+    bucket = url.removeprefix("s3://")
+    client = boto3.client("s3", endpoint_url=options.endpoint_url, region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key="weights/x.pt", Body=b"WEIGHTS")
+    client.put_object(Bucket=bucket, Key="ref/a.txt", Body=b"A")
+    plan = LaunchPlan(
+        job="object",
+        store=url,
+        run="cat /dev/null\n",
+        buckets=(
+            Bucket("~/models/x.pt", f"{url}/weights/x.pt"),
+            Bucket("~/ref", f"{url}/ref"),
+            Bucket("~/ref2", f"{url}/ref/"),
+        ),
+        endpoint_url=options.endpoint_url,
+    )
+    secret = aws_secret(tmp_path)
+    for tool in ("aws", "python3"):
+        home = tmp_path / f"home-{tool}"
+        result = run_script(plan, home, toolbox(tmp_path, tool), credentials=secret)
+        assert result.returncode == 0, result.stderr
+        placed = home / "models" / "x.pt"
+        assert placed.is_file(), tool
+        assert placed.read_bytes() == b"WEIGHTS"
+        assert tree(home / "ref") == tree(home / "ref2") == {"a.txt": ("file", 0, "A")}
+        assert not list((home / "models").glob("*.konduktor-part"))
+
+
+def test_a_single_gcs_object_is_copied_as_a_file(tmp_path: Path, gcs_store_factory: Any) -> None:
+    from gcs_server import emulator_client
+
+    url, options = gcs_store_factory()
+    bucket = emulator_client(str(options.endpoint_url)).bucket(url.removeprefix("gs://"))
+    bucket.blob("weights/x.pt").upload_from_string("WEIGHTS")
+    bucket.blob("ref/a.txt").upload_from_string("A")
+    plan = LaunchPlan(
+        job="object",
+        store=url,
+        run="cat /dev/null\n",
+        buckets=(Bucket("~/x.pt", f"{url}/weights/x.pt"), Bucket("~/ref", f"{url}/ref")),
+        endpoint_url=options.endpoint_url,
+    )
+    home = tmp_path / "home"
+    result = run_script(plan, home, toolbox(tmp_path, "python3"))
+    assert result.returncode == 0, result.stderr
+    assert (home / "x.pt").read_text() == "WEIGHTS"
+    assert tree(home / "ref") == {"a.txt": ("file", 0, "A")}
+
+
+# -- setup: ----------------------------------------------------------------------------------
+
+
+def _with_setup(project: Path, setup: str, run: str = RUN) -> Path:
+    """*project*'s task file with a setup: block (and *run*)."""
+    text = (project / "task.yaml").read_text().split("run: |\n")[0]
+    block = "".join(f"  {line}\n" for line in setup.splitlines())
+    body = "".join(f"  {line}\n" for line in run.splitlines())
+    (project / "task.yaml").write_text(f"{text}setup: |\n{block}run: |\n{body}")
+    return project
+
+
+def _busybox_bin(tmp_path: Path) -> Path:
+    busybox = _which("busybox")
+    bin_dir = tmp_path / "busybox-bin"
+    bin_dir.mkdir(exist_ok=True)
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        if not (bin_dir / applet).exists():
+            (bin_dir / applet).symlink_to(busybox)
+    if not (bin_dir / "zstd").exists():
+        (bin_dir / "zstd").symlink_to(_which("zstd"))
+    return bin_dir
+
+
+@pytest.fixture(params=["dash", "busybox"])
+def pod_shell(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(PATH, shell) of an image: dash with coreutils, or busybox's ash and tools."""
+    if request.param == "dash":
+        return toolbox(tmp_path, "zstd"), "/bin/sh"
+    bin_dir = _busybox_bin(tmp_path)
+    return str(bin_dir), str(bin_dir / "sh")
+
+
+def test_setup_runs_in_the_workdir_before_run(
+    project: Path, tmp_path: Path, pod_shell: tuple[str, str]
+) -> None:
+    setup = 'echo "setup in $PWD" >>"$HOME/runs.log"\necho built >built.txt\n'
+    _with_setup(project, setup, run=f"{RUN}cat built.txt\nexit 3\n")
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    assert plan.setup == setup
+    home = tmp_path / "home"
+    path, shell = pod_shell
+    result = run_script(plan, home, path, shell=shell)
+    assert result.returncode == 3, result.stderr  # run:'s code, setup having passed
+    assert result.stdout == "hello from the work tree\nbuilt\n"
+    workdir = home / "konduktor_workdir"
+    assert (home / "runs.log").read_text() == f"setup in {workdir}\nrun started in {workdir}\n"
+
+
+def test_a_failing_setup_is_the_tasks_failure_and_run_does_not_start(
+    project: Path, tmp_path: Path, pod_shell: tuple[str, str]
+) -> None:
+    _with_setup(project, "echo preparing\nfalse || exit 7\necho never\n")
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    path, shell = pod_shell
+    result = run_script(plan, home, path, shell=shell)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "preparing\n"
+    assert "konduktor: setup failed with exit code 7; run: not started" in result.stderr
+    assert not (home / "runs.log").exists(), "run: started after a failed setup"
+    termination = home / ".konduktor" / "termination-log"
+    assert "setup failed with exit code 7" in termination.read_text()
+    assert (home / "konduktor_workdir" / "greeting.txt").exists()  # the files were placed
+
+
+def test_a_task_without_setup_renders_no_setup(project: Path, tmp_path: Path) -> None:
+    script = pod.render(make_plan(project, f"file://{tmp_path}/store"))
+    assert "setup.sh" not in script.split("# --- from the launch plan ---")[1]
 
 
 # -- progress --------------------------------------------------------------------------------

@@ -32,7 +32,10 @@ run: |
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder holding the task file, and the current directory (as when a user
+    launches from it): relative paths in the file start there."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "test_dir").mkdir()
     (tmp_path / "static_path.txt").write_text("x")
     return tmp_path
@@ -61,8 +64,15 @@ def test_quickstart_shape_loads(project: Path) -> None:
     assert task.run == "ls -lah\n"
 
 
-def test_the_shipped_quickstart_example_is_valid() -> None:
+def test_the_shipped_quickstart_example_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+    monkeypatch.chdir(example)  # as the README runs it
+    shipped = load(Path("task.yaml"))
+    assert shipped.workdir == example
+    assert {m.target: m.kind for m in shipped.file_mounts} == {
+        "~/test_dir": "dir",
+        "~/static_path.txt": "file",
+    }
     text = QUICKSTART.replace("  /data/ref: s3://bucket/ref\n", "")
     path = example / "task.test.yaml"
     path.write_text(text)
@@ -117,7 +127,8 @@ BAD = [
     (
         "name-underscore",
         "name: my_train\nrun: echo\n",
-        "name: 'my_train' is not valid; use lowercase",
+        "name: 'my_train' is not valid; a name is a DNS-1035 label: lowercase letters, "
+        "digits and -, starting with a letter, ending with a letter or digit, at most 40",
     ),
     ("name-dot", "name: my.train\nrun: echo\n", "starting with a letter"),
     ("name-digit-first", "name: 1train\nrun: echo\n", "name: '1train'"),
@@ -198,14 +209,112 @@ def test_values_at_the_limits_load(project: Path) -> None:
         load(write(project, over))
 
 
-def test_every_mistake_of_a_file_is_in_one_line(project: Path) -> None:
+def test_every_mistake_of_a_file_is_on_its_own_line(project: Path) -> None:
     text = "num_nodes: 0\nresources: {cpus: .nan, memory: 1e9}\nenvs: {1 BAD: x, A=B: y}\nrun: ''\n"
+    path = write(project, text)
     with pytest.raises(TaskError) as raised:
-        load(write(project, text))
+        load(path)
+    lines = str(raised.value).splitlines()
+    parts = ("num_nodes: 0", "cpus: nan", "memory: '1e9'", "'1 BAD'", "'A=B'", "run")
+    assert len(lines) == len(parts), lines
+    for part in parts:
+        assert len([line for line in lines if part in line]) >= 1, part
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_schema_paths_mounts_and_variables_are_reported_together(project: Path) -> None:
+    """Mistakes the schema finds and those found resolving paths come in one error."""
+    text = (
+        "name: my_train\n"
+        "run: dup\n"
+        "workdir: ./nope\n"
+        "file_mounts:\n"
+        "  ~/a: ./missing\n"
+        "  ~/b: ./${NOPE}\n"
+        "  ~/c: ./test_dir\n"
+        "  ~/c/: ./test_dir\n"
+        "  ~/konduktor_workdir/x: ./test_dir\n"
+        "  data: ./test_dir\n"
+        "run: echo\n"
+    )
+    path = write(project, text)
+    with pytest.raises(TaskError) as raised:
+        load(path)
+    lines = str(raised.value).splitlines()
+    expected = [
+        f"{path}:11:1: key 'run' is given twice (first at line 2); keep one",
+        f"{path}: name: 'my_train' is not valid",
+        f"{path}: workdir: {project / 'nope'} is not a directory",
+        f"{path}: file_mounts.~/a: {project / 'missing'} does not exist",
+        f"{path}: file_mounts.~/b: ${{NOPE}} is not in envs",
+        f"{path}: file_mounts.data: the target must be absolute",
+        f"{path}: file_mounts.~/c/: the same place as file_mounts.~/c",
+        f"{path}: file_mounts.~/konduktor_workdir/x: collides with the workdir",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), (line, start)
+
+
+def test_both_spellings_of_a_variable_are_substituted(project: Path) -> None:
+    """``$VAR`` and ``${VAR}``, in workdir and in both sides of file_mounts, as Konduktor;
+    run: and setup: are left to the pod's shell."""
+    (project / "data-v2").mkdir()
+    (project / "data-v2" / "w.bin").write_text("w")
+    text = (
+        "workdir: ./data-$VERSION\n"
+        "envs: {VERSION: v2, SIZE: 13, B: bkt}\n"
+        "file_mounts:\n"
+        "  /model/llama-${SIZE}b: s3://$B/llama-${SIZE}b\n"
+        "  ~/w-$VERSION.bin: ./data-${VERSION}/w.bin\n"
+        "setup: echo $VERSION\n"
+        "run: echo ${VERSION}\n"
+    )
+    task = load(write(project, text))
+    assert task.workdir == (project / "data-v2").resolve()
+    mounts = {m.target: m.source for m in task.file_mounts}
+    assert mounts == {
+        "/model/llama-13b": "s3://bkt/llama-13b",
+        "~/w-v2.bin": str((project / "data-v2" / "w.bin").resolve()),
+    }
+    assert (task.setup, task.run) == ("echo $VERSION", "echo ${VERSION}")
+    with pytest.raises(TaskError, match=r"workdir: \$NOPE is not in envs; .* --env NOPE=VALUE"):
+        load(write(project, "workdir: ./$NOPE\nrun: echo\n"))
+
+
+def test_relative_paths_start_at_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in Konduktor: configs/train.yaml with workdir: . launched from the repository's
+    root ships the root, not configs/."""
+    root = tmp_path / "repo"
+    (root / "configs").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "configs" / "train.yaml").write_text(
+        "workdir: .\nfile_mounts: {~/data: data}\nrun: echo\n"
+    )
+    monkeypatch.chdir(root)
+    task = load(Path("configs/train.yaml"))
+    assert task.workdir == root.resolve()
+    assert [m.source for m in task.file_mounts] == [str((root / "data").resolve())]
+    monkeypatch.chdir(root / "configs")
+    with pytest.raises(TaskError) as raised:
+        load(Path("train.yaml"))
     message = str(raised.value)
-    for part in ("num_nodes: 0", "cpus: nan", "memory: '1e9'", "'1 BAD'", "'A=B'", "run"):
-        assert part in message
-    assert "\n" not in message
+    assert f"{root / 'configs' / 'data'} does not exist" in message
+    assert "(relative to the current directory)" in message
+
+
+def test_setup_is_read_and_counts_in_the_text_bound(project: Path) -> None:
+    from konduktor import task as task_module
+
+    assert load(write(project, "setup: pip install x\nrun: echo\n")).setup == "pip install x"
+    assert load(write(project, "run: echo\n")).setup == ""
+    half = "x" * (task_module.MAX_TEXT_BYTES // 2)
+    with pytest.raises(TaskError, match="setup:, run: and envs take 64 KiB together"):
+        load(write(project, f"setup: {half}\nrun: {half}x\n"))
+    with pytest.raises(TaskError, match="setup: 3 is not valid; give the commands"):
+        load(write(project, "setup: 3\nrun: echo\n"))
 
 
 def test_anchors_without_aliases_and_inline_merges_load(project: Path) -> None:
@@ -218,7 +327,7 @@ def test_anchors_without_aliases_and_inline_merges_load(project: Path) -> None:
     [
         (
             "run: ls\nrun: rm\n",
-            "task.yaml:2:1: cannot read the task file: not valid YAML: key 'run'",
+            "task.yaml:2:1: key 'run' is given twice",
         ),
         (
             "x: &a ls\nrun: *a\n",
@@ -257,3 +366,4 @@ def test_env_names_from_the_command_line_and_env_files(project: Path) -> None:
         load(path, Overrides(env_file=project / "vars.env"))
     assert "vars.env:2: '1BAD' is not a variable name" in str(raised.value)
     assert "vars.env:3: write KEY=VALUE" in str(raised.value)
+

@@ -3,7 +3,8 @@
 ``startup.sh`` holds the fixed functions; :func:`render` appends the calls that
 the plan dictates, every value quoted for ``sh``. The script exits with
 :data:`SYNC_FAILED` and one ``konduktor: sync failed: ...`` line on stderr when
-anything before ``run:`` fails.
+anything before ``setup:`` and ``run:`` fails; a failing ``setup:`` ends it with its own
+exit code, ``run:`` not started.
 """
 
 from __future__ import annotations
@@ -58,12 +59,22 @@ def render(plan: LaunchPlan) -> str:
         f" KONDUKTOR_GIT_DIRTY={provenance['git-dirty']}"
         f" KONDUKTOR_SNAPSHOT={q(provenance['snapshot'])}"
     )
-    end = "KONDUKTOR_RUN_" + hashlib.sha256(plan.run.encode()).hexdigest()[:12]
-    run = plan.run if plan.run.endswith("\n") else plan.run + "\n"
-    lines.append(f'cat >"$K_STATE/run.sh" <<\'{end}\' || k_fail "cannot write $K_STATE/run.sh"')
-    lines.append(run + end)
-    lines.append('k_run "$K_STATE/run.sh"')
+    lines.append(_script("run", plan.run))
+    if plan.setup.strip():
+        lines.append(_script("setup", plan.setup))
+        lines.append('k_run "$K_STATE/run.sh" "$K_STATE/setup.sh"')
+    else:
+        lines.append('k_run "$K_STATE/run.sh"')
     return "\n".join(lines) + "\n"
+
+
+def _script(name: str, text: str) -> str:
+    """The lines that write *text* (``run:`` or ``setup:``) to ``$K_STATE/<name>.sh``, as a
+    here-document whose end marker the text cannot hold (it is named after its digest)."""
+    end = f"KONDUKTOR_{name.upper()}_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    body = text if text.endswith("\n") else text + "\n"
+    path = f"$K_STATE/{name}.sh"
+    return f'cat >"{path}" <<\'{end}\' || k_fail "cannot write {path}"\n{body}{end}'
 
 
 def _file(plan: LaunchPlan, f: File) -> str:

@@ -564,35 +564,78 @@ k_file() {
   k_log "placed $K_TARGET$K_TOOK"
 }
 
-# k_bucket TARGET URL MARK: a bucket prefix copied as is into TARGET: with the aws CLI or
-# gcloud, else python3 with boto3 or google-cloud-storage.
+# k_bucket TARGET URL MARK: a bucket URL copied as is to TARGET: the object it names as a
+# file (as Konduktor and SkyPilot do when the object exists), else every object under it
+# as a directory; with the aws CLI or gcloud, else python3 with boto3 or
+# google-cloud-storage.
 k_bucket() {
   K_TARGET=$1
   K_MARK="$K_STATE/done/bucket-$3"
-  if [ -f "$K_MARK" ] && [ -d "$K_TARGET" ]; then return 0; fi
-  mkdir -p "$K_TARGET" || k_fail "cannot create $K_TARGET"
+  if [ -f "$K_MARK" ] && [ -e "$K_TARGET" ]; then return 0; fi
+  K_PARENT=$(dirname "$K_TARGET")
+  mkdir -p "$K_PARENT" || k_fail "cannot create $K_PARENT"
   case $2 in
-    s3://*) { k_have aws && aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3 sync --only-show-errors "$2" "$K_TARGET"; } || k_bucket_py "$2" "$K_TARGET" boto3 ;;
-    gs://*) { k_have gcloud && gcloud storage rsync --recursive --quiet "$2" "$K_TARGET"; } || k_bucket_py "$2" "$K_TARGET" google.cloud.storage ;;
+    s3://*) k_bucket_aws "$2" "$K_TARGET" || k_bucket_py "$2" "$K_TARGET" boto3 ;;
+    gs://*) k_bucket_gcloud "$2" "$K_TARGET" || k_bucket_py "$2" "$K_TARGET" google.cloud.storage ;;
   esac || k_fail "cannot copy $2 to $1: it needs the aws CLI (s3://) or gcloud (gs://), or python3 with boto3 or google-cloud-storage, in the image, and credentials (konduktor check s3|gs)"
   : >"$K_MARK"
   k_log "placed $K_TARGET from $2"
 }
 
-# k_bucket_py URL DIR MODULE: every object under URL into DIR, through python3's SDK.
+# k_key URL: K_BUCKET and K_KEY, the object URL would name (K_KEY empty: none, as for
+# s3://bucket or s3://bucket/prefix/).
+k_key() {
+  K_BUCKET=${1#*://}
+  K_KEY=""
+  case $K_BUCKET in */?*) K_KEY=${K_BUCKET#*/} ;; esac
+  case $K_KEY in */) K_KEY="" ;; esac
+  K_BUCKET=${K_BUCKET%%/*}
+}
+
+k_bucket_aws() {
+  k_have aws || return 1
+  k_key "$1"
+  if [ -n "$K_KEY" ] && aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3api head-object \
+    --bucket "$K_BUCKET" --key "$K_KEY" >/dev/null 2>&1; then
+    aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3 cp --only-show-errors "$1" "$K_TMP/object" \
+      && mv -f "$K_TMP/object" "$2"
+  else
+    mkdir -p "$2" && aws ${K_ENDPOINT:+--endpoint-url "$K_ENDPOINT"} s3 sync --only-show-errors "$1" "$2"
+  fi
+}
+
+k_bucket_gcloud() {
+  k_have gcloud || return 1
+  k_key "$1"
+  if [ -n "$K_KEY" ] && gcloud storage objects describe "$1" >/dev/null 2>&1; then
+    gcloud storage cp --quiet "$1" "$K_TMP/object" && mv -f "$K_TMP/object" "$2"
+  else
+    mkdir -p "$2" && gcloud storage rsync --recursive --quiet "$1" "$2"
+  fi
+}
+
+# k_bucket_py URL DEST MODULE: the object URL names into the file DEST, or every object
+# under URL into the directory DEST, through python3's SDK.
 k_bucket_py() {
   k_have "$K_PY" && "$K_PY" -c "import $3" 2>/dev/null || return 1
   "$K_PY" - "$1" "$2" <<'KONDUKTOR_PY'
 import os, sys
 scheme, _, rest = sys.argv[1].partition("://")
-bucket, _, prefix = rest.partition("/")
-prefix = prefix.rstrip("/") + "/" if prefix else ""
+bucket, _, key = rest.partition("/")
+prefix = key.rstrip("/") + "/" if key else ""
 endpoint = os.environ.get("K_ENDPOINT") or None
 if scheme == "s3":
-    import boto3
+    import boto3, botocore.exceptions
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("K_REGION") or None)
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    def is_object(key):
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+            return True
+        except botocore.exceptions.ClientError:
+            return False
+    def keys():
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
     fetch = lambda key, dest: s3.download_file(bucket, key, dest)
 else:
     from google.cloud import storage
@@ -602,27 +645,48 @@ else:
                                 client_options={"api_endpoint": endpoint})
     else:
         client = storage.Client()
-    blobs = {b.name: b for b in client.list_blobs(bucket, prefix=prefix)}
-    keys = list(blobs)
-    fetch = lambda key, dest: blobs[key].download_to_filename(dest)
-root = os.path.realpath(sys.argv[2])
-for key in keys:
+    is_object = lambda key: client.bucket(bucket).blob(key).exists()
+    keys = lambda: [b.name for b in client.list_blobs(bucket, prefix=prefix)]
+    fetch = lambda key, dest: client.bucket(bucket).blob(key).download_to_filename(dest)
+dest = sys.argv[2]
+if key and not key.endswith("/") and is_object(key):
+    fetch(key, dest + ".konduktor-part")
+    os.replace(dest + ".konduktor-part", dest)
+    sys.exit(0)
+root = os.path.realpath(dest)
+os.makedirs(root, exist_ok=True)
+for key in keys():
     rel = key[len(prefix):]
-    dest = os.path.realpath(os.path.join(root, rel))
+    path = os.path.realpath(os.path.join(root, rel))
     if not rel or rel.endswith("/"):
         continue
-    if not dest.startswith(root + os.sep):
+    if not path.startswith(root + os.sep):
         sys.exit(f"konduktor: {key} would leave {root}; refusing it")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    fetch(key, dest)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fetch(key, path)
 KONDUKTOR_PY
 }
 
-# Run `run:` in the workdir, with bash when the image has it.
+# k_run RUN [SETUP]: in the workdir, with bash when the image has it, SETUP first: if it
+# fails, its exit code is the task's and RUN does not start.
 k_run() {
   rm -rf "$K_TMP"
   K_TMP=""
   cd "$HOME/konduktor_workdir" 2>/dev/null || cd "$HOME" || k_fail "cannot enter $HOME"
-  if k_have bash; then exec bash "$1"; fi
-  exec sh "$1"
+  K_SH="sh"
+  if k_have bash; then K_SH=bash; fi
+  if [ -n "${2:-}" ]; then k_setup "$2"; fi
+  exec "$K_SH" "$1"
+}
+
+# k_setup SCRIPT: run it in the foreground (a Ctrl-C at the terminal reaches it and what it
+# started, as it reaches run:); if it fails, end with its exit code, saying so.
+k_setup() {
+  "$K_SH" "$1"
+  K_CODE=$?
+  [ "$K_CODE" = 0 ] && return 0
+  K_LINE="konduktor: setup failed with exit code $K_CODE; run: not started"
+  printf '%s\n' "$K_LINE" >&2
+  { printf '%s\n' "$K_LINE" >"$K_TERMLOG"; } 2>/dev/null
+  exit "$K_CODE"
 }
