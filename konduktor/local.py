@@ -7,8 +7,8 @@ same launch plan, with the cluster's variables set for one node.
 A run is a job as `status`, `logs` and `down` see it: its output goes to
 ``<HOME>/run.log`` (a foreground run's also to the terminal, as it comes), its process
 id to ``<HOME>/.konduktor/pid`` and, once it ends, its exit code to
-``<HOME>/.konduktor/exit-code``; the startup script's one-line sync failure is in
-``<HOME>/.konduktor/termination-log``, as a pod's termination message.
+``<HOME>/.konduktor/exit-code``; the startup script's one-line sync (or ``setup:``)
+failure is in ``<HOME>/.konduktor/termination-log``, as a pod's termination message.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Run:
     created: datetime.datetime
     phase: str  # running, succeeded, failed, or ended (no exit code was recorded)
     exit_code: int | None
-    message: str  # the sync failure's line, if any
+    message: str  # the sync or setup: failure's line, if any
     log: Path
 
 
