@@ -152,6 +152,21 @@ def test_local_setup_runs_first_in_the_workdir_and_its_failure_is_the_tasks(
     assert re.search(r"job prep-[0-9a-f]{8} exited with code 4", failed.stderr)
 
 
+def test_a_task_file_in_a_subfolder_ships_the_folder_it_is_launched_from(
+    tmp_path: Path, khome: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with Konduktor: from the repository's root, configs/train.yaml with workdir: .
+    ships the root (train.py beside configs/), not configs/ alone."""
+    root = tmp_path / "repo"
+    (root / "configs").mkdir(parents=True)
+    (root / "train.py").write_text("print('train')\n")
+    (root / "configs" / "train.yaml").write_text("name: sub\nworkdir: .\nrun: ls\n")
+    monkeypatch.chdir(root)
+    result = launch_cli("--local", "configs/train.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["configs", "train.py"]
+
+
 def test_a_sync_failure_exits_with_the_scripts_code(tmp_path: Path, khome: Path) -> None:
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "f").write_text("x")
