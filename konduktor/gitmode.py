@@ -251,7 +251,9 @@ def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str
     if cfg.git_ssh_key is not None:
         path = cfg.git_ssh_key
         if not path.is_file():
-            raise ConfigError(f"{cfg.path}: git.ssh_key: {path} does not exist; fix the path")
+            raise ConfigError(
+                f"{cfg.where('git')}: git.ssh_key: {path} does not exist; fix the path"
+            )
         mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
         return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
     raise TaskError(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from config_files import write_config
 from gitrepo_helpers import commit_all, git, write_files
 from kube_server import KubeAPI
 from test_cli import run
@@ -89,7 +90,7 @@ def _task(text: str) -> Callable[[Path], None]:
 def _config(text: str) -> Callable[[Path], None]:
     def write(project: Path) -> None:
         (project.parent / "khome").mkdir(exist_ok=True)
-        (project.parent / "khome" / "config.yaml").write_text(text)
+        write_config(project.parent / "khome" / "config.yaml", text)
 
     return write
 

@@ -84,7 +84,7 @@ def make_project(
     monkeypatch.setenv("GIT_SSH_COMMAND", server.git_ssh_command(known))
     monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
     khome.mkdir()
-    (khome / "config.yaml").write_text(SHARED_STORE)
+    (khome / "sync.yaml").write_text(SHARED_STORE)
     upstream = server.bare_repo(name)
     work = tmp_path / "work"
     work.mkdir()
@@ -391,7 +391,7 @@ def test_a_missing_key_file_in_the_config(
 ) -> None:
     project.task.write_text(_task(None))
     config = f"{SHARED_STORE}git:\n  ssh_key: {tmp_path}/absent_key\n"
-    (project.khome / "config.yaml").write_text(config)
+    (project.khome / "sync.yaml").write_text(config)
     assert "git.ssh_key" in _bad(project, kube_api, tmp_path)
 
 

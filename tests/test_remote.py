@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from config_files import write_config
 from gitrepo_helpers import make_repo
 from test_cli import run
 
@@ -25,6 +26,7 @@ BACKENDS = ["file", "s3", "gcs"]
 def konduktor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
     monkeypatch.setenv("KONDUKTOR_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(tmp_path / "no-sync.yaml"))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -158,9 +160,9 @@ def test_cli_upload_twice_reports_bytes_and_reuse(
 ) -> None:
     url, options = store_url
     if options.endpoint_url:
-        config = Path(str(repo) + "-config.yaml")
+        config = Path(str(repo) + "-sync.yaml")
         config.write_text(f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n")
-        monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+        monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(config))
     code, out, err = run("snapshot", repo, "--upload", "--store", url, "--json")
     assert code == 0, err
     first = json.loads(out)
@@ -228,9 +230,8 @@ def test_cli_check_does_not_create_the_per_user_default_bucket(
 
 def _endpoint_config(tmp_path: Path, options: StoreOptions, extra: str = "") -> None:
     """The config the autouse fixture points at, with the test server's endpoint."""
-    (tmp_path / "no-config.yaml").write_text(
-        f"{extra}sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
-    )
+    text = f"{extra}sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    write_config(tmp_path / "no-config.yaml", text, tmp_path / "no-sync.yaml")
 
 
 def test_cli_check_refuses_a_bare_path_as_every_command_does(repo: Path, tmp_path: Path) -> None:
@@ -466,7 +467,7 @@ def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
     """An interrupted multipart upload is invisible in the bucket but billed until aborted:
     `store ls --pending` shows it and `store gc` aborts it (moto dates uploads in 2010)."""
     url, options = s3_store_factory()
-    (tmp_path / "no-config.yaml").write_text(
+    (tmp_path / "no-sync.yaml").write_text(
         f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
     )
     bucket = url.removeprefix("s3://")
