@@ -176,7 +176,8 @@ def apply_secret(
 
 
 def list_secrets(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
-    """The Secrets matching the label *selector*: name, labels, creation time (no data)."""
+    """The Secrets matching the label *selector*: name, labels, creation time and the names
+    of the keys (never their values)."""
     core = _kubernetes().client.CoreV1Api(cluster.api_client)
     found = _call(
         cluster,
@@ -191,6 +192,7 @@ def list_secrets(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
             "name": item.metadata.name,
             "labels": dict(item.metadata.labels or {}),
             "created": item.metadata.creation_timestamp,
+            "keys": sorted(item.data or {}),
         }
         for item in found.items
     ]
