@@ -255,41 +255,62 @@ def store_gc(older_than: datetime.timedelta, dry_run: bool, store_url: str | Non
 
 
 @click.command()
-@click.argument("cloud", required=False, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
+@click.argument("clouds", nargs=-1, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
 @store_option
 @cluster_options
 def check(
-    cloud: str | None, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
+    clouds: tuple[str, ...],
+    store_url: str | None,
+    kubeconfig: Path | None,
+    kube_context: str | None,
 ) -> None:
-    """Check that the CLOUD store (s3, gs or file) works: identity, bucket, write/read/delete.
+    """Check that each CLOUD's store (s3, gs or file) works: identity, bucket,
+    write/read/delete.
 
-    The store is --store, else the one of that kind the config names; without CLOUD,
-    --store's kind or the configured store. Nothing is created: a missing bucket or
-    directory fails the check, which says how to make it.
+    The store is --store, else the one of that kind the config names. Without CLOUD:
+    --store's kind, else every cloud in allowed_clouds (as Konduktor's check does), else
+    the configured store. Nothing is created: a missing bucket or directory fails the
+    check, which says how to make it.
 
     When a Kubernetes context exists, also write your s3/gs credentials into the
     Secret konduktor-credentials-<user>-<cloud> that launched pods mount.
     """
-    from konduktor import remote
+    from konduktor import config, remote
     from konduktor.storage import parse_url
 
     scheme = None if store_url is None else parse_url(store_url)[0]
-    if cloud is not None and scheme is not None and scheme != cloud:
-        raise click.BadParameter(
-            f"{store_url} is a {scheme}:// store, not {cloud}; run konduktor check {scheme} "
-            f"--store {store_url} (or leave CLOUD out)",
-            param_hint="'--store'",
+    for named in clouds:
+        if scheme is not None and scheme != named:
+            raise click.BadParameter(
+                f"{store_url} is a {scheme}:// store, not {named}; run konduktor check "
+                f"{scheme} --store {store_url} (or leave CLOUD out)",
+                param_hint="'--store'",
+            )
+    todo: Sequence[str | None] = clouds or ([None] if scheme else config.load().allowed_clouds)
+    if not todo:
+        cfg = config.load()
+        info(
+            f"no allowed_clouds in {cfg.where('allowed_clouds')}: checking the configured "
+            f"store; set allowed_clouds: [s3] (or [gs]) there to check those clouds"
         )
-    result = remote.check_cloud(
-        cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
-    )
-    click.echo(f"store {result.store}")
-    for step in result.steps:
-        click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
-    if not result.ok:
-        raise StorageError(f"the store {result.store} does not work; fix what failed above")
-    if result.secret:
-        click.echo(result.secret)
+        todo = [None]
+    failed = []
+    for cloud in dict.fromkeys(todo):
+        result = remote.check_cloud(
+            cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
+        )
+        click.echo(f"store {result.store}")
+        for step in result.steps:
+            click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
+        if result.secret:
+            click.echo(result.secret)
+        if not result.ok:
+            failed.append(result.store)
+    if len(failed) == 1:
+        raise StorageError(f"the store {failed[0]} does not work; fix what failed above")
+    if failed:
+        stores = ", ".join(failed)
+        raise StorageError(f"the stores {stores} do not work; fix what failed above")
 
 
 @click.group(cls=HelpGroup)

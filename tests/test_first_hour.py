@@ -367,7 +367,9 @@ ROWS_STORE_CHECK: list[Row] = [
         "check missing default store",
         ("check",),
         1,
-        rf"^error: the store {_STORE} does not work; fix what failed above$",
+        r"^no allowed_clouds in \S+config\.yaml: checking the configured store; set "
+        r"allowed_clouds: \[s3\] \(or \[gs\]\) there",
+        last=rf"^error: the store {_STORE} does not work; fix what failed above$",
     ),
     Row(
         "check default store",

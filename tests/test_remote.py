@@ -519,3 +519,34 @@ def test_store_commands_never_create_a_missing_bucket(
     assert "does not exist" in err
     with pytest.raises(NotFoundError):
         open_store(url, options).require_root()
+
+
+def test_cli_check_without_cloud_checks_every_allowed_cloud(
+    s3_store_factory: Any, tmp_path: Path
+) -> None:
+    """As Konduktor's `check`: each cloud of allowed_clouds, in order, all reported, the
+    exit status failing when one fails (here gs, whose default bucket does not exist)."""
+    url, options = s3_store_factory()
+    _endpoint_config(tmp_path, options, f"allowed_clouds: [s3, gs]\njobs:\n  bucket: {url}\n")
+    code, out, err = run("check")
+    assert code == 1, err
+    stores = [line.split()[1] for line in out.splitlines() if line.startswith("store ")]
+    assert stores[0] == url
+    assert stores[1].startswith("gs://konduktor-filemounts-")
+    assert len(stores) == 2
+    assert err == f"error: the store {stores[1]} does not work; fix what failed above\n"
+    code, out, err = run("check", "s3")  # a CLOUD: only that one
+    assert (code, out.splitlines()[0]) == (0, f"store {url}"), err
+
+
+def test_cli_check_without_cloud_or_allowed_clouds_says_what_it_checked(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    (tmp_path / "no-config.yaml").write_text(f"jobs:\n  bucket: file://{store}\n")
+    code, out, err = run("check")
+    assert code == 0, err
+    assert out.splitlines()[0] == f"store file://{store}"
+    assert err == (
+        f"no allowed_clouds in {tmp_path / 'no-config.yaml'}: checking the configured store; "
+        "set allowed_clouds: [s3] (or [gs]) there to check those clouds\n"
+    )
