@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -254,97 +255,164 @@ def store_gc(older_than: datetime.timedelta, dry_run: bool, store_url: str | Non
 
 
 @click.command()
-@click.argument("cloud", required=False, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
+@click.argument("clouds", nargs=-1, metavar="[CLOUD]", type=click.Choice(["s3", "gs", "file"]))
 @store_option
 @cluster_options
 def check(
-    cloud: str | None, store_url: str | None, kubeconfig: Path | None, kube_context: str | None
+    clouds: tuple[str, ...],
+    store_url: str | None,
+    kubeconfig: Path | None,
+    kube_context: str | None,
 ) -> None:
-    """Check that the CLOUD store (s3, gs or file) works: identity, bucket, write/read/delete.
+    """Check that each CLOUD's store (s3, gs or file) works: identity, bucket,
+    write/read/delete.
 
-    The store is --store, else the one of that kind the config names; without CLOUD,
-    --store's kind or the configured store. Nothing is created: a missing bucket or
-    directory fails the check, which says how to make it.
+    The store is --store, else the one of that kind the config names. Without CLOUD:
+    --store's kind, else every cloud in allowed_clouds (as Konduktor's check does), else
+    the configured store. Nothing is created: a missing bucket or directory fails the
+    check, which says how to make it.
 
     When a Kubernetes context exists, also write your s3/gs credentials into the
     Secret konduktor-credentials-<user>-<cloud> that launched pods mount.
     """
-    from konduktor import remote
+    from konduktor import config, remote
     from konduktor.storage import parse_url
 
     scheme = None if store_url is None else parse_url(store_url)[0]
-    if cloud is not None and scheme is not None and scheme != cloud:
-        raise click.BadParameter(
-            f"{store_url} is a {scheme}:// store, not {cloud}; run konduktor check {scheme} "
-            f"--store {store_url} (or leave CLOUD out)",
-            param_hint="'--store'",
+    for named in clouds:
+        if scheme is not None and scheme != named:
+            raise click.BadParameter(
+                f"{store_url} is a {scheme}:// store, not {named}; run konduktor check "
+                f"{scheme} --store {store_url} (or leave CLOUD out)",
+                param_hint="'--store'",
+            )
+    todo: Sequence[str | None] = clouds or ([None] if scheme else config.load().allowed_clouds)
+    if not todo:
+        cfg = config.load()
+        info(
+            f"no allowed_clouds in {cfg.where('allowed_clouds')}: checking the configured "
+            f"store; set allowed_clouds: [s3] (or [gs]) there to check those clouds"
         )
-    result = remote.check_cloud(
-        cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
-    )
-    click.echo(f"store {result.store}")
-    for step in result.steps:
-        click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
-    if not result.ok:
-        raise StorageError(f"the store {result.store} does not work; fix what failed above")
-    if result.secret:
-        click.echo(result.secret)
+        todo = [None]
+    failed = []
+    for cloud in dict.fromkeys(todo):
+        result = remote.check_cloud(
+            cloud, store_url=store_url, kubeconfig=kubeconfig, kube_context=kube_context
+        )
+        click.echo(f"store {result.store}")
+        for step in result.steps:
+            click.echo(f"  {'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.detail}")
+        if result.secret:
+            click.echo(result.secret)
+        if not result.ok:
+            failed.append(result.store)
+    if len(failed) == 1:
+        raise StorageError(f"the store {failed[0]} does not work; fix what failed above")
+    if failed:
+        stores = ", ".join(failed)
+        raise StorageError(f"the stores {stores} do not work; fix what failed above")
 
 
 @click.group(cls=HelpGroup)
 def secret() -> None:
-    """Kubernetes Secrets konduktor manages: SSH keys for --mode git."""
+    """Your Kubernetes Secrets, made and labelled as Konduktor makes them.
+
+    Each tool sees the other's. Kinds: env (environment variables in every pod),
+    default (files mounted in every pod), git-ssh (the key --mode git clones with).
+    """
+
+
+def _path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    return None if value is None else Path(os.path.expanduser(value))
 
 
 @secret.command("create")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["git-ssh"]), required=True, help="What it holds.")
+@click.option(
+    "--kind",
+    type=click.Choice(["default", "env", "git-ssh"]),
+    default="default",
+    show_default=True,
+    help="env: KEY=VALUE pairs set in every pod; default: files mounted in every pod at "
+    "/konduktor/default-secrets/NAME; git-ssh: the private key --mode git clones with.",
+)
 @click.option(
     "--from-file",
-    "key",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The private key file (never printed or logged).",
+    "--from_file",
+    "from_file",
+    metavar="FILE",
+    callback=_path,
+    help="A file (git-ssh: the private key; never printed or logged).",
+)
+@click.option(
+    "--from-directory",
+    "--from_directory",
+    "from_directory",
+    metavar="DIR",
+    callback=_path,
+    help="A directory, kept zipped in the Secret (payload.zip), as Konduktor does.",
+)
+@click.option(
+    "--inline",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A key and its value (repeatable; --kind env: KEY is the variable's name).",
 )
 @cluster_options
 def secret_create(
-    name: str, kind: str, key: Path, kubeconfig: Path | None, kube_context: str | None
+    name: str,
+    kind: str,
+    from_file: Path | None,
+    from_directory: Path | None,
+    inline: tuple[str, ...],
+    kubeconfig: Path | None,
+    kube_context: str | None,
 ) -> None:
-    """Create (or replace) the Secret NAME with an SSH private key for git mode."""
+    """Create (or replace) your Secret NAME from one of --from-file, --from-directory or
+    --inline (env: --inline; git-ssh: --from-file).
+
+    In the cluster it is NAME-<your user hash>, labelled trainy.ai/secret-owner,
+    -basename and -kind, as Konduktor names and labels it. You have one git-ssh Secret:
+    a new one replaces it.
+    """
     from konduktor.k8s import secrets, submit
 
-    data = secrets.git_ssh_key(name, key)  # bad arguments fail before the cluster is asked
-    click.echo(secrets.create_git_ssh(submit.connect(kubeconfig, kube_context), name, data))
+    secrets.check_name(name)  # bad arguments fail before the cluster is asked
+    data = secrets.read_data(
+        kind, from_file=from_file, from_directory=from_directory, inline=inline
+    )
+    click.echo(secrets.create(submit.connect(kubeconfig, kube_context), name, kind, data))
 
 
 @secret.command("list")
 @cluster_options
 def secret_list(kubeconfig: Path | None, kube_context: str | None) -> None:
-    """The Secrets konduktor manages in the namespace (names and kinds only)."""
+    """Your Secrets in the namespace: name, kind, keys (never values), when made."""
     from konduktor.k8s import secrets, submit
 
     for item in secrets.listed(submit.connect(kubeconfig, kube_context)):
-        kind = item["labels"].get(secrets.KIND_LABEL, "credentials")
-        click.echo(f"{item['name']}  {kind}  {item['created'] or ''}")
+        keys = ",".join(item.keys) or "-"
+        click.echo(f"{item.basename}  {item.kind or '-'}  {keys}  {item.created or ''}")
 
 
 @secret.command("delete")
 @click.argument("name")
 @cluster_options
 def secret_delete(name: str, kubeconfig: Path | None, kube_context: str | None) -> None:
-    """Delete the Secret NAME (only one konduktor made)."""
+    """Delete your Secret NAME (the name given to create, or the Secret's own)."""
     from konduktor.k8s import secrets, submit
 
-    secrets.check_name(name)
-    secrets.delete(submit.connect(kubeconfig, kube_context), name)
-    click.echo(f"deleted Secret {name}")
+    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name):
+        secrets.check_name(name)
+    deleted = secrets.delete(submit.connect(kubeconfig, kube_context), name)
+    click.echo(f"deleted Secret {deleted}")
 
 
 @click.group(cls=HelpGroup)
 def hooks() -> None:
     """Snapshot pushed commits from git's pre-push hook, so that launches upload nothing.
 
-    Settings: the hooks: section of ~/.konduktor/config.yaml (strict, timeout,
+    Settings: the hooks: section of ~/.konduktor/sync.yaml (strict, timeout,
     background, sync_roots).
     """
 

@@ -1,12 +1,21 @@
-"""``~/.konduktor/config.yaml`` (``KONDUKTOR_CONFIG`` overrides the path).
+"""The config: ``~/.konduktor/config.yaml``, shared with Konduktor, and ``~/.konduktor/sync.yaml``,
+konduktor's own settings.
 
-Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
-``sync:`` section of our own::
+``config.yaml`` (``KONDUKTOR_CONFIG`` overrides the path) holds only Konduktor's keys, so
+that Konduktor, whose schema refuses any key it does not know, keeps reading it::
 
-    allowed_clouds: [s3]            # or [gs]
+    allowed_clouds: [s3]            # or [gs]; Konduktor's aliases aws, gcp work too
     jobs:
-      bucket: s3://my-bucket/code   # s3://, gs:// or file://
+      bucket: s3://my-bucket/code   # s3:// or gs:// (Konduktor refuses file://: see sync.bucket)
+    kubernetes:
+      allowed_contexts: [my-cluster]   # at most one: submit there unless --context says otherwise
+      pod_config: {spec: {imagePullSecrets: [{name: regcred}]}}   # merged into every pod
+      jobset_config: {}                # merged into every JobSet
+
+``sync.yaml`` (``KONDUKTOR_SYNC_CONFIG`` overrides the path) holds konduktor's sections::
+
     sync:
+      bucket: file:///srv/konduktor   # overrides jobs.bucket; any store URL, file:// too
       compression_level: 3
       soft_limit_mb: 1000           # warn above this snapshot size
       hard_limit_mb: 10000          # refuse above it
@@ -29,22 +38,30 @@ Compatible with Konduktor's keys (``allowed_clouds``, ``jobs.bucket``) plus a
       ssh_key: ~/.ssh/id_ed25519    # a key file, shipped like a file mount
       ssh_secret: my-git-key        # or a Secret from `konduktor secret create --kind git-ssh`
 
-Which store: ``jobs.bucket`` when set; else, with a cloud allowed, a per-user
-bucket ``konduktor-filemounts-<user>-<hash>`` created on first use, like
+A ``config.yaml`` that still holds ``sync:``, ``hooks:`` or ``git:`` (where they lived
+before) is read as before, with one warning saying how to move them; when both files
+have a section, ``sync.yaml``'s wins and the other is ignored, with a warning.
+
+Which store: ``sync.bucket``, else ``jobs.bucket``; else, with a cloud allowed, a
+per-user bucket ``konduktor-filemounts-<user>-<hash>`` created on first use, like
 Konduktor's; else the local directory store ``file://~/.konduktor/store``.
-Other top-level keys belong to Konduktor and are left alone.
+Other keys belong to Konduktor and are left alone; keys under ``jobs:`` other than
+``bucket`` are ignored with a warning (as Konduktor does), with a did-you-mean.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import getpass
+import logging
 import math
 import os
 import posixpath
 import re
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +71,27 @@ from konduktor.errors import ConfigError, UsageError
 from konduktor.storage import StoreOptions, parse_url
 
 CLOUDS = ("s3", "gs")
+# Konduktor's names of storage clouds, and the compute clouds of SkyPilot configs that it
+# accepts in allowed_clouds and ignores (they say nothing about storage)
+_CLOUD_ALIASES = {"aws": "s3", "gcp": "gs"}
+_COMPUTE_CLOUDS = frozenset(
+    [
+        "kubernetes",
+        "azure",
+        "oci",
+        "ibm",
+        "lambda",
+        "runpod",
+        "fluidstack",
+        "paperspace",
+        "cudo",
+        "scp",
+        "vast",
+        "vsphere",
+        "do",
+        "nebius",
+    ]
+)
 _STORE_KEYS: dict[str, type | tuple[type, ...]] = {
     "endpoint_url": str,
     "region": str,
@@ -62,6 +100,7 @@ _STORE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_attempts": int,
 }
 _SYNC_KEYS: dict[str, type | tuple[type, ...]] = {
+    "bucket": str,
     "compression_level": int,
     "soft_limit_mb": (int, float),
     "hard_limit_mb": (int, float),
@@ -76,7 +115,22 @@ _HOOKS_KEYS: dict[str, type | tuple[type, ...]] = {
     "sync_roots": list,
 }
 _GIT_KEYS: dict[str, type | tuple[type, ...]] = {"ssh_key": str, "ssh_secret": str}
-_TOP_KEYS = ("allowed_clouds", "jobs", "sync", "hooks", "git")
+OWN_SECTIONS = ("sync", "hooks", "git")  # konduktor's: in sync.yaml
+# the top-level keys of Konduktor's config schema
+KONDUKTOR_KEYS = (
+    "admin_policy",
+    "nvidia_gpus",
+    "allowed_clouds",
+    "jobs",
+    "logs",
+    "hub",
+    "tailscale",
+    "ssh",
+    "apt",
+    "serving",
+    "kubernetes",
+)
+_JOBS_KEYS = ("bucket",)
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest an S3 presigned URL may live
 _ENDPOINT = re.compile(
     r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)"
@@ -88,6 +142,8 @@ _COUNTS = (
     ("sync.presign_seconds", 1, MAX_PRESIGN_SECONDS),
     ("sync.store.max_attempts", 1, 100),
 )
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # each warning once per process, however often the config is read
 
 
 @dataclass(frozen=True)
@@ -102,7 +158,7 @@ class HookSettings:
 
 @dataclass(frozen=True)
 class Config:
-    path: Path | None  # the file read, None when there is none
+    path: Path | None  # config.yaml as read, None when there is none
     allowed_clouds: tuple[str, ...] = ()
     bucket: str | None = None
     compression_level: int = 3
@@ -114,6 +170,12 @@ class Config:
     hooks: HookSettings = field(default_factory=HookSettings)
     git_ssh_key: Path | None = None  # git mode: a private key file shipped to the pod
     git_ssh_secret: str | None = None  # git mode: a Secret made by `konduktor secret create`
+    sync_path: Path | None = None  # sync.yaml as read, None when there is none
+    # kubernetes.allowed_contexts (at most one: Konduktor's schema allows no more)
+    allowed_contexts: tuple[str, ...] = ()
+    pod_config: Mapping[str, Any] = field(default_factory=dict)  # kubernetes.pod_config
+    jobset_config: Mapping[str, Any] = field(default_factory=dict)  # kubernetes.jobset_config
+    origin: Mapping[str, Path] = field(default_factory=dict)  # own section -> the file it is in
 
     def store_url(self, cloud: str | None = None) -> tuple[str, StoreOptions]:
         """The store to use and its options (see the module docstring for the rule);
@@ -123,63 +185,190 @@ class Config:
         scheme = cloud or (self.allowed_clouds[0] if self.allowed_clouds else "file")
         if scheme == "file":
             return f"file://{konduktor_home() / 'store'}", self.store
-        url = f"{scheme}://konduktor-filemounts-{user()}-{_user_hash()}"
+        url = f"{scheme}://konduktor-filemounts-{user()}-{user_hash()}"
         return url, StoreOptions(**{**self.store.__dict__, "create_bucket": True})
+
+    def where(self, section: str) -> Path:
+        """The file that holds (or would hold) *section* (``sync``, ``kubernetes``, ...)."""
+        if section in OWN_SECTIONS:
+            return self.origin.get(section) or sync_config_path()
+        return self.path or config_path()
 
 
 def config_path() -> Path:
+    """Konduktor's config file, shared with it."""
     return Path(os.environ.get("KONDUKTOR_CONFIG") or konduktor_home() / "config.yaml")
 
 
-def load(path: Path | None = None) -> Config:
-    """Read and validate the config file; a missing file means all defaults."""
-    path = path or config_path()
+def sync_config_path() -> Path:
+    """konduktor's own settings (``sync:``, ``hooks:``, ``git:``)."""
+    return Path(os.environ.get("KONDUKTOR_SYNC_CONFIG") or konduktor_home() / "sync.yaml")
+
+
+def load(path: Path | None = None, sync_path: Path | None = None) -> Config:
+    """Read and validate config.yaml and sync.yaml; a missing file means its defaults."""
+    path, sync_path = path or config_path(), sync_path or sync_config_path()
+    shared, own = _read(path, "config file"), _read(sync_path, "sync config file")
+    for key in own or {}:
+        if key not in OWN_SECTIONS:
+            raise ConfigError(_misplaced(sync_path, str(key), path))
+    sections, origin = _own_sections(path, shared or {}, sync_path, own or {})
+    cfg = _validate(path, shared or {}, sections, origin)
+    return replace(
+        cfg,
+        path=path if shared is not None else None,
+        sync_path=sync_path if own is not None else None,
+    )
+
+
+def _read(path: Path, what: str) -> dict[str, Any] | None:
     try:
-        data = inputs.load_yaml(path, ConfigError, "config file") or {}
+        data = inputs.load_yaml(path, ConfigError, what)
     except FileNotFoundError:
-        return Config(path=None)
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}; check its permissions") from exc
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of keys, not {_kind(data)}")
-    return _validate(path, data)
+    return data
 
 
-def _validate(path: Path, data: dict[str, Any]) -> Config:
+def _misplaced(sync_path: Path, key: str, path: Path) -> str:
+    if key in KONDUKTOR_KEYS:
+        return f"{sync_path}: {key} is one of Konduktor's keys: move it to {path}"
+    close = difflib.get_close_matches(key, OWN_SECTIONS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"it holds only {', '.join(OWN_SECTIONS)}"
+    return f"{sync_path}: unknown key {key!r}; {hint}"
+
+
+def _own_sections(
+    path: Path, shared: dict[str, Any], sync_path: Path, own: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """konduktor's sections, from sync.yaml or else (warning) from config.yaml."""
+    sections, origin = dict(own), dict.fromkeys(own, sync_path)
+    stale = [key for key in OWN_SECTIONS if key in shared]
+    ignored = [key for key in stale if key in own]
+    moved = [key for key in stale if key not in own]
+    if moved:
+        names, them = ", ".join(f"{key}:" for key in moved), "it" if len(moved) == 1 else "them"
+        warn(
+            f"{path} holds konduktor's {names} which Konduktor refuses (unsupported field): "
+            f"cut {them} from {path} and paste {them} unchanged into {sync_path}"
+        )
+    for key in ignored:
+        warn(f"{path}: {key}: is ignored, {sync_path} has one (it wins); delete it from {path}")
+    for key in moved:
+        sections[key], origin[key] = shared[key], path
+    return sections, origin
+
+
+def warn(message: str) -> None:
+    """Log *message* as a warning, once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _validate(
+    path: Path, data: dict[str, Any], own: dict[str, Any], origin: dict[str, Path]
+) -> Config:
     for key in data:
-        close = difflib.get_close_matches(str(key), _TOP_KEYS, n=1, cutoff=0.8)
+        known = (*KONDUKTOR_KEYS, *OWN_SECTIONS)
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
         if close and close[0] != key:
             raise ConfigError(f"{path}: unknown key {key!r}; did you mean {close[0]!r}?")
     clouds = _clouds(path, data.get("allowed_clouds", []))
-    jobs = _mapping(path, "jobs", data.get("jobs", {}))
-    bucket = jobs.get("bucket")
-    if bucket is not None:
-        if not isinstance(bucket, str):
-            raise ConfigError(f"{path}: jobs.bucket must be a URL such as s3://bucket/prefix")
-        try:
-            parse_url(bucket)
-        except UsageError as exc:
-            raise ConfigError(f"{path}: jobs.bucket: {exc}") from exc
-    sync = _section(path, "sync", data.get("sync", {}), _SYNC_KEYS)
-    store = _section(path, "sync.store", sync.pop("store", {}), _STORE_KEYS)
+    bucket = _jobs(path, data.get("jobs", {}))
+    contexts, pod_config, jobset_config = _kubernetes(path, data.get("kubernetes", {}))
+    sync_file = origin.get("sync", path)
+    sync = _section(sync_file, "sync", own.get("sync", {}), _SYNC_KEYS)
+    store = _section(sync_file, "sync.store", sync.pop("store", {}), _STORE_KEYS)
     problems = [*_ranges(sync, store), *_store_problems(store)]
     if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+        raise ConfigError(f"{sync_file}: " + "; ".join(problems))
     if "hard_limit_mb" in sync and "soft_limit_mb" not in sync:  # the warning comes first
         sync["soft_limit_mb"] = min(Config.soft_limit_mb, sync["hard_limit_mb"])
-    hooks = _hooks(path, data.get("hooks", {}))
-    git = _section(path, "git", data.get("git", {}), _GIT_KEYS)
+    own_bucket = sync.pop("bucket", None)
+    if own_bucket is not None:
+        _bucket_url(sync_file, "sync.bucket", own_bucket)
+    hooks = _hooks(origin.get("hooks", path), own.get("hooks", {}))
+    git = _section(origin.get("git", path), "git", own.get("git", {}), _GIT_KEYS)
     ssh_key = Path(os.path.expanduser(git["ssh_key"])) if "ssh_key" in git else None
     return Config(
         path,
         clouds,
-        bucket,
+        own_bucket or bucket,
         store=StoreOptions(**store),
         hooks=hooks,
         git_ssh_key=ssh_key,
         git_ssh_secret=git.get("ssh_secret"),
+        allowed_contexts=contexts,
+        pod_config=pod_config,
+        jobset_config=jobset_config,
+        origin=origin,
         **sync,
     )
+
+
+def _jobs(path: Path, value: object) -> str | None:
+    """``jobs.bucket``; other keys are ignored with a warning, as Konduktor does."""
+    jobs = _mapping(path, "jobs", value)
+    for key in jobs:
+        if key not in _JOBS_KEYS:
+            close = difflib.get_close_matches(str(key), _JOBS_KEYS, n=1, cutoff=0.5)
+            hint = f"did you mean jobs.{close[0]}? " if close else ""
+            warn(f"{path}: jobs.{key} is not read by konduktor or Konduktor; {hint}it is ignored")
+    bucket = jobs.get("bucket")
+    if bucket is None:
+        return None
+    _bucket_url(path, "jobs.bucket", bucket)  # file:// too, which Konduktor refuses (sync.bucket)
+    return str(bucket)
+
+
+def _bucket_url(path: Path, where: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {where} must be a URL such as s3://bucket/prefix")
+    try:
+        parse_url(value)
+    except UsageError as exc:
+        raise ConfigError(f"{path}: {where}: {exc}") from exc
+
+
+def _kubernetes(
+    path: Path, value: object
+) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+    """``kubernetes.allowed_contexts``, ``pod_config`` and ``jobset_config``; the section's
+    other keys are Konduktor's and are left alone."""
+    section = _mapping(path, "kubernetes", value)
+    contexts = section.get("allowed_contexts", [])
+    if not isinstance(contexts, list) or not all(isinstance(c, str) and c for c in contexts):
+        raise ConfigError(
+            f"{path}: kubernetes.allowed_contexts must be a list of one kubeconfig context "
+            "name, such as [my-cluster]"
+        )
+    if len(contexts) > 1:  # Konduktor's schema allows one; it drops a longer list too
+        warn(
+            f"{path}: kubernetes.allowed_contexts lists {len(contexts)} contexts; like "
+            "Konduktor, konduktor uses at most one, so it ignores them and uses the "
+            "kubeconfig's current context: keep only the one to submit to"
+        )
+        contexts = []
+    pod_config, jobset_config = (_object(path, key, section.get(key, {})) for key in _OBJECTS)
+    return tuple(contexts), pod_config, jobset_config
+
+
+_OBJECTS = ("pod_config", "jobset_config")
+
+
+def _object(path: Path, key: str, value: object) -> dict[str, Any]:
+    """A partial Kubernetes object (merged into what konduktor renders), copied."""
+    found = _mapping(path, f"kubernetes.{key}", value)
+    for part in ("metadata", "spec"):
+        if part in found:
+            _mapping(path, f"kubernetes.{key}.{part}", found[part])
+    return copy.deepcopy(found)
 
 
 def _ranges(sync: dict[str, Any], store: dict[str, Any]) -> list[str]:
@@ -253,15 +442,22 @@ def _sync_root(path: Path, value: object) -> str:
 
 
 def _clouds(path: Path, value: object) -> tuple[str, ...]:
+    """allowed_clouds as storage clouds: Konduktor's aliases (aws, gcp) translated, the
+    compute clouds of SkyPilot configs (kubernetes, ...) dropped, as Konduktor does."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{path}: allowed_clouds must be a list such as [s3]")
-    for cloud in value:
+    clouds = []
+    for name in value:
+        cloud = _CLOUD_ALIASES.get(name.lower(), name.lower())
+        if cloud in _COMPUTE_CLOUDS:
+            continue
         if cloud not in CLOUDS:
-            alias = {"aws": "s3", "gcs": "gs", "gcp": "gs", "google": "gs"}.get(cloud.lower())
+            alias = {"gcs": "gs", "google": "gs"}.get(cloud)
             hint = [alias] if alias else difflib.get_close_matches(cloud, CLOUDS, n=1, cutoff=0.5)
             extra = f"; did you mean {hint[0]!r}?" if hint else f"; use one of {list(CLOUDS)}"
-            raise ConfigError(f"{path}: allowed_clouds: unknown cloud {cloud!r}{extra}")
-    return tuple(value)
+            raise ConfigError(f"{path}: allowed_clouds: unknown cloud {name!r}{extra}")
+        clouds.append(cloud)
+    return tuple(dict.fromkeys(clouds))
 
 
 def _mapping(path: Path, where: str, value: object) -> dict[str, Any]:
@@ -311,12 +507,23 @@ def user() -> str:
     return re.sub(r"[^a-z0-9-]", "-", name.lower())[:20].strip("-") or "user"
 
 
-def _user_hash() -> str:
-    """A random id kept in ~/.konduktor/user_hash, so the default bucket name is stable."""
+def user_hash() -> str:
+    """The user's id, as Konduktor has it: ``KONDUKTOR_USER_ID`` when it is 8 hex digits,
+    else the one kept in ``~/.konduktor/user_hash`` (written on first use), so that the
+    default bucket's name and the Secrets' owner label are stable and shared with it."""
+    given = os.environ.get("KONDUKTOR_USER_ID", "")
+    if _HASH.fullmatch(given):
+        return given
     path = konduktor_home() / "user_hash"
     try:
-        return path.read_text().strip()
+        kept = path.read_text().strip()
     except FileNotFoundError:
-        value = secrets.token_hex(4)
-        atomic_write(path, value.encode())
-        return value
+        kept = ""
+    if _HASH.fullmatch(kept):
+        return kept
+    value = secrets.token_hex(4)
+    atomic_write(path, value.encode())
+    return value
+
+
+_HASH = re.compile(r"[0-9a-fA-F]{8}")

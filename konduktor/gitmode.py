@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from konduktor.config import Config
 from konduktor.errors import ConfigError, GitError, TaskError, UsageError
 from konduktor.gitrepo import run_git
 from konduktor.plan import GitCheckout
 from konduktor.task import FileMount, Task
+
+if TYPE_CHECKING:
+    from konduktor.k8s.secrets import UserSecret
 
 _SCP = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+):(?P<path>[^/].*|/.*)$")
 _SSH = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
@@ -41,20 +46,29 @@ class Options:
 
 
 def checkout(
-    task: Task, cfg: Config, options: Options, *, local: bool
+    task: Task,
+    cfg: Config,
+    options: Options,
+    *,
+    local: bool,
+    user_secrets: Sequence[UserSecret] = (),
 ) -> tuple[Task, GitCheckout, str | None, list[str]]:
     """What the pod clones, for *task*'s workdir: (the task, with a file mount added for
-    ``git.ssh_key``; the checkout; the Secret holding the key, if any; notes to show)."""
+    ``git.ssh_key``; the checkout; the Secret holding the key, if any; notes to show).
+    *user_secrets*: the user's Secrets in the cluster (:func:`konduktor.k8s.secrets.user_secrets`),
+    where a git-ssh one is found when nothing else names a key."""
     workdir = task.workdir
     if workdir is None:
         raise TaskError(f"{task.path}: --mode git clones the workdir: the task needs a workdir")
     found, notes = resolve(workdir, options)
-    task, key, secret = ssh_key(task, cfg, options.ssh_secret)
+    task, key, secret = ssh_key(task, cfg, options.ssh_secret, user_secrets)
     if secret and local:
         raise UsageError(
             "--local cannot mount the Kubernetes Secret with the SSH key; mount the key "
             "file (file_mounts) or set git.ssh_key"
         )
+    if secret and not (options.ssh_secret or cfg.git_ssh_secret):
+        notes.append(f"the pod clones with the key in your git-ssh Secret {secret}")
     notes.append(f"the pod clones {found.url} at {found.commit[:12]} ({found.branch})")
     return task, replace(found, key=key), secret, notes
 
@@ -233,31 +247,42 @@ def _run(cmd: list[str]) -> str:
 _CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
 
 
-def ssh_key(task: Task, cfg: Config, secret: str | None) -> tuple[Task, str, str | None]:
+def ssh_key(
+    task: Task, cfg: Config, secret: str | None, user_secrets: Sequence[UserSecret] = ()
+) -> tuple[Task, str, str | None]:
     """Where the pod finds the SSH key for git mode: (the task, with a file mount added
     for ``git.ssh_key``; the key's path in the pod; the Secret to mount, if any).
 
     In order: a file mount under ``~/.ssh/`` holding a private key (as in Konduktor's
-    docs), ``--ssh-secret`` or ``git.ssh_secret``, ``git.ssh_key``.
+    docs), ``--ssh-secret`` or ``git.ssh_secret`` (the name given at creation or the
+    Secret's own), ``git.ssh_key``, and last the user's git-ssh Secret among
+    *user_secrets* (labelled as Konduktor labels it, so one made by Konduktor works too).
     """
+    from konduktor.k8s import jobset, secrets
+
     for mount in task.file_mounts:
         if mount.kind == "file" and mount.target.startswith("~/.ssh/") and _is_key(mount.source):
             return task, mount.target, None
     secret = secret or cfg.git_ssh_secret
     if secret:
-        from konduktor.k8s import jobset, secrets
-
-        return task, f"{jobset.GIT_SSH_PATH}/{secrets.GIT_SSH_KEY}", secret
+        # not among the listed: one made before konduktor labelled them as Konduktor does
+        name, key = secrets.git_ssh(user_secrets, secret) or (secret, secrets.LEGACY_GIT_SSH_KEY)
+        return task, f"{jobset.GIT_SSH_PATH}/{key}", name
     if cfg.git_ssh_key is not None:
         path = cfg.git_ssh_key
         if not path.is_file():
-            raise ConfigError(f"{cfg.path}: git.ssh_key: {path} does not exist; fix the path")
+            raise ConfigError(
+                f"{cfg.where('git')}: git.ssh_key: {path} does not exist; fix the path"
+            )
         mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
         return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
+    discovered = secrets.git_ssh(user_secrets)
+    if discovered is not None:
+        return task, f"{jobset.GIT_SSH_PATH}/{discovered[1]}", discovered[0]
     raise TaskError(
         f"{task.path}: --mode git needs an SSH key for the pod: mount one "
         "(file_mounts: ~/.ssh/id_ed25519: ~/.ssh/id_ed25519), set git.ssh_key in the config, "
-        "or pass --ssh-secret NAME (konduktor secret create --kind git-ssh NAME --from-file KEY)"
+        "or make a git-ssh Secret (konduktor secret create --kind git-ssh NAME --from-file KEY)"
     )
 
 

@@ -104,11 +104,13 @@ def konduktor_home_sandbox(
     Outside ``tmp_path`` so that tests asserting on their ``tmp_path`` see nothing extra; a
     module's own fixture that sets KONDUKTOR_HOME (or KONDUKTOR_CONFIG) runs after this one
     and wins. A KONDUKTOR_CONFIG from the developer's shell is dropped: the config file is
-    the one in this home unless a test names another.
+    the one in this home unless a test names another (so are KONDUKTOR_SYNC_CONFIG and
+    Konduktor's KONDUKTOR_USER_ID).
     """
     home = tmp_path_factory.mktemp("konduktor-home")
     monkeypatch.setenv("KONDUKTOR_HOME", str(home))
-    monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
+    for name in ("KONDUKTOR_CONFIG", "KONDUKTOR_SYNC_CONFIG", "KONDUKTOR_USER_ID"):
+        monkeypatch.delenv(name, raising=False)
     return home
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 import pytest
+from config_files import write_config
 from kube_server import KubeAPI, serve
 from test_cli import _unprivileged, run
 
@@ -454,8 +455,9 @@ def _launch(case: Case, world: World, task: Path) -> tuple[int, str, str]:
 def _write_inputs(case: Case, world: World, monkeypatch: pytest.MonkeyPatch) -> Path:
     config = world.root / "config.yaml"
     text = world.fill(STORE_CONFIG if case.config is None else case.config)
-    config.write_bytes(text.encode("utf-8", "surrogateescape"))
+    sync = write_config(config, text)
     monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(sync))
     for name, value in case.env.items():
         monkeypatch.setenv(name, world.fill(value))
     if case.task_path is not None:

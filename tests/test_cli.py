@@ -301,9 +301,9 @@ def test_snapshot_uses_the_configured_compression_level(
     """The level is part of the keys: launch, the hook and `snapshot` must agree on it."""
     from konduktor import snapshot as snap
 
-    config = tmp_path / "config.yaml"
+    config = tmp_path / "sync.yaml"
     config.write_text("sync:\n  compression_level: 7\n")
-    monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(config))
     code, out, err = run("snapshot", "--json", repo)
     assert code == 0, err
     keys = [layer["key"] for layer in json.loads(out)["layers"]]

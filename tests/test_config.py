@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from konduktor import config
 from konduktor.errors import ConfigError
@@ -185,3 +188,207 @@ def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
         ConfigError, match=r"config\.yaml:2: cannot read the config file: not UTF-8"
     ):
         config.load(path)
+
+
+# -- config.yaml is Konduktor's, sync.yaml ours ---------------------------------------------------
+
+
+def write_sync(home: Path, text: str) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "sync.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_our_sections_are_read_from_sync_yaml(
+    tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "allowed_clouds: [s3]\njobs:\n  bucket: s3://team/code\n")
+    sync = write_sync(
+        home,
+        "sync:\n  compression_level: 7\n  bucket: file:///srv/k\n"
+        "hooks:\n  strict: true\ngit:\n  ssh_secret: repo-key\n",
+    )
+    cfg = config.load(path)
+    assert (cfg.path, cfg.sync_path) == (path, sync)
+    assert cfg.compression_level == 7
+    assert cfg.hooks.strict
+    assert cfg.git_ssh_secret == "repo-key"
+    assert cfg.store_url()[0] == "file:///srv/k"  # sync.bucket wins over jobs.bucket
+    assert cfg.where("git") == sync
+    assert caplog.messages == []
+
+
+def test_sync_yaml_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("sync:\n  compression_level: 9\n")
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(elsewhere))
+    cfg = config.load()
+    assert (cfg.compression_level, cfg.sync_path) == (9, elsewhere)
+
+
+def test_sections_left_in_config_yaml_are_read_with_one_warning_saying_how_to_move_them(
+    tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "jobs:\n  bucket: s3://team\nsync:\n  compression_level: 4\nhooks: {}\n")
+    cfg = config.load(path)
+    assert cfg.compression_level == 4
+    assert cfg.where("sync") == path
+    assert len(caplog.messages) == 1
+    message = caplog.messages[0]
+    assert message == (
+        f"{path} holds konduktor's sync:, hooks: which Konduktor refuses (unsupported field): "
+        f"cut them from {path} and paste them unchanged into {home / 'sync.yaml'}"
+    )
+    config.load(path)
+    assert len(caplog.messages) == 1  # once per process
+
+
+def test_a_section_in_both_files_sync_yaml_wins(
+    tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "sync:\n  compression_level: 4\ngit:\n  ssh_secret: old\n")
+    write_sync(home, "sync:\n  compression_level: 8\n")
+    cfg = config.load(path)
+    assert cfg.compression_level == 8
+    assert cfg.git_ssh_secret == "old"  # only in config.yaml: still read
+    assert any("sync: is ignored" in m and "it wins" in m for m in caplog.messages)
+    assert any("git:" in m and "paste it unchanged" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("allowed_clouds: [s3]\n", "allowed_clouds is one of Konduktor's keys: move it to"),
+        ("syncc:\n  compression_level: 3\n", "did you mean 'sync'?"),
+        ("sync:\n  compresion_level: 3\n", "did you mean sync.compression_level"),
+        ("hooks:\n  timeout: 0\n", "hooks.timeout must be a number of seconds above 0"),
+        ("sync:\n  bucket: ftp://x\n", "sync.bucket: store URL 'ftp://x' has an unknown scheme"),
+        ("sync:\n  presign_seconds: 0\n", "sync.presign_seconds must be between"),
+    ],
+)
+def test_mistakes_in_sync_yaml_name_it(home: Path, text: str, message: str) -> None:
+    path = write_sync(home, text)
+    with pytest.raises(ConfigError, match=str(path)) as raised:
+        config.load()
+    assert message in str(raised.value)
+
+
+def test_kubernetes_keys_are_read(tmp_path: Path) -> None:
+    text = (
+        "kubernetes:\n  allowed_contexts: [prod]\n  provision_timeout: 10\n"
+        "  pod_config:\n    spec:\n      imagePullSecrets: [{name: regcred}]\n"
+        "  jobset_config:\n    spec:\n      ttlSecondsAfterFinished: 60\n"
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.allowed_contexts == ("prod",)
+    assert cfg.pod_config == {"spec": {"imagePullSecrets": [{"name": "regcred"}]}}
+    assert cfg.jobset_config == {"spec": {"ttlSecondsAfterFinished": 60}}
+    assert config.load(write(tmp_path, "kubernetes: {}\n")).pod_config == {}
+
+
+def test_more_than_one_allowed_context_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config.load(write(tmp_path, "kubernetes:\n  allowed_contexts: [a, b]\n"))
+    assert cfg.allowed_contexts == ()
+    assert "lists 2 contexts" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kubernetes:\n  pod_config: [1]\n", "kubernetes.pod_config must be a mapping, not a list"),
+        (
+            "kubernetes:\n  pod_config:\n    spec: 3\n",
+            "kubernetes.pod_config.spec must be a mapping",
+        ),
+        ("kubernetes:\n  jobset_config: x\n", "kubernetes.jobset_config must be a mapping"),
+        ("kubernetes:\n  allowed_contexts: prod\n", "kubernetes.allowed_contexts must be a list"),
+        ("kubernetes: []\n", "kubernetes must be a mapping"),
+        ("kubernets: {}\n", "did you mean 'kubernetes'"),
+    ],
+)
+def test_bad_kubernetes_keys(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=str(path)) as raised:
+        config.load(path)
+    assert message in str(raised.value)
+
+
+def test_unknown_jobs_keys_are_ignored_with_a_did_you_mean(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "jobs:\n  buckt: s3://team\n  controller: {}\n")
+    cfg = config.load(path)
+    assert cfg.bucket is None
+    assert caplog.messages == [
+        f"{path}: jobs.buckt is not read by konduktor or Konduktor; did you mean jobs.bucket? "
+        "it is ignored",
+        f"{path}: jobs.controller is not read by konduktor or Konduktor; it is ignored",
+    ]
+
+
+def test_allowed_clouds_as_konduktor_reads_them(tmp_path: Path) -> None:
+    """aws and gcp name storage, SkyPilot's compute clouds (kubernetes) are dropped."""
+    cfg = config.load(write(tmp_path, "allowed_clouds: [kubernetes, GCP, aws, gs]\n"))
+    assert cfg.allowed_clouds == ("gs", "s3")
+
+
+def test_konduktors_other_keys_are_left_alone(tmp_path: Path) -> None:
+    text = "ssh:\n  enable: true\ntailscale:\n  secret_name: ts\nlogs:\n  timeout: 3\n"
+    assert config.load(write(tmp_path, text)).path is not None
+
+
+# -- Konduktor's own schema reads config.yaml -----------------------------------------------------
+
+UPSTREAM = Path(__file__).parent.parent / "fixtures" / "upstream"
+README = Path(__file__).parent.parent / "README.md"
+
+
+def upstream_accepts(data: object) -> list[str]:
+    """The errors Konduktor's config schema finds in *data* (its published package's schema,
+    checked as Konduktor checks it: Draft 7 plus a case-insensitive enum)."""
+    import json
+
+    import jsonschema
+
+    def case_insensitive_enum(
+        validator: object, enums: list[str], instance: object, schema: object
+    ) -> Iterator[jsonschema.ValidationError]:
+        if isinstance(instance, str) and instance.lower() not in [e.lower() for e in enums]:
+            yield jsonschema.ValidationError(f"{instance!r} is not one of {enums!r}")
+
+    schema = json.loads((UPSTREAM / "config_schema.json").read_text())
+    checker = jsonschema.validators.extend(
+        jsonschema.Draft7Validator, {"case_insensitive_enum": case_insensitive_enum}
+    )
+    return [error.message for error in checker(schema).iter_errors(data)]
+
+
+def readme_block(title: str) -> str:
+    """The README's YAML block whose first line is ``# <title>...``."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    return next(b for b in blocks if b.startswith(f"# {title}"))
+
+
+def test_the_documented_config_yaml_is_accepted_by_konduktors_schema(home: Path) -> None:
+    text = readme_block("~/.konduktor/config.yaml")
+    assert upstream_accepts(yaml.safe_load(text)) == []
+    path = home / "config.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    sync = write_sync(home, readme_block("~/.konduktor/sync.yaml"))
+    cfg = config.load()  # and both documented files are what we read
+    assert (cfg.path, cfg.sync_path) == (path, sync)
+    assert cfg.allowed_contexts == ("my-cluster",)
+    assert cfg.git_ssh_secret == "repo-key"
+
+
+def test_our_sections_in_config_yaml_are_refused_by_konduktors_schema() -> None:
+    """Why they moved: the layout of before makes Konduktor refuse the whole file."""
+    for section in ("sync", "hooks", "git"):
+        errors = upstream_accepts({"allowed_clouds": ["s3"], section: {}})
+        assert errors == [f"Additional properties are not allowed ('{section}' was unexpected)"]
+    assert upstream_accepts({"jobs": {"bucket": "file:///srv/k"}}) != []  # hence sync.bucket
+    assert upstream_accepts({"allowed_clouds": ["s4"]}) != []  # the check itself works

@@ -92,11 +92,9 @@ def own_project(project: Path, tmp_path: Path) -> Path:
 
 
 def configure(env: dict[str, str], bucket: str, endpoint: str) -> None:
-    config = {
-        "jobs": {"bucket": f"s3://{bucket}"},
-        "sync": {"store": {"endpoint_url": endpoint}},
-    }
-    (Path(env["KONDUKTOR_HOME"]) / "config.yaml").write_text(yaml.safe_dump(config))
+    home = Path(env["KONDUKTOR_HOME"])
+    (home / "config.yaml").write_text(yaml.safe_dump({"jobs": {"bucket": f"s3://{bucket}"}}))
+    (home / "sync.yaml").write_text(yaml.safe_dump({"sync": {"store": {"endpoint_url": endpoint}}}))
 
 
 def konduktor(*args: str | Path, cwd: Path | None = None) -> subprocess.Popen[str]:
@@ -322,7 +320,7 @@ def test_the_hooks_timeout_aborts_the_upload_and_cleans_up(
     (repo / "weights.bin").write_bytes(os.urandom(BIG))
     git(repo, "init", "-q")
     commit_all(repo)
-    config = Path(env["KONDUKTOR_HOME"]) / "config.yaml"
+    config = Path(env["KONDUKTOR_HOME"]) / "sync.yaml"
     settings = yaml.safe_load(config.read_text())
     settings["hooks"] = {"timeout": 2}
     config.write_text(yaml.safe_dump(settings))

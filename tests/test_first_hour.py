@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from config_files import write_config
 from gitrepo_helpers import commit_all, git, write_files
 from kube_server import KubeAPI
 from test_cli import run
@@ -89,7 +90,7 @@ def _task(text: str) -> Callable[[Path], None]:
 def _config(text: str) -> Callable[[Path], None]:
     def write(project: Path) -> None:
         (project.parent / "khome").mkdir(exist_ok=True)
-        (project.parent / "khome" / "config.yaml").write_text(text)
+        write_config(project.parent / "khome" / "config.yaml", text)
 
     return write
 
@@ -368,7 +369,9 @@ ROWS_STORE_CHECK: list[Row] = [
         "check missing default store",
         ("check",),
         1,
-        rf"^error: the store {_STORE} does not work; fix what failed above$",
+        r"^no allowed_clouds in \S+config\.yaml: checking the configured store; set "
+        r"allowed_clouds: \[s3\] \(or \[gs\]\) there",
+        last=rf"^error: the store {_STORE} does not work; fix what failed above$",
     ),
     Row(
         "check default store",

@@ -28,6 +28,7 @@ from test_launch import stored
 from test_pod import launched_from
 
 from konduktor import gitmode, pod
+from konduktor.errors import TaskError
 
 RUN = 'git rev-parse HEAD\ncat greeting.txt\necho "$KONDUKTOR_GIT_COMMIT $KONDUKTOR_GIT_DIRTY"\n'
 
@@ -86,7 +87,7 @@ def make_project(
     monkeypatch.setenv("GIT_SSH_COMMAND", server.git_ssh_command(known))
     monkeypatch.delenv("KONDUKTOR_CONFIG", raising=False)
     khome.mkdir()
-    (khome / "config.yaml").write_text(SHARED_STORE)
+    (khome / "sync.yaml").write_text(SHARED_STORE)
     upstream = server.bare_repo(name)
     work = tmp_path / "work"
     work.mkdir()
@@ -395,7 +396,7 @@ def test_a_missing_key_file_in_the_config(
 ) -> None:
     project.task.write_text(_task(None))
     config = f"{SHARED_STORE}git:\n  ssh_key: {tmp_path}/absent_key\n"
-    (project.khome / "config.yaml").write_text(config)
+    (project.khome / "sync.yaml").write_text(config)
     assert "git.ssh_key" in _bad(project, kube_api, tmp_path)
 
 
@@ -407,3 +408,69 @@ def test_https_urls_map_to_ssh_when_asked() -> None:
         "git@github.com:org/repo.git"
     )
     assert gitmode.host_and_port("ssh://git@host:2222/x.git") == ("host", 2222)
+
+
+# -- the key from a git-ssh Secret found by Konduktor's labels ------------------------------------
+
+
+def _upstream_git_secret(kube_api: KubeAPI, basename: str, owner: str) -> str:
+    """A git-ssh Secret as Konduktor's `konduktor secret create --kind git-ssh` stores it."""
+    name = f"{basename}-{owner}"
+    labels = {
+        "parent": "konduktor",
+        "trainy.ai/secret-owner": owner,
+        "trainy.ai/secret-basename": basename,
+        "trainy.ai/secret-kind": "git-ssh",
+    }
+    kube_api.objects[("secrets", "team-a", name)] = {
+        "metadata": {"name": name, "labels": labels},
+        "data": {"gitkey": "a2V5"},
+    }
+    return name
+
+
+def test_an_existing_git_ssh_secret_is_used_without_flags(
+    project: Project, kube_api: KubeAPI, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from konduktor import config
+    from konduktor.k8s import jobset, secrets
+    from konduktor.task import load
+
+    monkeypatch.setenv("KONDUKTOR_USER_ID", "0badcafe")
+    monkeypatch.chdir(project.work)
+    project.task.write_text(_task(None))
+    task, cfg = load(project.task), config.load()
+    with pytest.raises(TaskError, match="needs an SSH key"):  # nothing names a key
+        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=[])
+    _upstream_git_secret(kube_api, "theirs", "12345678")  # another user's: never used
+    found = secrets.user_secrets(cluster)
+    with pytest.raises(TaskError, match="needs an SSH key"):
+        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=found)
+    name = _upstream_git_secret(kube_api, "gh-key", "0badcafe")
+    found = secrets.user_secrets(cluster)
+    _, checkout, secret, notes = gitmode.checkout(
+        task, cfg, gitmode.Options(), local=False, user_secrets=found
+    )
+    assert (secret, checkout.key) == (name, f"{jobset.GIT_SSH_PATH}/gitkey")
+    assert f"the pod clones with the key in your git-ssh Secret {name}" in notes
+    by_name = gitmode.Options(ssh_secret="gh-key")  # the name given at creation
+    _, checkout, secret, _ = gitmode.checkout(task, cfg, by_name, local=False, user_secrets=found)
+    assert (secret, checkout.key) == (name, f"{jobset.GIT_SSH_PATH}/gitkey")
+
+
+def test_a_named_secret_konduktor_made_before_keeps_its_key_file(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ssh-secret naming a Secret not among the user's labelled ones (made by an earlier
+    konduktor, or not looked up): its name as given and the key file those held."""
+    from konduktor import config
+    from konduktor.k8s import jobset
+    from konduktor.task import load
+
+    monkeypatch.chdir(project.work)
+    project.task.write_text(_task(None))
+    options = gitmode.Options(ssh_secret="repo-key")
+    _, checkout, secret, _ = gitmode.checkout(
+        load(project.task), config.load(), options, local=False
+    )
+    assert (secret, checkout.key) == ("repo-key", f"{jobset.GIT_SSH_PATH}/ssh-privatekey")

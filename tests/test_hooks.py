@@ -39,18 +39,15 @@ FILES = {
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
     monkeypatch.setenv("KONDUKTOR_CONFIG", str(tmp_path / "config.yaml"))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(tmp_path / "sync.yaml"))
 
 
 def configure(
     tmp_path: Path, *, bucket: str | None = None, store: dict[str, Any] | None = None, **hook: Any
 ) -> Store:
     """Write the config file the hook reads; return the store it names."""
-    data = {
-        "jobs": {"bucket": bucket or f"file://{tmp_path}/store"},
-        "sync": {"store": store or {}},
-        "hooks": hook,
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    data = {"sync": {"bucket": bucket or f"file://{tmp_path}/store", "store": store or {}}}
+    (tmp_path / "sync.yaml").write_text(yaml.safe_dump({**data, "hooks": hook}))
     return open_store(*config.load().store_url())
 
 
@@ -397,7 +394,7 @@ def test_invalid_config_does_not_block_the_push(
     clone: Path, upstream: Path, tmp_path: Path
 ) -> None:
     hooks.install(clone)
-    (tmp_path / "config.yaml").write_text("hooks:\n  stirct: true\n")
+    (tmp_path / "sync.yaml").write_text("hooks:\n  stirct: true\n")
     pushed = push(clone, "HEAD:main")
     assert pushed.returncode == 0
     [line] = warnings_in(pushed.stderr)

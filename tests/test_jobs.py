@@ -40,7 +40,7 @@ def alice(monkeypatch: pytest.MonkeyPatch, konduktor_home_sandbox: Path) -> None
     monkeypatch.setenv("LOGNAME", "alice")
     monkeypatch.setattr(jobs, "POLL_SECONDS", 0.05)
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    (konduktor_home_sandbox / "config.yaml").write_text("sync:\n  shared_store: true\n")
+    (konduktor_home_sandbox / "sync.yaml").write_text("sync:\n  shared_store: true\n")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from config_files import write_config
 from gitrepo_helpers import make_repo
 from test_cli import run
 
@@ -25,6 +26,7 @@ BACKENDS = ["file", "s3", "gcs"]
 def konduktor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDUKTOR_HOME", str(tmp_path / "khome"))
     monkeypatch.setenv("KONDUKTOR_CONFIG", str(tmp_path / "no-config.yaml"))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(tmp_path / "no-sync.yaml"))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -158,9 +160,9 @@ def test_cli_upload_twice_reports_bytes_and_reuse(
 ) -> None:
     url, options = store_url
     if options.endpoint_url:
-        config = Path(str(repo) + "-config.yaml")
+        config = Path(str(repo) + "-sync.yaml")
         config.write_text(f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n")
-        monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+        monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(config))
     code, out, err = run("snapshot", repo, "--upload", "--store", url, "--json")
     assert code == 0, err
     first = json.loads(out)
@@ -228,9 +230,8 @@ def test_cli_check_does_not_create_the_per_user_default_bucket(
 
 def _endpoint_config(tmp_path: Path, options: StoreOptions, extra: str = "") -> None:
     """The config the autouse fixture points at, with the test server's endpoint."""
-    (tmp_path / "no-config.yaml").write_text(
-        f"{extra}sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
-    )
+    text = f"{extra}sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
+    write_config(tmp_path / "no-config.yaml", text, tmp_path / "no-sync.yaml")
 
 
 def test_cli_check_refuses_a_bare_path_as_every_command_does(repo: Path, tmp_path: Path) -> None:
@@ -466,7 +467,7 @@ def test_cli_lists_pending_uploads_and_gc_aborts_the_old_ones(
     """An interrupted multipart upload is invisible in the bucket but billed until aborted:
     `store ls --pending` shows it and `store gc` aborts it (moto dates uploads in 2010)."""
     url, options = s3_store_factory()
-    (tmp_path / "no-config.yaml").write_text(
+    (tmp_path / "no-sync.yaml").write_text(
         f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n"
     )
     bucket = url.removeprefix("s3://")
@@ -518,3 +519,34 @@ def test_store_commands_never_create_a_missing_bucket(
     assert "does not exist" in err
     with pytest.raises(NotFoundError):
         open_store(url, options).require_root()
+
+
+def test_cli_check_without_cloud_checks_every_allowed_cloud(
+    s3_store_factory: Any, tmp_path: Path
+) -> None:
+    """As Konduktor's `check`: each cloud of allowed_clouds, in order, all reported, the
+    exit status failing when one fails (here gs, whose default bucket does not exist)."""
+    url, options = s3_store_factory()
+    _endpoint_config(tmp_path, options, f"allowed_clouds: [s3, gs]\njobs:\n  bucket: {url}\n")
+    code, out, err = run("check")
+    assert code == 1, err
+    stores = [line.split()[1] for line in out.splitlines() if line.startswith("store ")]
+    assert stores[0] == url
+    assert stores[1].startswith("gs://konduktor-filemounts-")
+    assert len(stores) == 2
+    assert err == f"error: the store {stores[1]} does not work; fix what failed above\n"
+    code, out, err = run("check", "s3")  # a CLOUD: only that one
+    assert (code, out.splitlines()[0]) == (0, f"store {url}"), err
+
+
+def test_cli_check_without_cloud_or_allowed_clouds_says_what_it_checked(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    (tmp_path / "no-config.yaml").write_text(f"jobs:\n  bucket: file://{store}\n")
+    code, out, err = run("check")
+    assert code == 0, err
+    assert out.splitlines()[0] == f"store file://{store}"
+    assert err == (
+        f"no allowed_clouds in {tmp_path / 'no-config.yaml'}: checking the configured store; "
+        "set allowed_clouds: [s3] (or [gs]) there to check those clouds\n"
+    )

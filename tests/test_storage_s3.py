@@ -624,9 +624,9 @@ def test_cli_store_failures_are_one_line(
     else:
         url, options = s3_store_factory(create_bucket=False)
         endpoint = str(options.endpoint_url)
-    config = tmp_path / "config.yaml"
+    config = tmp_path / "sync.yaml"
     config.write_text(f"sync:\n  store:\n    endpoint_url: {endpoint}\n    max_attempts: 2\n")
-    monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(config))
     code, _, err = run("snapshot", repo, "--upload", "--store", url)
     assert code == 1
     assert err.startswith("error: s3://")
@@ -638,9 +638,9 @@ def test_cli_check_s3(
     s3_store_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, options = s3_store_factory()
-    config = tmp_path / "config.yaml"
+    config = tmp_path / "sync.yaml"
     config.write_text(f"sync:\n  store:\n    endpoint_url: {options.endpoint_url}\n")
-    monkeypatch.setenv("KONDUKTOR_CONFIG", str(config))
+    monkeypatch.setenv("KONDUKTOR_SYNC_CONFIG", str(config))
     code, out, _ = run("check", "s3", "--store", url)
     assert code == 0
     assert "ok    identity: arn:aws" in out

@@ -140,6 +140,50 @@ def test_no_current_context_needs_the_context_option(kube_api: KubeAPI, tmp_path
         submit.connect(path)
 
 
+def allow_contexts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *names: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"kubernetes": {"allowed_contexts": list(names)}}))
+    monkeypatch.setenv("KONDUKTOR_CONFIG", str(path))
+    return path
+
+
+def test_allowed_contexts_picks_the_context_unless_context_is_given(
+    kube_api: KubeAPI, kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Konduktor's rule: kubernetes.allowed_contexts[0] instead of the kubeconfig's current
+    context; --context overrides it."""
+    allow_contexts(monkeypatch, tmp_path, "team-b")
+    assert submit.current_context(kubeconfig) == "team-b"
+    cluster = submit.connect(kubeconfig)
+    cluster.api_client.close()
+    assert (cluster.context, cluster.namespace) == ("team-b", "team-b")
+    assert submit.current_context(kubeconfig, context="bare") == "bare"
+    cluster = submit.connect(kubeconfig, context="bare")
+    cluster.api_client.close()
+    assert cluster.context == "bare"
+
+
+def test_an_allowed_context_the_kubeconfig_lacks_names_the_config(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = allow_contexts(monkeypatch, tmp_path, "prod")
+    assert submit.current_context(kubeconfig) is None
+    with pytest.raises(ClusterError) as info:
+        submit.connect(kubeconfig)
+    assert str(info.value) == (
+        f"kubernetes.allowed_contexts in {config} names the context 'prod', which "
+        f"{kubeconfig} does not have (it has: bare, team-a, team-b); fix the config, or "
+        "pass --context"
+    )
+
+
+def test_two_allowed_contexts_are_ignored_as_konduktor_does(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allow_contexts(monkeypatch, tmp_path, "team-b", "bare")
+    assert submit.current_context(kubeconfig) == "team-a"
+
+
 def test_apply_secret_creates_then_replaces(kube_api: KubeAPI, cluster: submit.Cluster) -> None:
     labels = {"konduktor.dev/job": "train-1a2b"}
     assert submit.apply_secret(cluster, "creds", SECRET_DATA, labels) == "created"

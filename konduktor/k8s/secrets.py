@@ -8,12 +8,18 @@ The pod mounts both of its user's Secrets (each optional) read-only at
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import stat
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from konduktor import config
 from konduktor.config import user
 from konduktor.errors import ConfigError, UsageError
 
@@ -81,12 +87,34 @@ def write(cluster: Any, cloud: str) -> str:
     return f"{done} Secret {name} in namespace {cluster.namespace} (context {cluster.context})"
 
 
-# -- Secrets the user names: git SSH keys for --mode git ------------------------------------------
+# -- the user's Secrets, as Konduktor makes them: git-ssh, env, default --------------------------
 
-KIND_LABEL = "konduktor.dev/kind"
-MANAGED = {"app.kubernetes.io/managed-by": "konduktor"}
-GIT_SSH_KEY = "ssh-privatekey"  # the file name in the mounted Secret (kubernetes.io/ssh-auth's)
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Konduktor's labels: both tools list, inject and delete each other's Secrets by them.
+OWNER_LABEL = "trainy.ai/secret-owner"  # the user hash (config.user_hash)
+BASENAME_LABEL = "trainy.ai/secret-basename"  # the name the user gave
+KIND_LABEL = "trainy.ai/secret-kind"
+PARENT = {"parent": "konduktor"}
+MANAGED = {"app.kubernetes.io/managed-by": "konduktor"}  # the credentials Secrets above
+KINDS = ("default", "env", "git-ssh")
+GIT_SSH_KEY = "gitkey"  # the key file's name in a git-ssh Secret, Konduktor's
+LEGACY_GIT_SSH_KEY = "ssh-privatekey"  # ... in the ones konduktor made before
+PAYLOAD = "payload.zip"  # a --from-directory Secret: the directory, zipped (Konduktor's)
+DEFAULT_SECRETS = "/konduktor/default-secrets"  # default Secret NAME at .../NAME in each pod
+MAX_BYTES = 1024 * 1024  # the API server's limit on a Secret's data
+_BASENAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,46}[a-z0-9])?$")  # "default-secret-" + it: 63
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+@dataclass(frozen=True)
+class UserSecret:
+    """One of the user's Secrets, as listed (its keys, never its values)."""
+
+    name: str  # the Secret's name: <basename>-<user hash>
+    basename: str  # the name the user gave
+    kind: str | None  # default, env, git-ssh (None: not labelled with one)
+    keys: tuple[str, ...] = ()
+    created: str | None = None
 
 
 def is_private_key(data: bytes) -> bool:
@@ -95,51 +123,228 @@ def is_private_key(data: bytes) -> bool:
 
 
 def check_name(name: str) -> None:
-    """UsageError unless *name* is a valid Secret name (checked before the cluster is asked)."""
-    if not _NAME.match(name):
-        raise UsageError(f"{name!r} is not a valid Secret name: use lowercase letters, digits, - .")
-
-
-def git_ssh_key(name: str, key: Path) -> bytes:
-    """The private key file *key* for the Secret *name*, read; UsageError when the name or
-    the file will not do (so bad arguments fail before any cluster is asked)."""
-    check_name(name)
-    try:
-        data = key.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--from-file {key}: cannot read it ({exc.strerror})") from None
-    if not is_private_key(data):
+    """UsageError unless *name* will do as a Secret's name (checked before the cluster is
+    asked): lowercase letters, digits and -, at most 48, so that the pod's volume for it
+    (``default-secret-<name>``) is a valid name."""
+    if not _BASENAME.match(name):
         raise UsageError(
-            f"--from-file {key} is not a private key file (-----BEGIN ... PRIVATE KEY)"
+            f"{name!r} is not a valid Secret name: use lowercase letters, digits and -, "
+            "starting and ending with a letter or digit, at most 48 characters"
+        )
+
+
+def user_secret_name(basename: str) -> str:
+    """The user's Secret *basename*'s name in the cluster, as Konduktor names it."""
+    return f"{basename}-{config.user_hash()}"
+
+
+def read_data(
+    kind: str,
+    *,
+    from_file: Path | None = None,
+    from_directory: Path | None = None,
+    inline: Sequence[str] = (),
+) -> dict[str, bytes]:
+    """What a Secret of *kind* holds, read from exactly one source (Konduktor's rules:
+    git-ssh takes a file, env takes --inline); UsageError naming every problem at once,
+    so bad arguments fail before any cluster is asked."""
+    sources = (("--from-file", from_file), ("--from-directory", from_directory))
+    given = [flag for flag, value in (*sources, ("--inline", inline)) if value]
+    if len(given) != 1:
+        what = "only one of" if given else "one of"
+        raise UsageError(f"give {what} --from-file, --from-directory, --inline")
+    need = {"git-ssh": "--from-file", "env": "--inline"}.get(kind)
+    if need is not None and given != [need]:
+        raise UsageError(f"--kind {kind} takes {need}, not {given[0]}")
+    if from_file is not None:
+        data = _file_data(kind, from_file)
+    elif from_directory is not None:
+        data = {PAYLOAD: _zipped(from_directory)}
+    else:
+        data = _inline_data(kind, inline)
+    size = sum(len(value) for value in data.values())
+    if size > MAX_BYTES:
+        raise UsageError(
+            f"{given[0]}: {size} bytes is over the {MAX_BYTES} a Kubernetes Secret can hold; "
+            "put large files in the bucket (file_mounts) instead"
         )
     return data
 
 
-def create_git_ssh(cluster: Any, name: str, data: bytes) -> str:
-    """Create or replace the Secret *name* holding the private key *data* (read by
-    :func:`git_ssh_key`)."""
-    from konduktor.k8s import submit
-
-    labels = {**MANAGED, KIND_LABEL: "git-ssh"}
-    done = submit.apply_secret(cluster, name, {GIT_SSH_KEY: data}, labels=labels)
-    return f"{done} Secret {name} in namespace {cluster.namespace}; launch with --ssh-secret {name}"
-
-
-def listed(cluster: Any) -> list[dict[str, Any]]:
-    """The Secrets konduktor manages in the cluster's namespace (names and kinds, no data)."""
-    from konduktor.k8s import submit
-
-    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
-    return submit.list_secrets(cluster, selector)
-
-
-def delete(cluster: Any, name: str) -> None:
-    """Delete the Secret *name* if konduktor manages it; refuse to touch others."""
-    from konduktor.k8s import submit
-
-    if name not in {s["name"] for s in listed(cluster)}:
+def _file_data(kind: str, path: Path) -> dict[str, bytes]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--from-file {path}: cannot read it ({exc.strerror})") from None
+    if kind == "git-ssh":
+        if not is_private_key(data):
+            raise UsageError(
+                f"--from-file {path} is not a private key file (-----BEGIN ... PRIVATE KEY)"
+            )
+        return {GIT_SSH_KEY: data}
+    if not _DATA_KEY.match(path.name):
         raise UsageError(
-            f"no Secret {name} made by konduktor in namespace {cluster.namespace}; "
-            "see konduktor secret list"
+            f"--from-file {path}: the file's name becomes the key in the Secret and may "
+            "hold only letters, digits, - . _; rename it"
         )
-    submit.delete_secret(cluster, name)
+    return {path.name: data}
+
+
+def _inline_data(kind: str, pairs: Sequence[str]) -> dict[str, bytes]:
+    data, problems = {}, []
+    rule = _ENV_NAME if kind == "env" else _DATA_KEY
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not rule.match(key):
+            what = "an environment variable name" if kind == "env" else "letters, digits, - . _"
+            problems.append(f"--inline {key!r}: give KEY=VALUE, KEY {what}")
+        elif key in data:
+            problems.append(f"--inline {key} is given twice")
+        data[key] = value.encode()
+    if problems:
+        raise UsageError("; ".join(problems))
+    return data
+
+
+def _zipped(directory: Path) -> bytes:
+    """*directory* as Konduktor zips it for a Secret: entries ``<its name>/<path>``; here
+    sorted and with fixed times, so the same files give the same bytes."""
+    if not directory.is_dir():
+        raise UsageError(f"--from-directory {directory} is not a directory")
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != ".DS_Store")
+    if not files:
+        raise UsageError(f"--from-directory {directory} holds no file")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            info = zipfile.ZipInfo(f"{directory.resolve().name}/{path.relative_to(directory)}")
+            info.external_attr = (stat.S_IFREG | (path.stat().st_mode & 0o777)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            try:
+                archive.writestr(info, path.read_bytes())
+            except OSError as exc:
+                raise UsageError(f"--from-directory: cannot read {path} ({exc.strerror})") from None
+    return out.getvalue()
+
+
+def create(cluster: Any, basename: str, kind: str, data: Mapping[str, bytes]) -> str:
+    """Create (or replace) the user's Secret *basename* of *kind* holding *data* (read by
+    :func:`read_data`), labelled as Konduktor labels it; a user has one git-ssh Secret, as
+    in Konduktor, so a new one replaces the one there. Returns what was done."""
+    from konduktor.k8s import submit
+
+    name, owner = user_secret_name(basename), config.user_hash()
+    labels = {**PARENT, OWNER_LABEL: owner, BASENAME_LABEL: basename, KIND_LABEL: kind}
+    replaced = []
+    if kind == "git-ssh":
+        for other in user_secrets(cluster):
+            if other.kind == "git-ssh" and other.name != name:
+                submit.delete_secret(cluster, other.name)
+                replaced.append(other.basename)
+    done = submit.apply_secret(cluster, name, data, labels=labels)
+    where = f"Secret {basename} ({name}) in namespace {cluster.namespace}"
+    note = f"; it replaces the git-ssh Secret {', '.join(replaced)}" if replaced else ""
+    use = {
+        "git-ssh": "launch --mode git uses it",
+        "env": f"every launched pod gets {', '.join(sorted(data))} from it",
+        "default": f"every launched pod has it in {DEFAULT_SECRETS}/{basename}",
+    }[kind]
+    return f"{done} {where}{note}; {use}"
+
+
+def user_secrets(cluster: Any) -> list[UserSecret]:
+    """The user's Secrets in the cluster's namespace (Konduktor's owner label): one request."""
+    from konduktor.k8s import submit
+
+    found = submit.list_secrets(cluster, f"{OWNER_LABEL}={config.user_hash()}")
+    return [_user_secret(item) for item in found]
+
+
+def _user_secret(item: Mapping[str, Any]) -> UserSecret:
+    labels, name = item["labels"], item["name"]
+    basename = labels.get(BASENAME_LABEL) or name.rsplit("-", 1)[0]  # Konduktor's fallback
+    created = item.get("created")
+    return UserSecret(
+        name,
+        basename,
+        labels.get(KIND_LABEL),
+        tuple(item.get("keys", ())),
+        None if created is None else str(created),
+    )
+
+
+def listed(cluster: Any) -> list[UserSecret]:
+    """The user's Secrets, and those konduktor made before it labelled them as Konduktor
+    does (git-ssh keys, and the credentials ``konduktor check`` writes)."""
+    from konduktor.k8s import submit
+
+    mine = user_secrets(cluster)
+    names = {s.name for s in mine}
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    for item in submit.list_secrets(cluster, selector):
+        if item["name"] not in names:
+            kind = item["labels"].get("konduktor.dev/kind") or "credentials"
+            mine.append(replace(_user_secret(item), basename=item["name"], kind=kind))
+    return mine
+
+
+def delete(cluster: Any, name: str) -> str:
+    """Delete the user's Secret *name* (the name given at creation, or the Secret's own);
+    refuse to touch others. Returns the Secret's name."""
+    from konduktor.k8s import submit
+
+    matches = [s for s in listed(cluster) if name in (s.basename, s.name)]
+    if not matches:
+        raise UsageError(
+            f"no Secret {name} made by konduktor or Konduktor for you in namespace "
+            f"{cluster.namespace}; see konduktor secret list"
+        )
+    if len(matches) > 1:
+        names = ", ".join(s.name for s in matches)
+        raise UsageError(f"{name} names {len(matches)} Secrets ({names}); give the one to delete")
+    submit.delete_secret(cluster, matches[0].name)
+    return matches[0].name
+
+
+def pod_config(found: Sequence[UserSecret]) -> dict[str, Any]:
+    """The pod fragment (the shape of Konduktor's ``kubernetes.pod_config``) that gives every
+    pod the user's Secrets as Konduktor does: each key of an env Secret becomes an
+    environment variable read from it (``secretKeyRef``), each default Secret is mounted
+    read-only at ``/konduktor/default-secrets/<its name>`` (``KONDUKTOR_DEFAULT_SECRETS``
+    names that directory). Empty when there is nothing to add."""
+    env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": s.name, "key": key}}}
+        for s in found
+        if s.kind == "env"
+        for key in s.keys
+    ]
+    defaults = [s for s in found if s.kind == "default"]
+    if defaults:
+        env.append({"name": "KONDUKTOR_DEFAULT_SECRETS", "value": DEFAULT_SECRETS})
+    if not env:
+        return {}
+    container: dict[str, Any] = {"env": env}
+    volumes = [
+        {"name": f"default-secret-{s.basename}", "secret": {"secretName": s.name}} for s in defaults
+    ]
+    if volumes:
+        container["volumeMounts"] = [
+            {"name": f"default-secret-{s.basename}", "mountPath": f"{DEFAULT_SECRETS}/{s.basename}"}
+            for s in defaults
+        ]
+    spec: dict[str, Any] = {"containers": [container]}
+    if volumes:
+        spec["volumes"] = volumes
+    return {"spec": spec}
+
+
+def git_ssh(found: Sequence[UserSecret], name: str | None = None) -> tuple[str, str] | None:
+    """(the Secret's name, the key file in it) for git mode: the git-ssh Secret *name*
+    (given at creation, or the Secret's own), else the user's one git-ssh Secret; None
+    when there is none."""
+    for s in found:
+        if s.kind == "git-ssh" and name in (None, s.basename, s.name):
+            if GIT_SSH_KEY in s.keys or not s.keys:
+                return s.name, GIT_SSH_KEY
+            return s.name, LEGACY_GIT_SSH_KEY if LEGACY_GIT_SSH_KEY in s.keys else s.keys[0]
+    return None

@@ -77,12 +77,22 @@ def current_context(kubeconfig: Path | None = None, context: str | None = None) 
         contexts, current = _contexts(_config_path(kubeconfig))
     except (OSError, yaml.YAMLError, AttributeError):
         return None
-    name = context or current
+    name = context or _allowed_context() or current
     return name if name in contexts else None
 
 
+def _allowed_context() -> str | None:
+    """``kubernetes.allowed_contexts[0]`` from the config, if set."""
+    from konduktor import config
+
+    allowed = config.load().allowed_contexts
+    return allowed[0] if allowed else None
+
+
 def connect(kubeconfig: Path | None = None, context: str | None = None) -> Cluster:
-    """A client for *context* (default: the current one) of the kubeconfig.
+    """A client for *context*, else for the config's ``kubernetes.allowed_contexts[0]``,
+    else for the kubeconfig's current context (Konduktor's rule: ``--context`` overrides
+    the config).
 
     The kubeconfig is *kubeconfig*, else ``$KUBECONFIG``, else ``~/.kube/config``;
     the namespace is the context's (``default`` when it names none).
@@ -96,11 +106,20 @@ def connect(kubeconfig: Path | None = None, context: str | None = None) -> Clust
         mark = getattr(exc, "problem_mark", None)
         detail = f"bad YAML at line {mark.line + 1}" if mark else type(exc).__name__
         raise ClusterError(f"cannot read the kubeconfig {path} ({detail}); fix it") from None
-    name, known = context or current, ", ".join(sorted(contexts))
+    allowed = None if context else _allowed_context()
+    name, known = context or allowed or current, ", ".join(sorted(contexts))
     if not contexts:
         raise ClusterError(f"no Kubernetes context in {path}: {_NO_CONTEXT}")
     if name is None:
         raise ClusterError(f"{path} sets no current-context; pass --context (one of: {known})")
+    if allowed is not None and name not in contexts:
+        from konduktor import config
+
+        raise ClusterError(
+            f"kubernetes.allowed_contexts in {config.load().where('kubernetes')} names the "
+            f"context {name!r}, which {path} does not have (it has: {known}); fix the "
+            "config, or pass --context"
+        )
     if name not in contexts:
         raise ClusterError(
             f"no Kubernetes context {name!r} in {path} (it has: {known}); {_NO_CONTEXT}"
@@ -157,7 +176,8 @@ def apply_secret(
 
 
 def list_secrets(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
-    """The Secrets matching the label *selector*: name, labels, creation time (no data)."""
+    """The Secrets matching the label *selector*: name, labels, creation time and the names
+    of the keys (never their values)."""
     core = _kubernetes().client.CoreV1Api(cluster.api_client)
     found = _call(
         cluster,
@@ -172,6 +192,7 @@ def list_secrets(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
             "name": item.metadata.name,
             "labels": dict(item.metadata.labels or {}),
             "created": item.metadata.creation_timestamp,
+            "keys": sorted(item.data or {}),
         }
         for item in found.items
     ]
