@@ -44,7 +44,16 @@ EXIT_UNEXPECTED = 3
 # launch's options that make up a gitmode.Options and a task.Overrides
 _GIT_OPTIONS: tuple[str, ...] = ("remote", "branch", "ssh_url", "fetch", "accept_host_key")
 _GIT_OPTIONS += ("clean_only", "ssh_secret", "recurse_submodules")
-_OVERRIDES: tuple[str, ...] = ("name", "num_nodes", "cpus", "memory", "gpus", "image_id")
+_OVERRIDES: tuple[str, ...] = (
+    "name",
+    "num_nodes",
+    "cpus",
+    "memory",
+    "gpus",
+    "image_id",
+    "max_restarts",
+    "completions",
+)
 _OVERRIDES += ("envs", "env_file", "workdir")
 log = logging.getLogger("konduktor")
 
@@ -335,6 +344,14 @@ def _print_snapshot(info: SnapshotInfo) -> None:
 @click.option("--memory", help="Override resources.memory (GiB).")
 @click.option("--gpus", help="Override resources.accelerators, e.g. H100:8.")
 @click.option("--image-id", help="Override resources.image_id.")
+@click.option(
+    "--max-restarts",
+    type=int,
+    help="Override resources.job_config.max_restarts: restart the whole job up to N times.",
+)
+@click.option(
+    "--completions", type=int, help="Override resources.job_config.completions (pods to finish)."
+)
 @click.option("--env", "envs", multiple=True, metavar="K[=V]", help="Set an env var (repeatable).")
 @click.option("--env-file", type=click.Path(path_type=Path), help="Read KEY=VALUE lines.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,12 +51,13 @@ def checkout(
     options: Options,
     *,
     local: bool,
-    user_secrets: Sequence[UserSecret] = (),
+    user_secrets: Callable[[], Sequence[UserSecret]] = tuple,
 ) -> tuple[Task, GitCheckout, str | None, list[str]]:
     """What the pod clones, for *task*'s workdir: (the task, with a file mount added for
     ``git.ssh_key``; the checkout; the Secret holding the key, if any; notes to show).
-    *user_secrets*: the user's Secrets in the cluster (:func:`konduktor.k8s.secrets.user_secrets`),
-    where a git-ssh one is found when nothing else names a key."""
+    *user_secrets* lists the user's Secrets in the cluster
+    (:func:`konduktor.k8s.secrets.user_secrets`), where a git-ssh one is found when nothing
+    else names a key; it is called only then, after the repository's checks."""
     workdir = task.workdir
     if workdir is None:
         raise TaskError(f"{task.path}: --mode git clones the workdir: the task needs a workdir")
@@ -248,7 +249,10 @@ _CONFIG_KEY_TARGET = "~/.ssh/konduktor-git-key"
 
 
 def ssh_key(
-    task: Task, cfg: Config, secret: str | None, user_secrets: Sequence[UserSecret] = ()
+    task: Task,
+    cfg: Config,
+    secret: str | None,
+    user_secrets: Callable[[], Sequence[UserSecret]] = tuple,
 ) -> tuple[Task, str, str | None]:
     """Where the pod finds the SSH key for git mode: (the task, with a file mount added
     for ``git.ssh_key``; the key's path in the pod; the Secret to mount, if any).
@@ -266,7 +270,7 @@ def ssh_key(
     secret = secret or cfg.git_ssh_secret
     if secret:
         # not among the listed: one made before konduktor labelled them as Konduktor does
-        name, key = secrets.git_ssh(user_secrets, secret) or (secret, secrets.LEGACY_GIT_SSH_KEY)
+        name, key = secrets.git_ssh(user_secrets(), secret) or (secret, secrets.LEGACY_GIT_SSH_KEY)
         return task, f"{jobset.GIT_SSH_PATH}/{key}", name
     if cfg.git_ssh_key is not None:
         path = cfg.git_ssh_key
@@ -276,7 +280,7 @@ def ssh_key(
             )
         mount = FileMount(_CONFIG_KEY_TARGET, str(path.resolve()), "file")
         return replace(task, file_mounts=(*task.file_mounts, mount)), _CONFIG_KEY_TARGET, None
-    discovered = secrets.git_ssh(user_secrets)
+    discovered = secrets.git_ssh(user_secrets())
     if discovered is not None:
         return task, f"{jobset.GIT_SSH_PATH}/{discovered[1]}", discovered[0]
     raise TaskError(

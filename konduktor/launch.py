@@ -17,10 +17,11 @@ looks at the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -111,7 +112,7 @@ def launch(
     """Launch *request*; *report* gets one-line progress notes, *progress* and
     *build_progress* the uploads' bytes and the layers' files as they go, *confirm* (if
     given) may stop the launch after the summary and before anything is sent."""
-    from konduktor.k8s import jobset
+    from konduktor.k8s import jobset, secrets
 
     task = load_task(request.task_file, request.overrides)
     if request.target == "local" and task.num_nodes > 1:
@@ -121,11 +122,14 @@ def launch(
         )
     cfg = config.load()
     cluster = _connect(request) if request.target == "cluster" else None
+    # The user's Secrets (env ones go into every pod, default ones are mounted, a git-ssh
+    # one serves git mode): listed once, when first needed, after the local checks.
+    user_secrets = functools.cache(lambda: secrets.user_secrets(cluster) if cluster else [])
     default_url, options = cfg.store_url()
     url = request.store_url or default_url
     if request.target != "local":
         _check_reachable(url, cfg, dry_run=request.target == "dry-run")
-    task, checkout, git_secret = _git_checkout(task, cfg, request, report)
+    task, checkout, git_secret = _git_checkout(task, cfg, request, report, user_secrets)
     store = open_store(url, options)
     prepared = prepare(task, cfg, jobset.job_name(task), checkout)
     _summarize(prepared, request.git, report)
@@ -133,6 +137,7 @@ def launch(
         return _dry_run(prepared, store, cfg, request, git_secret)
     if confirm is not None and not confirm(prepared):
         raise AbortedError("aborted: nothing was uploaded or submitted")
+    found = user_secrets()  # before anything is sent: a refusal leaves nothing behind
     synced = sync(prepared, store, cfg, progress=progress, build_progress=build_progress)
     _report_upload(synced, store, report)
     result = LaunchResult(prepared.job, request.target, store.url, synced)
@@ -141,7 +146,7 @@ def launch(
         code = local.run(synced.plan, task, detach=request.detach, quiet=request.quiet)
         log_file = local.log(prepared.job) if request.detach else None
         return replace(result, exit_code=code, log=log_file)
-    manifest_ = submit(cluster, task, synced.plan, git_secret)
+    manifest_ = submit(cluster, task, synced.plan, git_secret, cfg, found)
     return replace(result, manifest=manifest_, context=cluster.context, namespace=cluster.namespace)
 
 
@@ -168,13 +173,19 @@ def _check_reachable(url: str, cfg: Config, *, dry_run: bool) -> None:
 
 
 def _git_checkout(
-    task: Task, cfg: Config, request: Request, report: Callable[[str], None]
+    task: Task,
+    cfg: Config,
+    request: Request,
+    report: Callable[[str], None],
+    user_secrets: Callable[[], Sequence[Any]] = tuple,
 ) -> tuple[Task, GitCheckout | None, str | None]:
     """Git mode: (the task, with the key's mount if any; the checkout; the key's Secret)."""
     if request.git is None:
         return task, None, None
     local_ = request.target == "local"
-    task, checkout, secret, notes = gitmode.checkout(task, cfg, request.git, local=local_)
+    task, checkout, secret, notes = gitmode.checkout(
+        task, cfg, request.git, local=local_, user_secrets=user_secrets
+    )
     for note in notes:
         report(f"git: {note}")
     return task, checkout, secret
@@ -219,7 +230,7 @@ def _dry_run(
     prepared: Prepared, store: Store, cfg: Config, request: Request, git_secret: str | None
 ) -> LaunchResult:
     synced = sync(prepared, store, cfg, dry_run=True)
-    rendered = manifest(prepared.task, synced.plan, git_secret) if request.manifest else None
+    rendered = manifest(prepared.task, synced.plan, git_secret, cfg) if request.manifest else None
     return LaunchResult(prepared.job, "dry-run", store.url, synced, manifest=rendered)
 
 
@@ -432,8 +443,16 @@ def _write_plan(plan: LaunchPlan, store: Store) -> None:
         )
 
 
-def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dict[str, Any]:
-    """The JobSet that runs *plan*'s startup script (mounting the Secret *git_secret*)."""
+def manifest(
+    task: Task,
+    plan: LaunchPlan,
+    git_secret: str | None = None,
+    cfg: Config | None = None,
+    user_secrets: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """The JobSet that runs *plan*'s startup script (mounting the Secret *git_secret*),
+    with *cfg*'s ``kubernetes.pod_config`` and ``jobset_config`` and the user's env and
+    default Secrets (*user_secrets*) in it."""
     from konduktor.k8s import jobset, secrets
 
     shared = plan.store.removeprefix("file://") if plan.store.startswith("file://") else None
@@ -445,15 +464,23 @@ def manifest(task: Task, plan: LaunchPlan, git_secret: str | None = None) -> dic
         secret_names=[secrets.secret_name(cloud) for cloud in secrets.CLOUDS],
         git_secret=git_secret,
         provenance=plan.provenance(),
+        pod_config=cfg.pod_config if cfg else None,
+        secrets_config=secrets.pod_config(user_secrets),
+        jobset_config=cfg.jobset_config if cfg else None,
     )
 
 
 def submit(
-    cluster: Any, task: Task, plan: LaunchPlan, git_secret: str | None = None
+    cluster: Any,
+    task: Task,
+    plan: LaunchPlan,
+    git_secret: str | None = None,
+    cfg: Config | None = None,
+    user_secrets: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Create the JobSet on *cluster* (a :class:`konduktor.k8s.submit.Cluster`); return it."""
     from konduktor.k8s import submit as k8s_submit
 
-    rendered = manifest(task, plan, git_secret)
+    rendered = manifest(task, plan, git_secret, cfg, user_secrets)
     k8s_submit.create_jobset(cluster, rendered)
     return rendered

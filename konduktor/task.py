@@ -19,6 +19,7 @@ carry (see the README's "Limits"): :data:`MAX_NODES`, :data:`MAX_CPUS`,
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import stat
@@ -31,6 +32,8 @@ import jsonschema
 
 from konduktor import inputs
 from konduktor.errors import TaskError, UsageError
+
+log = logging.getLogger(__name__)
 
 WORKDIR_TARGET = "~/konduktor_workdir"
 # A DNS-1035 label short enough that every pod's host name, <name>-<8 hex>-workers-0-<rank>
@@ -60,6 +63,28 @@ _NUMBER = {
     ]
 }
 _SCALAR = {"type": ["string", "number", "boolean"]}
+_ACCELERATOR = {"type": "string", "pattern": r"^[A-Za-z0-9_-]+(:[1-9][0-9]*)?$"}
+_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_GPUS}
+MAX_RESTARTS = 1000
+# Upstream Konduktor's accelerator types (accelerator_registry): a type is one of these,
+# in any case; its GPU pools are tainted and labelled with the canonical spelling.
+NVIDIA_ACCELERATORS = (
+    "A100",
+    "A100-80GB",
+    "B200",
+    "B300",
+    "GB200",
+    "GB300",
+    "H100",
+    "H100-MEGA-80GB",
+    "H200",
+    "L40S",
+    "T4",
+    "L40",
+    "RTX-PRO-6000",
+)
+AMD_ACCELERATORS = ("MI300X", "MI355X")
+ACCELERATORS = NVIDIA_ACCELERATORS + AMD_ACCELERATORS
 
 TASK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -79,7 +104,23 @@ TASK_SCHEMA: dict[str, Any] = {
             "properties": {
                 "cpus": _NUMBER,
                 "memory": _NUMBER,
-                "accelerators": {"type": "string", "pattern": r"^[A-Za-z0-9_-]+(:[1-9][0-9]*)?$"},
+                # TYPE, TYPE:COUNT, {TYPE: COUNT} or a list of one of those (as upstream's)
+                "accelerators": {
+                    "anyOf": [
+                        _ACCELERATOR,
+                        {"type": "object", "maxProperties": 1, "additionalProperties": _COUNT},
+                        {"type": "array", "items": _ACCELERATOR, "minItems": 1, "maxItems": 1},
+                    ]
+                },
+                "disk_size": {"type": "integer"},  # accepted, deprecated: a warning
+                "job_config": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "max_restarts": {"type": "integer", "minimum": 0, "maximum": MAX_RESTARTS},
+                        "completions": {"type": "integer", "minimum": 1, "maximum": MAX_NODES},
+                    },
+                },
                 "image_id": {"type": "string", "pattern": r"^\S+$"},
                 "labels": {
                     "type": "object",
@@ -111,7 +152,12 @@ _FIXES = {
     "num_nodes": f"write a whole number of nodes, at least 1 and at most {MAX_NODES}",
     "cpus": f"write a number of vCPUs above 0 and at most {MAX_CPUS}, e.g. cpus: 4",
     "memory": f"write a number of GiB above 0 and at most {MAX_MEMORY_GIB}, e.g. memory: 16",
-    "accelerators": f"write TYPE or TYPE:COUNT (COUNT at most {MAX_GPUS}), e.g. H100:8",
+    "accelerators": f"write TYPE or TYPE:COUNT (COUNT at most {MAX_GPUS}), e.g. H100:8, or "
+    "{H100: 8}",
+    "disk_size": "write a whole number of GiB (it has no effect: remove it)",
+    "job_config": "job_config has max_restarts (0 or more) and completions (1 or more)",
+    "max_restarts": f"write a whole number of restarts from 0 to {MAX_RESTARTS}",
+    "completions": f"write a whole number of completions from 1 to {MAX_NODES}",
     "image_id": "write an image reference without spaces, e.g. image_id: ubuntu:22.04",
     "labels": "write Kubernetes labels: name (or prefix/name) and value of at most 63 "
     "letters, digits, - _ .",
@@ -138,6 +184,8 @@ class Resources:
     accelerators: str | None = None
     image_id: str = "ubuntu"
     labels: Mapping[str, str] = field(default_factory=dict)
+    max_restarts: int | None = None  # job_config.max_restarts: the JobSet's failurePolicy
+    completions: int | None = None  # job_config.completions (default: num_nodes)
 
 
 @dataclass(frozen=True)
@@ -166,6 +214,8 @@ class Overrides:
     envs: Sequence[str] = ()  # K=V, or K to take the value from the environment
     env_file: Path | None = None
     workdir: Path | None = None  # relative to the current directory, as on a command line
+    max_restarts: int | None = None  # job_config.max_restarts
+    completions: int | None = None  # job_config.completions
 
 
 # Where each override lands in the task, as the key paths in error messages name it.
@@ -176,6 +226,8 @@ _FLAGS = {
     "resources.memory": "--memory",
     "resources.accelerators": "--gpus",
     "resources.image_id": "--image-id",
+    "resources.job_config.max_restarts": "--max-restarts",
+    "resources.job_config.completions": "--completions",
 }
 
 
@@ -194,6 +246,8 @@ def load(path: Path, overrides: Overrides | None = None) -> Task:
         "resources.memory": overrides.memory,
         "resources.accelerators": overrides.gpus,
         "resources.image_id": overrides.image_id,
+        "resources.job_config.max_restarts": overrides.max_restarts,
+        "resources.job_config.completions": overrides.completions,
     }
     flags, problems = _validate(data, {key for key, value in given.items() if value is not None})
     resolved = _resolve(data, problems)
@@ -234,6 +288,11 @@ def _apply_overrides(path: Path, data: dict[str, Any], o: Overrides) -> dict[str
             resources[key] = value
     if o.gpus is not None:
         resources["accelerators"] = o.gpus
+    job = {"max_restarts": o.max_restarts, "completions": o.completions}
+    if any(v is not None for v in job.values()):
+        given = resources.get("job_config")
+        given = dict(given) if isinstance(given, dict) else {}
+        resources["job_config"] = given | {k: v for k, v in job.items() if v is not None}
     if resources or "resources" in data:
         data["resources"] = resources
     envs = dict(data.get("envs") or {})
@@ -335,10 +394,8 @@ def _limits(data: dict[str, Any]) -> list[str]:
         value = _number(res.get(key))
         if value is not None and not 0 < value <= most:  # NaN fails both comparisons
             problems.append(f"resources.{key}: {res[key]!r} is not valid; {_FIXES[key]}")
-    gpus = res.get("accelerators")
-    count = gpus.partition(":")[2] if isinstance(gpus, str) else ""
-    if count.isdigit() and int(count) > MAX_GPUS:
-        problems.append(f"resources.accelerators: {gpus!r} is not valid; {_FIXES['accelerators']}")
+    if "accelerators" in res:
+        _accelerators(res["accelerators"], problems)
     size = _text_bytes(data)
     if size > MAX_TEXT_BYTES:
         problems.append(
@@ -347,6 +404,40 @@ def _limits(data: dict[str, Any]) -> list[str]:
             "and data in files in the workdir"
         )
     return problems
+
+
+def _accelerators(given: object, problems: list[str]) -> str | None:
+    """*given* (``TYPE``, ``TYPE:N``, ``{TYPE: N}`` or a list of one) as ``TYPE:N`` with
+    upstream's spelling of TYPE; None, and a problem, if it is not one of its types or
+    N is too large (what the schema refused is not reported again)."""
+    if isinstance(given, list) and len(given) == 1:
+        given = given[0]
+    if isinstance(given, dict) and len(given) == 1:
+        [(kind, count)] = given.items()
+    elif isinstance(given, str) and re.fullmatch(_ACCELERATOR["pattern"], given):
+        kind, _, text = given.partition(":")
+        count = int(text) if text.isdigit() else 1
+    else:
+        return None
+    if not isinstance(kind, str) or not isinstance(count, int) or isinstance(count, bool):
+        return None
+    where = f"resources.accelerators: {given!r}"
+    known = {k.lower(): k for k in ACCELERATORS}
+    if kind.lower() not in known:
+        spelled = re.sub(r"[xX*](\d+)$", r":\1", kind)  # H100x8: H100:8
+        close = difflib.get_close_matches(spelled.partition(":")[0].upper(), ACCELERATORS, n=1)
+        hint = spelled if spelled != kind and spelled.partition(":")[0].lower() in known else ""
+        hint = hint or (close[0] if close else "")
+        problems.append(
+            f"{where} is not a GPU type Konduktor knows"
+            + (f"; did you mean {hint}?" if hint else "")
+            + f" Known types: {', '.join(ACCELERATORS)}; {_FIXES['accelerators']}"
+        )
+        return None
+    if not 0 < count <= MAX_GPUS:
+        problems.append(f"{where} is not valid; {_FIXES['accelerators']}")
+        return None
+    return f"{known[kind.lower()]}:{count}"
 
 
 def _number(value: object) -> float | None:
@@ -394,12 +485,20 @@ def _resolve(data: dict[str, Any], problems: list[str]) -> _Resolved:
 def _build(path: Path, data: dict[str, Any], resolved: _Resolved) -> Task:
     """The task of a file found valid."""
     res = data.get("resources") or {}
+    job = res.get("job_config") or {}
+    if "disk_size" in res:
+        log.warning(
+            "%s: resources.disk_size is deprecated and has no effect (as in Konduktor); remove it",
+            path,
+        )
     resources = Resources(
         cpus=float(res["cpus"]) if "cpus" in res else None,
         memory=float(res["memory"]) if "memory" in res else None,
-        accelerators=res.get("accelerators"),
+        accelerators=_accelerators(res["accelerators"], []) if "accelerators" in res else None,
         image_id=res.get("image_id", "ubuntu"),
         labels={str(k): str(v) for k, v in (res.get("labels") or {}).items()},
+        max_restarts=job.get("max_restarts"),
+        completions=job.get("completions"),
     )
     return Task(
         path,

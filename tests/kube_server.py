@@ -151,6 +151,12 @@ class KubeAPI:
     def __post_init__(self) -> None:
         self._changed = threading.Condition(self._lock)
 
+    @property
+    def submitted(self) -> list[Request]:
+        """The requests but the look a launch takes at the user's Secrets (a list of the
+        namespace's Secrets by their owner label, as upstream Konduktor's launch)."""
+        return [r for r in self.requests if not is_secrets_lookup(r)]
+
     def jobset(
         self, name: str, *, ns: str = "team-a", labels: dict[str, str] | None = None
     ) -> dict[str, Any]:
@@ -404,6 +410,12 @@ class KubeAPI:
         stored["metadata"].setdefault("creationTimestamp", "2026-11-28T12:00:00Z")
         self.objects[(plural, ns, name)] = stored
         return stored
+
+
+def is_secrets_lookup(request: Request) -> bool:
+    """*request* lists Secrets by Konduktor's owner label."""
+    path = urllib.parse.unquote(request.path)
+    return request.method == "GET" and "/secrets?" in path and "trainy.ai/secret-owner=" in path
 
 
 def _selects(term: str, labels: dict[str, str]) -> bool:

@@ -179,14 +179,14 @@ def test_launches_through_a_proxy_that_resets_connections(
             data.write_bytes(os.urandom(1 << 20))
             if i % 6 == 5:
                 (project / "weights.bin").write_bytes(os.urandom(BIG))
-            submitted = len(kube_api.requests)
+            submitted = len(kube_api.submitted)
             launch = konduktor(
                 "launch", "-y", "-d", "--kubeconfig", kubeconfig, project / "task.yaml", cwd=project
             )
             code, err = finish(launch)
             outcomes[_outcome(code, err)] += 1
             if code != 0:  # nothing is submitted after a failed upload
-                assert len(kube_api.requests) == submitted, err
+                assert len(kube_api.submitted) == submitted, err
         resets = {k: proxy.counts[k] for k in ("connections", "connect", "request", "response")}
     configure(env, bucket, s3_server)
     gc(env)
@@ -376,5 +376,5 @@ def test_racing_launches_of_one_commit_send_its_base_once(
     with capsys.disabled():
         print(f"\n{RACERS} racing launches: {sent / base:.2f} times the base's bytes went up")
     assert [code for code, _ in results] == [0] * RACERS, results
-    assert len(kube_api.requests) == RACERS
+    assert len(kube_api.submitted) == RACERS
     assert base <= sent < 1.5 * base, f"{sent / base:.2f} times the base layer went up"

@@ -298,7 +298,7 @@ def test_the_git_jobset_is_valid_and_carries_no_key(
         "--kubeconfig", kubeconfig, project.task,
     )  # fmt: skip
     assert code == 0, err
-    (request,) = kube_api.requests
+    (request,) = kube_api.submitted
     manifest = request.body
     annotations = manifest["metadata"]["annotations"]
     assert annotations["konduktor.dev/git-commit"] == project.head()
@@ -441,20 +441,22 @@ def test_an_existing_git_ssh_secret_is_used_without_flags(
     project.task.write_text(_task(None))
     task, cfg = load(project.task), config.load()
     with pytest.raises(TaskError, match="needs an SSH key"):  # nothing names a key
-        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=[])
+        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=list)
     _upstream_git_secret(kube_api, "theirs", "12345678")  # another user's: never used
     found = secrets.user_secrets(cluster)
     with pytest.raises(TaskError, match="needs an SSH key"):
-        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=found)
+        gitmode.checkout(task, cfg, gitmode.Options(), local=False, user_secrets=lambda: found)
     name = _upstream_git_secret(kube_api, "gh-key", "0badcafe")
     found = secrets.user_secrets(cluster)
     _, checkout, secret, notes = gitmode.checkout(
-        task, cfg, gitmode.Options(), local=False, user_secrets=found
+        task, cfg, gitmode.Options(), local=False, user_secrets=lambda: found
     )
     assert (secret, checkout.key) == (name, f"{jobset.GIT_SSH_PATH}/gitkey")
     assert f"the pod clones with the key in your git-ssh Secret {name}" in notes
     by_name = gitmode.Options(ssh_secret="gh-key")  # the name given at creation
-    _, checkout, secret, _ = gitmode.checkout(task, cfg, by_name, local=False, user_secrets=found)
+    _, checkout, secret, _ = gitmode.checkout(
+        task, cfg, by_name, local=False, user_secrets=lambda: found
+    )
     assert (secret, checkout.key) == (name, f"{jobset.GIT_SSH_PATH}/gitkey")
 
 

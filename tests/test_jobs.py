@@ -312,7 +312,7 @@ def test_launch_follows_the_job_and_exits_with_its_code(
         "exited with code 3 (the task's own code; konduktor exits with it)"
     )
     assert "Traceback" not in err
-    first, *rest = [r.method for r in kube_api.requests]
+    first, *rest = [r.method for r in kube_api.submitted]
     assert (first, set(rest)) == ("POST", {"GET"})  # following touches nothing
     streams = [p for p in paths(kube_api) if "/log?" in p]
     assert len(streams) == 1
@@ -359,7 +359,7 @@ def test_launch_detached_submits_and_prints_the_name(
     code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, task)
     assert code == 0, err
     assert f"konduktor logs {out.strip()}" in err
-    assert [r.method for r in kube_api.requests] == ["POST"]
+    assert [r.method for r in kube_api.submitted] == ["POST"]
 
 
 def test_ctrl_c_while_following_leaves_the_job_alone(

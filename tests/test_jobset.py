@@ -136,6 +136,9 @@ def test_konduktor_shape(task_file: Path) -> None:
         "trainy.ai/accelerator": "H100",
         "trainy.ai/num-accelerators": "8",
         "trainy.ai/konduktor-managed": "true",
+        "parent": "trainy",
+        "maxRunDurationSeconds": "600",  # the task's label stays, as upstream's
+        "kueue.x-k8s.io/max-exec-time-seconds": "600",  # the one Kueue enforces
     }
     annotations = manifest["metadata"]["annotations"]
     assert annotations["kueue.x-k8s.io/maxRunDurationSeconds"] == "600"
@@ -157,8 +160,8 @@ def test_konduktor_shape(task_file: Path) -> None:
     assert env["NUM_NODES"] == "2"
     assert env["KONDUKTOR_GIT_COMMIT"] == PROVENANCE["git-commit"]
     assert env["LR"] == "0.1"
-    mount = container["volumeMounts"][0]
-    assert mount["readOnly"] is True
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[jobset.CREDENTIALS_PATH]["readOnly"] is True
 
 
 def test_default_max_run_duration(tmp_path: Path) -> None:
@@ -168,6 +171,7 @@ def test_default_max_run_duration(tmp_path: Path) -> None:
         load(path), name="t-0000", command="true", secret_names=["s"], provenance={}
     )
     assert manifest["metadata"]["annotations"]["kueue.x-k8s.io/maxRunDurationSeconds"] == "604800"
+    assert jobset.MAX_EXEC_LABEL not in manifest["metadata"]["labels"]  # as upstream: no limit
     labels = manifest["metadata"]["labels"]
     assert (labels["trainy.ai/accelerator"], labels["trainy.ai/num-accelerators"]) == ("None", "0")
 
@@ -290,3 +294,104 @@ def test_launch_manifest_golden(task_file: Path, validator: Any) -> None:
     if os.environ.get("KONDUKTOR_UPDATE_GOLDEN"):
         LAUNCH_GOLDEN.write_text(rendered)
     assert rendered == LAUNCH_GOLDEN.read_text()
+
+
+def test_pod_config_merges_into_the_pod_as_upstreams_does(task_file: Path, validator: Any) -> None:
+    """kubernetes.pod_config: mappings merge, the first container merges into ours, volumes
+    and mounts by name (a mount taking /dev/shm drops ours), other lists are appended to;
+    env: the config's, then the Secrets', then the task's win, each in the first's place."""
+    pod_config = {
+        "metadata": {"labels": {"team": "vision"}},
+        "spec": {
+            "imagePullSecrets": [{"name": "regcred"}],
+            "nodeSelector": {"pool": "h100"},
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+            "volumes": [
+                {"name": jobset.SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            ],
+            "containers": [
+                {
+                    "env": [
+                        {"name": "PYTHONUNBUFFERED", "value": "1"},
+                        {"name": "LR", "value": "from-config"},
+                        {"name": "HF_HOME", "value": "/data/hf"},
+                    ],
+                    "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                }
+            ],
+        },
+    }
+    secrets_config = {
+        "spec": {
+            "containers": [
+                {
+                    "env": [
+                        {"name": "HF_HOME", "value": "/secret"},
+                        {
+                            "name": "HF_TOKEN",
+                            "valueFrom": {"secretKeyRef": {"name": "hf-x", "key": "HF_TOKEN"}},
+                        },
+                    ]
+                }
+            ]
+        }
+    }
+    manifest = jobset.render(
+        load(task_file),
+        name="train-1a2b",
+        command="echo start",
+        secret_names=["konduktor-creds-s3"],
+        provenance=PROVENANCE,
+        pod_config=pod_config,
+        secrets_config=secrets_config,
+        jobset_config={"metadata": {"annotations": {"cost": "42"}, "labels": {"team": "v"}}},
+    )
+    assert sorted(validator.iter_errors(manifest), key=str) == []
+    for obj in job_and_pod(manifest):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    template = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    pod = template["spec"]
+    assert template["metadata"]["labels"]["team"] == "vision"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"pool": "h100"}
+    assert [t["key"] for t in pod["tolerations"]] == [
+        "nvidia.com/gpu",
+        "trainy.ai/accelerator-profile",
+        "spot",
+    ]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[jobset.SHM_VOLUME]["emptyDir"]["sizeLimit"] == "64Gi"
+    container = pod["containers"][0]
+    shm = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert shm == ["dshm"]
+    assert container["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names))
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["PYTHONUNBUFFERED"] == "1"  # the config's, in the template's place
+    assert names.index("PYTHONUNBUFFERED") == 0
+    assert env["HF_HOME"] == "/secret"  # a Secret's over the config's
+    assert env["LR"] == "0.1"  # the task's over everything
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-x", "key": "HF_TOKEN"}}
+    assert env["NUM_GPUS_PER_NODE"] == "8"
+    assert env["SKYPILOT_NUM_NODES"] == "2"
+    meta = manifest["metadata"]
+    assert meta["annotations"]["cost"] == "42"
+    assert meta["labels"]["team"] == "v"
+
+
+def test_a_max_run_duration_from_the_config_is_enforced(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("run: echo\n")
+    annotations = {jobset.MAX_RUN_ANNOTATION: "7200"}
+    manifest = jobset.render(
+        load(path),
+        name="t-0000",
+        command="true",
+        secret_names=["s"],
+        provenance={},
+        jobset_config={"metadata": {"annotations": annotations}},
+    )
+    assert manifest["metadata"]["labels"][jobset.MAX_EXEC_LABEL] == "7200"
+    assert manifest["metadata"]["annotations"][jobset.MAX_RUN_ANNOTATION] == "7200"

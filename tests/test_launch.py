@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,10 @@ def test_launch_submits_the_jobset(
     code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     job = out.strip()
-    (request,) = kube_api.requests
+    lookup, request = kube_api.requests  # the user's Secrets, then the JobSet
+    assert lookup.method == "GET"
+    owner = r"/api/v1/namespaces/team-a/secrets\?labelSelector=trainy.ai/secret-owner=[0-9a-f]{8}"
+    assert re.fullmatch(owner, urllib.parse.unquote(lookup.path))
     assert request.method == "POST"
     assert request.path == "/apis/jobset.x-k8s.io/v1alpha2/namespaces/team-a/jobsets"
     body = request.body
@@ -263,7 +267,7 @@ def test_launch_submits_the_jobset(
     code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
     assert uploaded_line(err).startswith("upload: nothing to send")
-    assert len(kube_api.requests) == 2
+    assert len(kube_api.submitted) == 2
 
 
 def test_nothing_is_submitted_when_the_upload_fails(
@@ -278,7 +282,7 @@ def test_nothing_is_submitted_when_the_upload_fails(
     code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 1
     assert "cannot reach" in err
-    assert kube_api.requests == []
+    assert kube_api.submitted == []
 
 
 def test_no_kube_context_fails_before_uploading(quickstart: Path, khome: Path) -> None:
@@ -360,7 +364,7 @@ def test_bad_input_is_one_clear_line_and_nothing_happens(
         assert word in lines[0]
     assert out == ""
     assert stored(khome) == []
-    assert kube_api.requests == []
+    assert kube_api.submitted == []
 
 
 def test_a_missing_task_file(khome: Path, tmp_path: Path) -> None:
@@ -386,7 +390,7 @@ def test_check_writes_the_credentials_secret(
     code, out, err = run("check", "s3", "--kubeconfig", kubeconfig)
     assert code == 0, err
     assert "created Secret konduktor-credentials-" in out
-    (request,) = kube_api.requests
+    (request,) = kube_api.submitted
     assert (request.method, request.path) == ("POST", "/api/v1/namespaces/team-a/secrets")
     sent = base64.b64decode(request.body["data"]["aws-credentials"]).decode()
     assert "aws_secret_access_key = testing" in sent
@@ -394,7 +398,7 @@ def test_check_writes_the_credentials_secret(
     code, out, _ = run("check", "s3", "--kubeconfig", kubeconfig)
     assert code == 0
     assert "replaced Secret" in out
-    assert kube_api.requests[-1].method == "PUT"
+    assert kube_api.submitted[-1].method == "PUT"
 
 
 def test_check_without_a_cluster_writes_no_secret(khome: Path, s3_store_factory: Any) -> None:
@@ -431,7 +435,7 @@ def test_a_private_key_mount_reaches_the_cluster_only_by_reference(
     kubeconfig = kube_api.write_kubeconfig(tmp_path)
     code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, task)
     assert code == 0, err
-    (request,) = kube_api.requests
+    (request,) = kube_api.submitted
     body = str(request.body)
     assert "secret-material" not in body + err
     digest = sha256_file(key)
@@ -583,7 +587,7 @@ def test_a_replaced_layer_stops_the_launch_before_it_submits(
     assert last.startswith("error: ")
     assert "is not the layer this machine builds for it" in last
     assert [line for line in err.splitlines() if line.startswith("error")] == [last]
-    assert len(kube_api.requests) == 1  # the first launch's JobSet only
+    assert len(kube_api.submitted) == 1  # the first launch's JobSet only
 
 
 def test_the_plan_kept_in_the_bucket_holds_no_presigned_url(
@@ -599,7 +603,7 @@ def test_the_plan_kept_in_the_bucket_holds_no_presigned_url(
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
     code, out, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
     assert code == 0, err
-    (request,) = kube_api.requests
+    (request,) = kube_api.submitted
     assert "X-Amz-Credential=testing" in str(request.body)  # the pod fetches over HTTPS
     store = open_store(url, options)
     plan = json.loads(_read(store, layout.plan(out.strip()), khome))
@@ -655,14 +659,14 @@ def test_a_file_mount_that_changes_while_it_is_sent_fails_and_leaves_its_key_fre
     assert code == 1, err
     [line] = err.strip().splitlines()[-1:]
     assert line.startswith(f"error: {data} changed while it was being uploaded"), err
-    assert kube_api.requests == []
+    assert kube_api.submitted == []
     store = open_store(url, StoreOptions(endpoint_url=_endpoint(khome)))
     after = sha256_file(data)
     assert store.stat(layout.file(before).key) is None
     assert store.stat(layout.file(after).key) is None
     code, _, err = run("launch", "-y", "-d", "--store", url, "--kubeconfig", kubeconfig, task)
     assert code == 0, err
-    assert len(kube_api.requests) == 1
+    assert len(kube_api.submitted) == 1
     info = store.stat(layout.file(after).key)
     assert info is not None
     assert info.sha256 == after
@@ -727,6 +731,6 @@ def test_konduktors_flag_spellings_work(
     kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
     code, out, err = run("--kubeconfig", kubeconfig, "launch", "--detach-run", "-y", "task.yaml")
     assert code == 0, err
-    (request,) = kube_api.requests
+    (request,) = kube_api.submitted
     assert request.method == "POST"
     assert request.body["metadata"]["name"] == out.strip()

@@ -158,6 +158,7 @@ def run_script(
     path: str,
     credentials: Path | None = None,
     shell: str = "/bin/sh",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     home.mkdir(exist_ok=True)
     script = home.parent / f"{home.name}-startup.sh"
@@ -167,6 +168,7 @@ def run_script(
         "PATH": path,
         "KONDUKTOR_CREDENTIALS_DIR": str(credentials or home.parent / "no-secret"),
         "KONDUKTOR_TERMINATION_LOG": str(home / ".konduktor" / "termination-log"),
+        **(env or {}),
     }
     return subprocess.run(
         [shell, str(script)], env=env, capture_output=True, text=True, timeout=120
@@ -647,6 +649,51 @@ def test_a_failing_setup_is_the_tasks_failure_and_run_does_not_start(
     termination = home / ".konduktor" / "termination-log"
     assert "setup failed with exit code 7" in termination.read_text()
     assert (home / "konduktor_workdir" / "greeting.txt").exists()  # the files were placed
+
+
+def _secret_volume(root: Path, files: dict[str, bytes]) -> None:
+    """A Secret as the kubelet mounts it: each key a link into a hidden ..data directory."""
+    (root / "..2026_12_02").mkdir()
+    (root / "..data").symlink_to("..2026_12_02")
+    for key, value in files.items():
+        (root / "..2026_12_02" / key).write_bytes(value)
+        (root / key).symlink_to(f"..data/{key}")
+
+
+@pytest.mark.parametrize("unzip", ["unzip", "python3"])
+def test_default_secrets_are_expanded_as_konduktors_pods_do(
+    project: Path, tmp_path: Path, unzip: str
+) -> None:
+    """`secret create --kind default --from-directory` stores a payload.zip: the pod unpacks
+    it (with unzip, else python3) beside the plain ones and points KONDUKTOR_DEFAULT_SECRETS
+    there, as upstream's pods do."""
+    import zipfile
+
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as z:
+        z.writestr(".netrc", "machine example.com login me\n")
+        z.writestr("sub/config.json", "{}\n")
+    mounted = tmp_path / "default-secrets"
+    (mounted / "netrc").mkdir(parents=True)
+    _secret_volume(mounted / "netrc", {"payload.zip": payload.getvalue()})
+    (mounted / "plain").mkdir()
+    _secret_volume(mounted / "plain", {"TOKEN": b"t0k3n\n"})
+    run = 'cat "$KONDUKTOR_DEFAULT_SECRETS/netrc/.netrc" "$KONDUKTOR_DEFAULT_SECRETS/plain/TOKEN"\n'
+    run += 'ls -A "$KONDUKTOR_DEFAULT_SECRETS/plain" "$KONDUKTOR_DEFAULT_SECRETS/netrc/sub"\n'
+    _with_setup(project, "true", run=run)
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    expanded = tmp_path / "expanded"
+    env = {
+        "KONDUKTOR_DEFAULT_SECRETS": str(mounted),
+        "KONDUKTOR_DEFAULT_SECRETS_EXPANDED": str(expanded),
+    }
+    path = toolbox(tmp_path, "zstd", unzip)
+    result = run_script(plan, tmp_path / "home", path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"machine example.com login me\nt0k3n\n{expanded}/netrc/sub:\nconfig.json\n\n"
+        f"{expanded}/plain:\nTOKEN\n"
+    )
 
 
 def test_a_task_without_setup_renders_no_setup(project: Path, tmp_path: Path) -> None:

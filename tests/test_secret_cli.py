@@ -275,12 +275,25 @@ def test_pod_config_injects_env_secrets_and_mounts_default_ones(
         {"name": "HF_HOME", "valueFrom": ref},
         {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hf, "key": "HF_TOKEN"}}},
         {"name": "KONDUKTOR_DEFAULT_SECRETS", "value": "/konduktor/default-secrets"},
+        {
+            "name": "KONDUKTOR_DEFAULT_SECRETS_EXPANDED",
+            "value": "/run/konduktor/expanded-default-secrets",
+        },
     ]
-    mount = {"name": "default-secret-netrc", "mountPath": "/konduktor/default-secrets/netrc"}
+    mounts = [
+        {"name": "default-secret-netrc", "mountPath": "/konduktor/default-secrets/netrc"},
+        {
+            "name": "default-secrets-expanded",
+            "mountPath": "/run/konduktor/expanded-default-secrets",
+        },
+    ]
     assert fragment == {
         "spec": {
-            "containers": [{"env": env, "volumeMounts": [mount]}],
-            "volumes": [{"name": "default-secret-netrc", "secret": {"secretName": netrc}}],
+            "containers": [{"env": env, "volumeMounts": mounts}],
+            "volumes": [
+                {"name": "default-secret-netrc", "secret": {"secretName": netrc}},
+                {"name": "default-secrets-expanded", "emptyDir": {}},
+            ],
         }
     }
     assert "t" not in str([e.get("value") for e in fragment["spec"]["containers"][0]["env"][:2]])

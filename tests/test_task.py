@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -138,6 +137,27 @@ BAD = [
     ("memory-with-unit", "run: echo\nresources: {memory: 16G}\n", "resources.memory: '16G'"),
     ("cpus-negative-text", "run: echo\nresources: {cpus: many}\n", "resources.cpus"),
     ("bad-accelerators", "run: echo\nresources: {accelerators: 'H100:x'}\n", "TYPE:COUNT"),
+    ("accelerators-x", "run: echo\nresources: {accelerators: H100x8}\n", "did you mean H100:8?"),
+    ("accelerators-unknown", "run: echo\nresources: {accelerators: V100}\n", "Known types: A100"),
+    (
+        "accelerators-two-types",
+        "run: echo\nresources: {accelerators: [H100, A100]}\n",
+        "TYPE:COUNT",
+    ),
+    ("accelerators-zero", "run: echo\nresources: {accelerators: {H100: 0}}\n", "TYPE:COUNT"),
+    ("accelerators-many", "run: echo\nresources: {accelerators: {H100: 65}}\n", "at most 64"),
+    (
+        "job-config-key",
+        "run: echo\nresources: {job_config: {restarts: 1}}\n",
+        "job_config.restarts",
+    ),
+    (
+        "max-restarts-negative",
+        "run: echo\nresources: {job_config: {max_restarts: -1}}\n",
+        "job_config.max_restarts: -1",
+    ),
+    ("completions-zero", "run: echo\nresources: {job_config: {completions: 0}}\n", "completions"),
+    ("disk-size-text", "run: echo\nresources: {disk_size: big}\n", "resources.disk_size"),
     ("labels-not-mapping", "run: echo\nresources: {labels: [a]}\n", "resources.labels"),
     ("envs-not-mapping", "run: echo\nenvs: [A]\n", "envs"),
     ("env-without-value", "run: echo\nenvs: {TOKEN: null}\n", "--env TOKEN=V"),
@@ -370,18 +390,9 @@ def test_env_names_from_the_command_line_and_env_files(project: Path) -> None:
 
 
 UPSTREAM = Path(__file__).resolve().parents[1] / "fixtures" / "upstream_tasks"
-# Task files whose resources use what lands from branch parity (job_config).
-NEEDS_RESOURCES_PARITY = {"task_schema.yaml", "runtime_file_sync.yaml"}
 
 
-def _upstream(name: str) -> Any:
-    if name in NEEDS_RESOURCES_PARITY:
-        mark = pytest.mark.xfail(strict=True, reason="resources parity lands from branch parity")
-        return pytest.param(name, marks=mark)
-    return name
-
-
-@pytest.mark.parametrize("name", [_upstream(p.name) for p in sorted(UPSTREAM.glob("*.yaml"))])
+@pytest.mark.parametrize("name", [p.name for p in sorted(UPSTREAM.glob("*.yaml"))])
 def test_konduktors_documented_task_files_load(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,3 +414,36 @@ def test_every_documented_page_has_its_task_file() -> None:
     names = {p.stem for p in UPSTREAM.glob("*.yaml")}
     for page in ("task_schema", "file_sync", "runtime_file_sync", "lifecycle", "distributed"):
         assert any(name.startswith(page) for name in names), page
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["H100:8", "h100:8", "{H100: 8}", "[H100:8]", "['h100:8']", "{h100: 8}"],
+)
+def test_accelerators_in_every_form_konduktor_reads(project: Path, given: str) -> None:
+    path = write(project, f"run: echo\nresources:\n  accelerators: {given}\n")
+    assert load(path).resources.accelerators == "H100:8"
+
+
+def test_one_accelerator_without_a_count_is_one(project: Path) -> None:
+    path = write(project, "run: echo\nresources: {accelerators: a100-80gb}\n")
+    assert load(path).resources.accelerators == "A100-80GB:1"
+
+
+def test_job_config_and_its_flags(project: Path) -> None:
+    path = write(project, "run: echo\nresources: {job_config: {max_restarts: 3, completions: 2}}\n")
+    res = load(path).resources
+    assert (res.max_restarts, res.completions) == (3, 2)
+    res = load(path, Overrides(max_restarts=0)).resources
+    assert (res.max_restarts, res.completions) == (0, 2)
+    with pytest.raises(UsageError) as raised:
+        load(path, Overrides(completions=0))
+    assert str(raised.value).startswith("--completions: 0 is not valid")
+
+
+def test_disk_size_is_accepted_with_a_warning(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(project, "run: echo\nresources: {disk_size: 256}\n")
+    load(path)
+    assert "resources.disk_size is deprecated and has no effect" in caplog.text

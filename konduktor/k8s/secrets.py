@@ -100,6 +100,8 @@ GIT_SSH_KEY = "gitkey"  # the key file's name in a git-ssh Secret, Konduktor's
 LEGACY_GIT_SSH_KEY = "ssh-privatekey"  # ... in the ones konduktor made before
 PAYLOAD = "payload.zip"  # a --from-directory Secret: the directory, zipped (Konduktor's)
 DEFAULT_SECRETS = "/konduktor/default-secrets"  # default Secret NAME at .../NAME in each pod
+# where the pod copies them, each payload.zip unpacked (KONDUKTOR_DEFAULT_SECRETS then)
+EXPANDED_SECRETS = "/run/konduktor/expanded-default-secrets"
 MAX_BYTES = 1024 * 1024  # the API server's limit on a Secret's data
 _BASENAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,46}[a-z0-9])?$")  # "default-secret-" + it: 63
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -310,8 +312,9 @@ def pod_config(found: Sequence[UserSecret]) -> dict[str, Any]:
     """The pod fragment (the shape of Konduktor's ``kubernetes.pod_config``) that gives every
     pod the user's Secrets as Konduktor does: each key of an env Secret becomes an
     environment variable read from it (``secretKeyRef``), each default Secret is mounted
-    read-only at ``/konduktor/default-secrets/<its name>`` (``KONDUKTOR_DEFAULT_SECRETS``
-    names that directory). Empty when there is nothing to add."""
+    read-only at ``/konduktor/default-secrets/<its name>`` and copied by the pod, its
+    ``payload.zip`` unpacked, to ``EXPANDED_SECRETS``, which ``KONDUKTOR_DEFAULT_SECRETS``
+    names then. Empty when there is nothing to add."""
     env = [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": s.name, "key": key}}}
         for s in found
@@ -321,6 +324,7 @@ def pod_config(found: Sequence[UserSecret]) -> dict[str, Any]:
     defaults = [s for s in found if s.kind == "default"]
     if defaults:
         env.append({"name": "KONDUKTOR_DEFAULT_SECRETS", "value": DEFAULT_SECRETS})
+        env.append({"name": "KONDUKTOR_DEFAULT_SECRETS_EXPANDED", "value": EXPANDED_SECRETS})
     if not env:
         return {}
     container: dict[str, Any] = {"env": env}
@@ -331,7 +335,8 @@ def pod_config(found: Sequence[UserSecret]) -> dict[str, Any]:
         container["volumeMounts"] = [
             {"name": f"default-secret-{s.basename}", "mountPath": f"{DEFAULT_SECRETS}/{s.basename}"}
             for s in defaults
-        ]
+        ] + [{"name": "default-secrets-expanded", "mountPath": EXPANDED_SECRETS}]
+        volumes.append({"name": "default-secrets-expanded", "emptyDir": {}})
     spec: dict[str, Any] = {"containers": [container]}
     if volumes:
         spec["volumes"] = volumes

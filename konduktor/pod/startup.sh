@@ -675,8 +675,35 @@ k_run() {
   cd "$HOME/konduktor_workdir" 2>/dev/null || cd "$HOME" || k_fail "cannot enter $HOME"
   K_SH="sh"
   if k_have bash; then K_SH=bash; fi
+  k_default_secrets
   if [ -n "${2:-}" ]; then k_setup "$2"; fi
   exec "$K_SH" "$1"
+}
+
+# k_default_secrets: as Konduktor's pods do, each default Secret mounted in
+# $KONDUKTOR_DEFAULT_SECRETS/NAME is copied to $KONDUKTOR_DEFAULT_SECRETS_EXPANDED/NAME (its
+# payload.zip, which `secret create --from-directory` makes, unpacked), which
+# KONDUKTOR_DEFAULT_SECRETS then names.
+k_default_secrets() {
+  [ -n "${KONDUKTOR_DEFAULT_SECRETS_EXPANDED:-}" ] || return 0
+  [ -d "${KONDUKTOR_DEFAULT_SECRETS:-}" ] || return 0
+  for K_SRC in "$KONDUKTOR_DEFAULT_SECRETS"/*; do
+    [ -d "$K_SRC" ] || continue
+    K_DST="$KONDUKTOR_DEFAULT_SECRETS_EXPANDED/${K_SRC##*/}"
+    mkdir -p "$K_DST" || k_fail "cannot create $K_DST"
+    if [ -f "$K_SRC/payload.zip" ]; then
+      if k_have unzip; then
+        unzip -oq "$K_SRC/payload.zip" -d "$K_DST"
+      else
+        "$K_PY" -m zipfile -e "$K_SRC/payload.zip" "$K_DST"
+      fi || k_fail "default Secret ${K_SRC##*/}: cannot unpack its payload.zip (the image needs unzip or python3)"
+    else
+      for K_KEY in "$K_SRC"/*; do
+        [ ! -f "$K_KEY" ] || cp -L "$K_KEY" "$K_DST/" || k_fail "cannot copy $K_KEY"
+      done
+    fi
+  done
+  export KONDUKTOR_DEFAULT_SECRETS="$KONDUKTOR_DEFAULT_SECRETS_EXPANDED"
 }
 
 # k_setup SCRIPT: run it in the foreground (a Ctrl-C at the terminal reaches it and what it
