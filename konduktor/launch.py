@@ -161,11 +161,11 @@ def _check_reachable(url: str, cfg: Config, *, dry_run: bool) -> None:
     config declares that every node has it at the same path (``sync.shared_store``)."""
     if not url.startswith("file://") or cfg.shared_store:
         return
-    config_file = cfg.path or config.config_path()
     problem = (
         f"the store {url} is a directory on this machine, which the cluster's pods cannot "
-        f"read: set jobs.bucket to an s3:// or gs:// URL in {config_file} (or pass --store), "
-        "or, if every node mounts that directory at the same path, set sync.shared_store: true"
+        f"read: set jobs.bucket to an s3:// or gs:// URL in {cfg.where('jobs')} (or pass "
+        "--store), or, if every node mounts that directory at the same path, set "
+        f"sync.shared_store: true in {cfg.where('sync')}"
     )
     if not dry_run:
         raise ConfigError(problem)

@@ -135,7 +135,8 @@ ROWS_LAUNCH: list[Row] = [
         ("launch", "-y", "-d", "--kubeconfig", "{kubeconfig}", "task.yaml"),
         1,
         r"^error: the store file://.*khome/store is a directory on this machine, which the "
-        r"cluster's pods cannot read: set jobs\.bucket to an s3:// or gs:// URL",
+        r"cluster's pods cannot read: set jobs\.bucket to an s3:// or gs:// URL in "
+        r".*khome/config\.yaml .*set sync\.shared_store: true in .*khome/sync\.yaml$",
     ),
     Row(
         "git mode outside a repository says so first, in konduktor's words",
