@@ -368,7 +368,30 @@ def _object(path: Path, key: str, value: object) -> dict[str, Any]:
     for part in ("metadata", "spec"):
         if part in found:
             _mapping(path, f"kubernetes.{key}.{part}", found[part])
+    if key == "pod_config":
+        _pod_lists(path, found.get("spec") or {})
     return copy.deepcopy(found)
+
+
+def _pod_lists(path: Path, spec: Mapping[str, Any]) -> None:
+    """The lists of pod_config's spec that konduktor merges item by item (as Konduktor
+    does) hold mappings, each with a name where merging goes by name."""
+    where = f"{path}: kubernetes.pod_config.spec"
+    lists = [(f"{where}.{k}", spec[k], k != "containers") for k in _NAMED if k in spec]
+    containers = spec.get("containers")
+    for i, c in enumerate(containers if isinstance(containers, list) else []):
+        if isinstance(c, Mapping):
+            at = f"{where}.containers[{i}]"
+            lists += [(f"{at}.{k}", c[k], True) for k in ("env", "volumeMounts") if k in c]
+    for at, items, named in lists:
+        if not isinstance(items, list) or not all(
+            isinstance(i, Mapping) and (not named or isinstance(i.get("name"), str)) for i in items
+        ):
+            fix = "mappings with a name" if named else "mappings"
+            raise ConfigError(f"{at} must be a list of {fix}, as in a pod's spec")
+
+
+_NAMED = ("containers", "volumes", "imagePullSecrets")
 
 
 def _ranges(sync: dict[str, Any], store: dict[str, Any]) -> list[str]:

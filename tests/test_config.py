@@ -303,6 +303,18 @@ def test_more_than_one_allowed_context_is_ignored_with_a_warning(
             "kubernetes:\n  pod_config:\n    spec: 3\n",
             "kubernetes.pod_config.spec must be a mapping",
         ),
+        (
+            "kubernetes:\n  pod_config:\n    spec:\n      volumes: [data]\n",
+            "kubernetes.pod_config.spec.volumes must be a list of mappings with a name",
+        ),
+        (
+            "kubernetes:\n  pod_config:\n    spec:\n      containers: {env: []}\n",
+            "kubernetes.pod_config.spec.containers must be a list of mappings, as in a pod",
+        ),
+        (
+            "kubernetes:\n  pod_config:\n    spec:\n      containers: [{env: [{value: x}]}]\n",
+            "kubernetes.pod_config.spec.containers[0].env must be a list of mappings with a name",
+        ),
         ("kubernetes:\n  jobset_config: x\n", "kubernetes.jobset_config must be a mapping"),
         ("kubernetes:\n  allowed_contexts: prod\n", "kubernetes.allowed_contexts must be a list"),
         ("kubernetes: []\n", "kubernetes must be a mapping"),

@@ -734,3 +734,43 @@ def test_konduktors_flag_spellings_work(
     (request,) = kube_api.submitted
     assert request.method == "POST"
     assert request.body["metadata"]["name"] == out.strip()
+
+
+def test_a_launch_gives_pods_the_config_and_the_users_secrets(
+    quickstart: Path, shared: Path, kube_api: KubeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a Konduktor user has set up reaches the pod: kubernetes.pod_config, the
+    jobset_config's labels, an env Secret's keys and a default Secret, found by Konduktor's
+    labels in one request."""
+    from test_secret_cli import HASH, konduktor_secret
+
+    monkeypatch.setenv("KONDUKTOR_USER_ID", HASH)
+    hf = konduktor_secret(kube_api, "hf", "env", {"HF_TOKEN": b"t"})
+    netrc = konduktor_secret(kube_api, "netrc", "default", {".netrc": b"m"})
+    konduktor_secret(kube_api, "theirs", "env", {"OTHER": b"x"}, owner="12345678")
+    (shared / "config.yaml").write_text(
+        "kubernetes:\n"
+        "  pod_config:\n"
+        "    spec:\n"
+        "      imagePullSecrets: [{name: regcred}]\n"
+        "      containers: [{env: [{name: HF_HOME, value: /data/hf}]}]\n"
+        "  jobset_config: {metadata: {labels: {team: vision}}}\n"
+    )
+    (shared / "sync.yaml").write_text("sync:\n  shared_store: true\n")
+    kubeconfig = kube_api.write_kubeconfig(quickstart.parent)
+    code, _, err = run("launch", "-y", "-d", "--kubeconfig", kubeconfig, quickstart / "task.yaml")
+    assert code == 0, err
+    lookups = [r for r in kube_api.requests if r.method == "GET"]
+    assert len(lookups) == 1
+    (request,) = kube_api.submitted
+    body = request.body
+    assert body["metadata"]["labels"]["team"] == "vision"
+    pod = body["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HF_HOME"]["value"] == "/data/hf"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": hf, "key": "HF_TOKEN"}}
+    assert "OTHER" not in env  # another user's
+    assert env["KONDUKTOR_DEFAULT_SECRETS"]["value"] == "/konduktor/default-secrets"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["default-secret-netrc"]["secret"] == {"secretName": netrc}
