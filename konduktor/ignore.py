@@ -210,9 +210,9 @@ class IgnoreChain:
                 return rule if rule.negate else None
         return None
 
-    def negates(self) -> bool:
-        """Whether any file read so far has a ``!`` rule."""
-        return any(r.negate for _, own in self._dirs.values() for r in own)
+    def negations(self) -> list[Rule]:
+        """The ``!`` rules of the files read so far."""
+        return list({r for _, own in self._dirs.values() for r in own if r.negate})
 
     def excluded_dirs(self) -> Iterator[tuple[str, Rule]]:
         """The directories looked at so far that a rule excludes (theirs or a parent's)."""

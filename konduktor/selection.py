@@ -306,10 +306,10 @@ def _from_worktree(
     others = status.untracked() if untracked else []
     for path in others:
         walk.add_untracked(path)
-    if untracked and ignored is None and walk.chain.negates():
+    if untracked and _more_negations(walk.chain, ignored):
         # a `!` line in a .konduktorignore that .gitignore ignores (read, as git reads it)
         listed = status.ignored if status.ignored is not None else repo.status(ignored=True).ignored
-        walk.ignored = _revive(repo, listed or [])
+        walk.ignored = _revive(repo, listed or [], walk.chain.negations())
     revived = walk.add_ignored() if untracked else []
     out = walk.out
     candidates = [e.path for e in tracked] + others + revived
@@ -487,6 +487,7 @@ class _Ignored:
     directories."""
 
     chain: IgnoreChain
+    negations: Sequence[Rule]  # the `!` rules that could bring paths back
     revived: list[tuple[str, Rule | str]] = field(default_factory=list)
     excluded: list[tuple[str, Rule]] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
@@ -504,26 +505,33 @@ def _status(
     else:
         named = [p for p in tracked if p.endswith(IGNORE_FILE) and _named_ignore_file(p)]
     named.append(IGNORE_FILE)  # the root's, even if gitignored (no more than one `open`)
-    negates = _negates(repo.root, named)
-    status = repo.status(ignored=ignored or negates)
-    if not negates:
+    negations = _negations(repo.root, named)
+    status = repo.status(ignored=ignored or bool(negations))
+    if not negations:
         fresh = [p for p in status.untracked() if _named_ignore_file(p)]
-        negates = _negates(repo.root, fresh)
-        if negates and status.ignored is None:
+        negations = _negations(repo.root, fresh)
+        if negations and status.ignored is None:
             status = repo.status(ignored=True)
-    if not negates:
+    if not negations:
         return status, None
-    found = _revive(repo, status.ignored or [])
+    found = _revive(repo, status.ignored or [], negations)
     status.raw += b"\0!!\0" + b"\0".join(os.fsencode(p) for p, _ in found.revived)
     return status, found
+
+
+def _more_negations(chain: IgnoreChain, ignored: _Ignored | None) -> bool:
+    """Whether the pass read ``!`` lines that deciding the ignored paths did not know of."""
+    known = {(r.source, r.line) for r in ignored.negations} if ignored else set()
+    return any((r.source, r.line) not in known for r in chain.negations())
 
 
 def _named_ignore_file(path: str) -> bool:
     return posixpath.basename(path) == IGNORE_FILE
 
 
-def _negates(root: Path, paths: Sequence[str]) -> bool:
-    """Whether one of the ignore files at *paths* has a ``!`` line."""
+def _negations(root: Path, paths: Sequence[str]) -> list[Rule]:
+    """The ``!`` lines of the ignore files at *paths*."""
+    found = []
     for path in paths:
         try:
             fd = os.open(os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW)
@@ -531,9 +539,10 @@ def _negates(root: Path, paths: Sequence[str]) -> bool:
             continue
         with open(fd, "rb") as f:
             data = f.read()
-        if b"!" in data and any(r.negate for r in parse(data, source="", base="", warnings=[])):
-            return True
-    return False
+        if b"!" in data:
+            base = posixpath.dirname(path)
+            found += [r for r in parse(data, source=path, base=base, warnings=[]) if r.negate]
+    return found
 
 
 def _combined_chain(repo: Repo, *, fallback: bool) -> IgnoreChain:
@@ -574,23 +583,58 @@ def _top(repo: Repo, path: str) -> str:
     return f"{repo.prefix}/{path}" if repo.prefix else path
 
 
-def _revive(repo: Repo, ignored: Sequence[str]) -> _Ignored:
+def _revive(repo: Repo, ignored: Sequence[str], negations: Sequence[Rule]) -> _Ignored:
     """Decide each ignored path with the combined chain: a file or directory that a ``!``
     line decides comes back (a directory: what the chain keeps under it), as in git with
-    the ``.konduktorignore`` lines appended to the ``.gitignore`` files."""
-    found = _Ignored(_combined_chain(repo, fallback=True))
+    the ``.konduktorignore`` lines appended to the ``.gitignore`` files.
+
+    git lists a path as ignored because a pattern matches it or a directory above it
+    (one holding tracked files), so only where a ``.konduktorignore``'s ``!`` line
+    (one of *negations*) matches one of those can the combined chain decide otherwise;
+    the other paths stay out without asking it."""
+    found = _Ignored(_combined_chain(repo, fallback=True), negations)
+    may = _Negations(negations)
     for entry in ignored:
         path, is_dir = entry.rstrip("/"), entry.endswith("/")
-        rule = found.chain.decide(_top(repo, path), is_dir)
-        if rule is None or not rule.negate:  # None: git's reason, which ours cannot see
+        if not may.touch(path, is_dir):
             found.kept.append(entry)
-            if rule is not None:
-                found.excluded.append((entry, rule))
+            continue
+        rule = found.chain.decide(_top(repo, path), is_dir)
+        if rule is not None and not rule.negate:
+            found.kept.append(entry)
+            found.excluded.append((entry, rule))
         elif is_dir:
             _revive_tree(repo, path, found)
-        else:
-            found.revived.append((path, rule))
+        else:  # no rule at all: the one git saw was above it, and a `!` line undid that
+            why = rule or found.chain.reincluded_by(_top(repo, path)) or "untracked"
+            found.revived.append((path, why))
     return found
+
+
+class _Negations:
+    """Whether some ``!`` rule matches a path or a directory above it (memoized by
+    directory: the ignored paths of a tree share most of theirs)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = rules
+        self.dirs: dict[str, bool] = {"": False}
+
+    def touch(self, path: str, is_dir: bool) -> bool:
+        return self._matches(path, is_dir) or self._dir(path.rpartition("/")[0])
+
+    def _dir(self, directory: str) -> bool:
+        known = self.dirs.get(directory)
+        if known is None:
+            parent = directory.rpartition("/")[0]
+            known = self.dirs[directory] = self._matches(directory, True) or self._dir(parent)
+        return known
+
+    def _matches(self, path: str, is_dir: bool) -> bool:
+        return any(
+            r.matches(path, is_dir)
+            for r in self.rules
+            if not r.base or path.startswith(f"{r.base}/")
+        )
 
 
 def _revive_tree(repo: Repo, directory: str, found: _Ignored) -> None:
@@ -616,14 +660,17 @@ def _revive_tree(repo: Repo, directory: str, found: _Ignored) -> None:
 
 KEPT_OUT_FILES = 100  # above this many gitignored files, or
 KEPT_OUT_BYTES = 10_000_000  # bytes, launch and ls-files tell the user what stays out
-_COUNT_AT_MOST = 50_000  # files counted inside ignored directories before giving up
+# Looking inside ignored directories (a .venv, a __pycache__ beside every module) stops
+# after this many files sized or directories listed: a few ms, told as "at least".
+_LOOK_AT_MOST = 2_000
 
 
 @dataclass(frozen=True)
 class KeptOut:
-    """The untracked files ``.gitignore`` (git's excludes) keeps out of what ships, counted
-    up to a cap (``complete`` false beyond it): ``largest`` are the biggest entries as git
-    names them (a directory excluded as a whole ends with ``/``), with their bytes."""
+    """The untracked files ``.gitignore`` (git's excludes) keeps out of what ships:
+    ``largest`` are the biggest entries as git names them (a directory excluded as a
+    whole ends with ``/``), with their bytes. Looking inside directories stops after a
+    while: then ``complete`` is false and the figures are lower bounds."""
 
     root: Path
     files: int
@@ -633,14 +680,15 @@ class KeptOut:
 
     def warning(self) -> str | None:
         """One line for the user, when more than the thresholds stay out."""
-        if self.files <= KEPT_OUT_FILES and self.bytes <= KEPT_OUT_BYTES:
+        small = self.files <= KEPT_OUT_FILES and self.bytes <= KEPT_OUT_BYTES
+        if small and self.complete:  # not complete: more than could be looked at
             return None
-        some = "" if self.complete else "at least "
+        some, seen = ("", "") if self.complete else ("at least ", " seen")
         top = ", ".join(f"{path} ({units.size(n)})" for path, n in self.largest)
         return (
             f"{self.root}: .gitignore keeps {some}{self.files} untracked file(s) "
-            f"({some}{units.size(self.bytes)}) out of what ships, the largest {top}; to ship "
-            f"some, re-include them with `!pattern` lines in {IGNORE_FILE}"
+            f"({some}{units.size(self.bytes)}) out of what ships, the largest{seen} {top}; "
+            f"to ship some, re-include them with `!pattern` lines in {IGNORE_FILE}"
         )
 
 
@@ -663,30 +711,32 @@ def kept_out_warning(root: Path) -> str | None:
 
 
 def _count_kept_out(root: Path, entries: Sequence[str]) -> KeptOut:
-    budget = [_COUNT_AT_MOST]
+    """Files first (one lstat each), then directories, shallow ones first (a data/ rather
+    than the caches deep in the tree), while the budget lasts."""
+    budget = [_LOOK_AT_MOST]
     sized = []
     files = total = 0
-    for entry in entries:
+    for entry in sorted(entries, key=lambda e: (e.endswith("/"), e.count("/"))):
         n, size = _count(os.path.join(root, entry), budget)
         files, total = files + n, total + size
-        sized.append((entry, size))
+        if n:
+            sized.append((entry, size))
     largest = tuple(sorted(sized, key=lambda item: -item[1])[:3])
-    return KeptOut(root, files, total, largest, complete=budget[0] > 0)
+    return KeptOut(root, files, total, largest, complete=budget[0] >= 0)
 
 
 def _count(path: str, budget: list[int]) -> tuple[int, int]:
-    """Files and bytes at *path* (a file, or a directory walked without following links),
-    taking from *budget* (the files still to be counted)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
+    """Files and bytes at *path* (a file, or a directory walked without following links);
+    inside a directory, each file sized and directory listed takes one from *budget*
+    (below 0: spent before the walk ended)."""
+    if path.endswith("/"):
+        pending, files, total = [path], 0, 0
+    else:
+        with contextlib.suppress(OSError):
+            return 1, os.lstat(path).st_size
         return 0, 0
-    if not stat.S_ISDIR(st.st_mode):
-        budget[0] -= 1
-        return 1, st.st_size
-    files = total = 0
-    pending = [path]
     while pending and budget[0] > 0:
+        budget[0] -= 1
         try:
             children = list(os.scandir(pending.pop()))
         except OSError:
@@ -694,11 +744,16 @@ def _count(path: str, budget: list[int]) -> tuple[int, int]:
         for child in children:
             if child.is_dir(follow_symlinks=False):
                 pending.append(child.path)
-                continue
-            with contextlib.suppress(OSError):
-                total += child.stat(follow_symlinks=False).st_size
-            files += 1
-            budget[0] -= 1
+            elif budget[0] > 0:
+                budget[0] -= 1
+                files += 1
+                with contextlib.suppress(OSError):
+                    total += child.stat(follow_symlinks=False).st_size
+            else:
+                budget[0] = -1
+                return files, total
+    if pending:
+        budget[0] = -1
     return files, total
 
 
@@ -936,4 +991,13 @@ def _git_excludes(selection: Selection, reasons: Reasons, path: str) -> str | No
     source, line, pattern, _ = out.split(b"\0", 3)
     if pattern.startswith(b"!"):  # -v also reports a re-include that decided "not ignored"
         return None
-    return f"{os.fsdecode(source)}:{line.decode()}:{os.fsdecode(pattern)}"
+    shown = _per_directory(selection.repo, os.fsdecode(source))
+    return f"{shown}:{line.decode()}:{os.fsdecode(pattern)}"
+
+
+def _per_directory(repo: Repo, source: str) -> str:
+    """git names a ``.gitignore`` relative to the work tree's top; the selection names it
+    relative to the sync root (``../.gitignore`` above it), as its own rules are named."""
+    if not repo.prefix or posixpath.basename(source) != ".gitignore" or os.path.isabs(source):
+        return source
+    return posixpath.relpath(source, repo.prefix)

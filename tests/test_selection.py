@@ -572,6 +572,23 @@ def test_negation_re_includes_a_gitignored_directory(tmp_path: Path) -> None:
     assert why(repo, "data/sub/cache/f.bin") == (False, "data/sub/.gitignore:1:cache/")
 
 
+def test_negation_re_includes_a_gitignored_directory_holding_tracked_files(
+    tmp_path: Path,
+) -> None:
+    # git lists build/new.txt itself as ignored (build/ holds a tracked file), because of
+    # the pattern on build/; `!build/` undoes that, `!*.txt` alone could not
+    files = {".gitignore": "build/\n", "build/keep.txt": "", "out/keep.txt": ""}
+    files |= {".gitignore": "build/\nout/\n", K: "!build/\n!*.txt\n"}
+    untracked = {"build/new.txt": "", "build/sub/deep.txt": "", "out/new.txt": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    expected = {".gitignore", K, "build/keep.txt", "out/keep.txt", "build/new.txt"}
+    expected |= {"build/sub/deep.txt"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    assert why(repo, "build/new.txt") == (True, f"{K}:2:!*.txt")
+    assert why(repo, "out/new.txt") == (False, ".gitignore:2:out/")
+
+
 def test_negation_in_a_nested_konduktorignore(tmp_path: Path) -> None:
     files = {".gitignore": "*.log\nlogs/\n", f"sub/{K}": "!*.log\n!logs/\n"}
     untracked = {"a.log": "", "sub/b.log": "", "sub/deep/c.log": "", "sub/logs/d.txt": ""}
@@ -648,11 +665,22 @@ def test_negation_re_includes_what_info_exclude_and_excludes_file_ignore(tmp_pat
 def test_negation_re_includes_from_a_subdirectory_root(tmp_path: Path) -> None:
     files = {".gitignore": "*.bin\nout/\n", f"sub/{K}": "!keep.bin\n!out/\n", "sub/a.txt": ""}
     untracked = {"sub/keep.bin": "", "sub/x.bin": "", "sub/out/o.txt": "", "keep.bin": ""}
+    untracked |= {"sub/out/o.bin": ""}
     repo = make_repo(tmp_path, files, untracked=untracked)
     expected = {K, "a.txt", "keep.bin", "out/o.txt"}
     assert git_oracle(repo / "sub") == expected
     ships(repo / "sub", expected)
+    assert why(repo / "sub", "x.bin") == (False, "../.gitignore:1:*.bin")  # git check-ignore's
+    assert why(repo / "sub", "out/o.bin") == (False, "../.gitignore:1:*.bin")  # in a walk
+
+
+def test_why_names_gitignore_files_from_a_subdirectory_root(tmp_path: Path) -> None:
+    # git check-ignore names them from the work tree's top; the selection from its root
+    files = {".gitignore": "*.bin\n", "sub/.gitignore": "*.log\n", "sub/a.txt": ""}
+    repo = make_repo(tmp_path, files, untracked={"sub/x.bin": "", "sub/y.log": ""})
     assert why(repo / "sub", "x.bin") == (False, "../.gitignore:1:*.bin")
+    assert why(repo / "sub", "y.log") == (False, ".gitignore:1:*.log")
+    assert why(repo, "sub/y.log") == (False, "sub/.gitignore:1:*.log")
 
 
 def test_nested_repository_in_a_re_included_directory_is_not_shipped(tmp_path: Path) -> None:
@@ -698,6 +726,26 @@ def test_kept_out_counts_what_gitignore_keeps_out(tmp_path: Path) -> None:
     assert few is not None
     assert few.files == 92
     assert few.warning() is None
+
+
+def test_kept_out_stops_looking_inside_directories_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {".gitignore": "cache/\nbig.bin\ndeep/\n"}
+    untracked = {f"cache/{i}.c": "c" for i in range(150)} | {"big.bin": b"x" * 2000}
+    untracked |= {"deep/er/d.c": "dd"}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    monkeypatch.setattr(konduktor_selection, "_LOOK_AT_MOST", 40)
+    counted = konduktor_selection.kept_out(repo)
+    assert counted is not None
+    assert not counted.complete
+    assert 1 < counted.files <= 41  # the files git names are all counted, big.bin first
+    assert counted.largest[0] == ("big.bin", 2000)
+    assert "deep/" not in dict(counted.largest)  # deeper, so not reached
+    warning = counted.warning()
+    assert warning is not None
+    assert f".gitignore keeps at least {counted.files} untracked file(s) (at least" in warning
+    assert "the largest seen big.bin (2.0 kB), cache/" in warning
 
 
 def test_ls_files_tells_what_gitignore_keeps_out(tmp_path: Path) -> None:

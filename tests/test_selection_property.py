@@ -124,12 +124,18 @@ def trees(draw: st.DrawFn, reinclude: bool = False) -> Tree:
     used = set(paths) | set(ignores)
     contents = {p: "x\n" for p in paths if not _clashes(p, used)}
     end = draw(st.sampled_from(["\n", "\r\n"]))
+    drawn: list[str] = []  # the .gitignore lines so far, which `!` lines may undo
+    if reinclude:  # the .gitignore files first
+        ignores.sort(key=lambda p: KONDUKTORIGNORE in p)
     for path in ignores:
         konduktor = KONDUKTORIGNORE in path
         line = KONDUKTOR_LINE if konduktor else GITIGNORE_LINE
-        if reinclude:
-            line = st.one_of(LINE, REINCLUDE, REINCLUDE, REINCLUDE) if konduktor else line
+        if reinclude and konduktor:
+            undo = [f"!{line}" for line in drawn if line and line[0] not in "!#"]
+            choices = [LINE, REINCLUDE, *[st.sampled_from(undo)] * 3] if undo else [LINE]
+            line = st.one_of(*choices, REINCLUDE, REINCLUDE)
         lines = draw(st.lists(line, min_size=1, max_size=5 if konduktor else 3))
+        drawn += [] if konduktor else lines
         contents[path] = "".join(line + end for line in lines)
     state = st.sampled_from(["tracked", "tracked", "untracked", "untracked", "deleted"])
     if reinclude:
