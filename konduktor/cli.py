@@ -129,8 +129,11 @@ def ls_files(
             out.write(os.fsencode(f"{verdict.path}\t{state}\t{verdict.rule}") + end)
         return _path_errors([v.error for v in verdicts if v.error is not None])
     if not paths or (root is None and len(paths) == 1 and paths[0].is_dir()):
-        sel = selection.select(paths[0] if paths else root or Path("."), commit=commit)
-        warn(sel.warnings)
+        sel = selection.select(
+            paths[0] if paths else root or Path("."), commit=commit, kept_out=True
+        )
+        told = sel.kept_out.warning() if sel.kept_out else None  # what .gitignore keeps out
+        warn([*sel.warnings, *([told] if told else [])])
         out.writelines(os.fsencode(path) + end for path in sel.paths())
         out.flush()
         return 0

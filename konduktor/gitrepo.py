@@ -87,13 +87,17 @@ class Status:
     """Work-tree changes against HEAD under the sync root, paths relative to it.
 
     Untracked files (not ignored by git's excludes) are changes absent from HEAD and
-    the index.
+    the index. Asked for (``status(ignored=True)``), ``ignored`` holds the untracked
+    paths git's excludes ignore, as git's "matching" mode lists them: a directory
+    that a pattern excludes as one ``dir/`` entry (git does not look inside), other
+    files one by one.
     """
 
     changes: dict[str, Change] = field(default_factory=dict)
     head: str | None = None  # the commit HEAD points at, None before the first commit
     raw: bytes = b""  # git's output, a fingerprint of the index and work tree against HEAD
     started_ns: int = 0  # wall clock when git started looking: later changes are not in it
+    ignored: list[str] | None = None  # None: not asked for
 
     def deleted(self, path: str) -> bool:
         change = self.changes.get(path)
@@ -200,6 +204,25 @@ class Repo:
         paths = ["--", self.prefix + "/"] if self.prefix else []
         return self._listing(self._git("ls-tree", "-r", "-z", "--full-tree", commit, *paths))
 
+    def tracked_named(self, name: str) -> list[str]:
+        """The index's paths under the sync root whose file name is *name*."""
+        spec = f":(top,glob){self.prefix}/**/{name}" if self.prefix else f":(top,glob)**/{name}"
+        out = self._git("ls-files", "-z", "--", spec)
+        found = (self._rel(os.fsdecode(p)) for p in out.split(b"\0") if p)
+        return [p for p in found if p is not None]
+
+    def exclude_files(self) -> list[Path]:
+        """git's excludes below the per-directory files, weakest first: ``core.excludesFile``
+        (or its default under XDG_CONFIG_HOME) and ``info/exclude``."""
+        try:
+            configured = os.fsdecode(self._git("config", "--path", "core.excludesFile").strip())
+        except GitError:  # unset
+            configured = ""
+        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        user = Path(configured) if configured else Path(xdg) / "git" / "ignore"
+        info = os.fsdecode(self._git("rev-parse", "--git-path", "info/exclude").strip())
+        return [user, (self.workdir or Path(self.pygit.path)) / info]
+
     def blobs(self) -> BlobReader:
         return BlobReader(self.workdir or Path(self.pygit.path))
 
@@ -244,8 +267,9 @@ class Repo:
 
     # -- work tree ---------------------------------------------------------------------------
 
-    def status(self) -> Status:
-        """git's view of the work tree under the sync root, compared with HEAD."""
+    def status(self, *, ignored: bool = False) -> Status:
+        """git's view of the work tree under the sync root, compared with HEAD; with
+        *ignored*, also the untracked paths its excludes ignore (``Status.ignored``)."""
         started_ns = time.time_ns()
         out = self._git(
             "status",
@@ -254,14 +278,19 @@ class Repo:
             "--branch",
             "--untracked-files=all",
             "--ignore-submodules=none",
+            *(["--ignored=matching"] if ignored else []),
             *self._pathspec(),
         )
-        status = Status(raw=out, started_ns=started_ns)
+        status = Status(raw=out, started_ns=started_ns, ignored=[] if ignored else None)
         records = iter(out.split(b"\0"))
         for record in records:
             kind = record[:1]
             if record.startswith(b"# branch.oid ") and record[13:] != b"(initial)":
                 status.head = record[13:].decode()
+            elif kind == b"!" and status.ignored is not None:
+                rel = self._rel(os.fsdecode(record[2:]))
+                if rel is not None:
+                    status.ignored.append(rel)
             elif kind == b"?":  # untracked; may follow a staged deletion of the same path
                 rel = self._rel(os.fsdecode(record[2:]))
                 if rel is not None:

@@ -14,8 +14,9 @@ directory-only patterns (``build/``) are only tried on directories.
 
 from __future__ import annotations
 
+import posixpath
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from konduktor.wildmatch import NEVER, WildmatchPattern, byte_view
@@ -113,11 +114,32 @@ raises :class:`SymlinkedIgnoreFile` if it is a symlink."""
 
 
 class IgnoreChain:
-    """The ignore files of one name (``.konduktorignore`` or ``.gitignore``) under one root."""
+    """The ignore files of one name (``.konduktorignore`` or ``.gitignore``) under one root.
 
-    def __init__(self, filename: str, read: Reader) -> None:
+    Only the *report* files' (default: *filename*) mistakes and unused rules are told.
+    With *more*, each directory's rules are its *filename* file's lines followed by
+    those of each file in *more* (``.gitignore`` then ``.konduktorignore``: the lines
+    of the latter count as if appended to the former). *fallback* rules (git's
+    ``info/exclude`` and ``core.excludesFile``, newest first) rank below every
+    directory's. Sources are named relative to *prefix* (``../.gitignore`` above it),
+    for a chain rooted above the sync root.
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        read: Reader,
+        *,
+        more: Sequence[tuple[str, Reader]] = (),
+        fallback: Sequence[Rule] = (),
+        prefix: str = "",
+        report: str | None = None,
+    ) -> None:
         self.filename = filename
-        self._read = read
+        self._report = report or filename  # the files whose mistakes and unused rules are told
+        self._files = ((filename, read), *more)
+        self._fallback = tuple(fallback)
+        self._prefix = prefix
         # directory -> (rule excluding it or a parent, rules inside it, newest first)
         self._dirs: dict[str, tuple[Rule | None, tuple[Rule, ...]]] = {}
         self._hit: set[Rule] = set()
@@ -136,22 +158,29 @@ class IgnoreChain:
                     self._hit.add(rule)
                 excluded = rule if rule is not None and not rule.negate else None
         else:
-            excluded, inherited = None, ()
-        own: tuple[Rule, ...] = ()
+            excluded, inherited = None, self._fallback
+        own: list[Rule] = []
         if excluded is None:  # git never reads ignore files inside excluded directories
-            source = f"{directory}/{self.filename}" if directory else self.filename
-            data = self._read_file(directory, source)
-            if data:
-                parsed = parse(data, source=source, base=directory, warnings=self.warnings)
-                own = tuple(reversed(parsed))
-        state = self._dirs[directory] = (excluded, own + inherited)
+            for name, read in self._files:
+                source = self._source(directory, name)
+                told = self.warnings if name == self._report else []
+                data = self._read_file(read, directory, source, told)
+                if data:
+                    own += parse(data, source=source, base=directory, warnings=told)
+        state = self._dirs[directory] = (excluded, (*reversed(own), *inherited))
         return state
 
-    def _read_file(self, directory: str, source: str) -> bytes | None:
+    def _source(self, directory: str, name: str) -> str:
+        path = f"{directory}/{name}" if directory else name
+        return posixpath.relpath(path, self._prefix) if self._prefix else path
+
+    def _read_file(
+        self, read: Reader, directory: str, source: str, warnings: list[str]
+    ) -> bytes | None:
         try:
-            return self._read(directory)
+            return read(directory)
         except SymlinkedIgnoreFile:
-            self.warnings.append(
+            warnings.append(
                 f"{source}: is a symlink, and git reads no rule from a symlinked ignore "
                 "file, so none of its rules apply; replace it with a regular file"
             )
@@ -171,6 +200,20 @@ class IgnoreChain:
                 return rule
         return None
 
+    def reincluded_by(self, path: str) -> Rule | None:
+        """The ``!`` rule that decided the nearest directory above *path*, if a ``!`` rule
+        decided it (the reason a file under an excluded-looking directory is looked at)."""
+        for directory in parent_dirs(path):
+            _, rules = self._state(directory.rpartition("/")[0])
+            rule = _last_match(rules, directory, True)
+            if rule is not None:
+                return rule if rule.negate else None
+        return None
+
+    def negations(self) -> list[Rule]:
+        """The ``!`` rules of the files read so far."""
+        return list({r for _, own in self._dirs.values() for r in own if r.negate})
+
     def excluded_dirs(self) -> Iterator[tuple[str, Rule]]:
         """The directories looked at so far that a rule excludes (theirs or a parent's)."""
         for directory, (rule, _) in self._dirs.items():
@@ -178,8 +221,9 @@ class IgnoreChain:
                 yield directory, rule
 
     def unused(self, paths: Iterable[str]) -> list[Rule]:
-        """Rules read so far that match none of *paths* (files) nor their directories."""
-        rules = {r for _, own in self._dirs.values() for r in own} - self._hit
+        """Rules read so far from *filename* files that match none of *paths* (files) nor
+        their directories."""
+        rules = {r for _, own in self._dirs.values() for r in own if self._named(r)} - self._hit
         if not rules:
             return []
         files = list(paths)
@@ -202,6 +246,9 @@ class IgnoreChain:
             for rule in self.unused(paths)
             if _comment_hint(rule.text) is None  # already told, as a likely mistake
         ]
+
+    def _named(self, rule: Rule) -> bool:
+        return rule.source.rpartition("/")[2] == self._report
 
 
 def _unused_warning(rule: Rule) -> str:

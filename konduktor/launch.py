@@ -35,6 +35,7 @@ from konduktor import (
     pod,
     remote,
     scratch,
+    selection,
     snapshot,
     units,
 )
@@ -298,6 +299,9 @@ def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -
             path = Path(mount.source)
             sources.append(Source(mount.target, path, None, {"": path.stat().st_size}))
     warnings = tuple(w for s in sources if s.snapshot for w in s.snapshot.warnings)
+    warnings += tuple(
+        w for s in sources if s.snapshot and (w := selection.kept_out_warning(s.path))
+    )
     prepared = Prepared(task, job, tuple(sources), warnings, git=git)
     snapshot.check_size(f"{task.path}: the launch", prepared.sized(), cfg.hard_limit_mb)
     keyed = tuple(

@@ -16,6 +16,7 @@ paths up in that record, so it cannot disagree with what ships; so does :func:`p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from konduktor import units
 from konduktor.errors import GitError, SelectionError, UsageError
 from konduktor.gitrepo import (
     MODE_EXEC,
@@ -37,7 +39,14 @@ from konduktor.gitrepo import (
     is_within,
     run_git,
 )
-from konduktor.ignore import IgnoreChain, Rule, SymlinkedIgnoreFile, parent_dirs, parse
+from konduktor.ignore import (
+    IgnoreChain,
+    Reader,
+    Rule,
+    SymlinkedIgnoreFile,
+    parent_dirs,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,7 @@ class Selection:
     dirty: frozenset[str] = frozenset()  # work tree: paths that differ from HEAD per git
     checked_ns: int = 0  # work tree: when git started checking which files are clean
     reasons: Reasons | None = field(default=None, compare=False, repr=False)  # select(why=True)
+    kept_out: KeptOut | None = field(default=None, compare=False)  # select(kept_out=True)
 
     def paths(self) -> list[str]:
         return [e.path for e in self.entries]
@@ -126,11 +136,15 @@ class Listing:
     warnings: tuple[str, ...]
 
 
-def select(root: Path, *, commit: str | None = None, why: bool = False) -> Selection:
+def select(
+    root: Path, *, commit: str | None = None, why: bool = False, kept_out: bool = False
+) -> Selection:
     """The files under *root* that ship, from the work tree or from *commit*'s tree.
 
     With *why*, the pass also records the deciding rule of every path it looks at
-    (``Selection.reasons``), for :func:`explain`.
+    (``Selection.reasons``), for :func:`explain`. With *kept_out*, a work tree's
+    selection also counts the untracked files ``.gitignore`` keeps out
+    (``Selection.kept_out``), from the same `git status`.
     """
     root = _check_root(root)
     repo = Repo.discover(root)
@@ -142,7 +156,7 @@ def select(root: Path, *, commit: str | None = None, why: bool = False) -> Selec
         return _from_directory(root, why)
     if repo.workdir is None:
         raise UsageError(f"{root} is a bare repository: give --commit REV to snapshot a commit")
-    return _from_worktree(repo, why)
+    return _from_worktree(repo, why, kept_out=kept_out)
 
 
 def _check_root(root: Path) -> Path:
@@ -254,6 +268,12 @@ def _has_git_component(path: str) -> bool:
 
 
 def _fs_reader(root: Path, name: str) -> IgnoreChain:
+    return IgnoreChain(name, _fs_read(root, name))
+
+
+def _fs_read(root: Path, name: str) -> Reader:
+    """Reads the *name* file of a directory under *root* as git does (not through a link)."""
+
     def read(directory: str) -> bytes | None:
         try:
             fd = os.open(os.path.join(root, directory, name), os.O_RDONLY | os.O_NOFOLLOW)
@@ -269,25 +289,42 @@ def _fs_reader(root: Path, name: str) -> IgnoreChain:
         except IsADirectoryError:
             return None
 
-    return IgnoreChain(name, read)
+    return read
 
 
-def _from_worktree(repo: Repo, why: bool, *, untracked: bool = True) -> Selection:
-    status = repo.status()
-    walk = _WorkTree(repo, status, _Collector(repo.root, why))
+def _from_worktree(
+    repo: Repo, why: bool, *, untracked: bool = True, kept_out: bool = False
+) -> Selection:
     tracked = list(repo.index_entries())
+    if untracked:
+        status, ignored = _status(repo, [e.path for e in tracked], ignored=kept_out)
+    else:  # a submodule: only its tracked files ship
+        status, ignored = repo.status(), None
+    walk = _WorkTree(repo, status, _Collector(repo.root, why), ignored)
     for entry in tracked:
         walk.add_tracked(entry)
     others = status.untracked() if untracked else []
     for path in others:
         walk.add_untracked(path)
+    if untracked and _more_negations(walk.chain, ignored):
+        # a `!` line in a .konduktorignore that .gitignore ignores (read, as git reads it)
+        listed = status.ignored if status.ignored is not None else repo.status(ignored=True).ignored
+        walk.ignored = _revive(repo, listed or [], walk.chain.negations())
+    revived = walk.add_ignored() if untracked else []
     out = walk.out
-    candidates = [e.path for e in tracked] + others
+    candidates = [e.path for e in tracked] + others + revived
     out.warnings.extend(_ignore_files_above(repo, candidates))
     out.ignore_warnings(walk.chain, candidates)
     out.skip_excluded_dirs(walk.chain)
-    dirty = frozenset(status.changes.keys() | walk.lfs)
-    return out.result(commit=status.head, repo=repo, dirty=dirty, checked_ns=status.started_ns)
+    dirty = frozenset(status.changes.keys() | walk.lfs | set(revived))
+    counted = _count_kept_out(repo.root, walk.kept_out()) if kept_out else None
+    return out.result(
+        commit=status.head,
+        repo=repo,
+        dirty=dirty,
+        checked_ns=status.started_ns,
+        kept_out=counted,
+    )
 
 
 def _ignore_files_above(repo: Repo, paths: list[str]) -> list[str]:
@@ -325,14 +362,19 @@ def _named(rules: list[Rule], path: str) -> bool:
 class _WorkTree:
     """One pass over a work tree's index entries and untracked files."""
 
-    def __init__(self, repo: Repo, status: Status, out: _Collector) -> None:
+    def __init__(
+        self, repo: Repo, status: Status, out: _Collector, ignored: _Ignored | None
+    ) -> None:
         self.repo = repo
         self.changes = status.changes
+        self.status = status
         self.out = out
         self.chain = _fs_reader(repo.root, IGNORE_FILE)
         self.chains = (self.chain,)
         self.lfs = _lfs_paths(repo)
         self.root = str(repo.root)
+        self.ignored = ignored
+        self._combined = ignored.chain if ignored else None
 
     def add_tracked(self, entry: IndexEntry) -> None:
         path, out = entry.path, self.out
@@ -362,8 +404,40 @@ class _WorkTree:
             self.out.skip_tree(path[:-1], _NESTED_REPO)
             return
         kept, rule = self.out.screen(path, self.chains)
+        if not kept and rule is not None:
+            # .konduktorignore excludes it; appended to the .gitignore files, its lines
+            # may still lose to a deeper .gitignore's `!` line
+            again = self.combined().decide(_top(self.repo, path))
+            if again is not None and again.negate:
+                kept, rule = True, again
         if kept:
             self.out.add_from_disk(path, rule or "untracked")
+
+    def add_ignored(self) -> list[str]:
+        """Add the gitignored untracked files that ``.konduktorignore`` re-includes; return
+        their paths."""
+        if self.ignored is None:
+            return []
+        for path, excluding in self.ignored.excluded:
+            skip = self.out.skip_tree if path.endswith("/") else self.out.skip
+            skip(path.rstrip("/"), excluding)
+        for path in self.ignored.nested:
+            self.out.warn(f"{path}/: {_NESTED_REPO}; its files are not shipped")
+            self.out.skip_tree(path, _NESTED_REPO)
+        for path, rule in self.ignored.revived:
+            self.out.add_from_disk(path, rule)
+        return [path for path, _ in self.ignored.revived]
+
+    def kept_out(self) -> list[str]:
+        """The gitignored untracked paths that stay out (``dir/`` for a directory)."""
+        if self.ignored is not None:
+            return self.ignored.kept
+        return self.status.ignored or []
+
+    def combined(self) -> IgnoreChain:
+        if self._combined is None:
+            self._combined = _combined_chain(self.repo, fallback=False)
+        return self._combined
 
     def add_submodule(self, path: str) -> None:
         sub_root = self.repo.root / path
@@ -393,6 +467,294 @@ class _WorkTree:
 
 
 _NESTED_REPO = "a git repository that is not a submodule"
+
+
+# -- gitignored files that .konduktorignore re-includes --------------------------------------
+
+
+def worktree_status(repo: Repo) -> Status:
+    """git's status of the work tree under the sync root, as the selection sees it: when a
+    ``.konduktorignore`` holds a ``!`` line, ``Status.raw`` also lists the gitignored files
+    it re-includes, so that a fingerprint of it sees one appear or go."""
+    return _status(repo, None)[0]
+
+
+@dataclass
+class _Ignored:
+    """The untracked paths git's excludes ignore, decided by the combined chain:
+    ``revived`` ship, ``excluded`` stay out (path, rule), ``kept`` are the entries git
+    listed that stay out, ``nested`` are repositories found inside re-included
+    directories."""
+
+    chain: IgnoreChain
+    negations: Sequence[Rule]  # the `!` rules that could bring paths back
+    revived: list[tuple[str, Rule | str]] = field(default_factory=list)
+    excluded: list[tuple[str, Rule]] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    nested: list[str] = field(default_factory=list)
+
+
+def _status(
+    repo: Repo, tracked: Sequence[str] | None, *, ignored: bool = False
+) -> tuple[Status, _Ignored | None]:
+    """The status, and (when a ``.konduktorignore`` has a ``!`` line) what the combined chain
+    makes of the ignored paths. Without a ``!`` line git is not asked for ignored paths
+    (unless *ignored*): nothing can bring them back."""
+    if tracked is None:
+        named = repo.tracked_named(IGNORE_FILE)
+    else:
+        named = [p for p in tracked if p.endswith(IGNORE_FILE) and _named_ignore_file(p)]
+    named.append(IGNORE_FILE)  # the root's, even if gitignored (no more than one `open`)
+    negations = _negations(repo.root, named)
+    status = repo.status(ignored=ignored or bool(negations))
+    if not negations:
+        fresh = [p for p in status.untracked() if _named_ignore_file(p)]
+        negations = _negations(repo.root, fresh)
+        if negations and status.ignored is None:
+            status = repo.status(ignored=True)
+    if not negations:
+        return status, None
+    found = _revive(repo, status.ignored or [], negations)
+    status.raw += b"\0!!\0" + b"\0".join(os.fsencode(p) for p, _ in found.revived)
+    return status, found
+
+
+def _more_negations(chain: IgnoreChain, ignored: _Ignored | None) -> bool:
+    """Whether the pass read ``!`` lines that deciding the ignored paths did not know of."""
+    known = {(r.source, r.line) for r in ignored.negations} if ignored else set()
+    return any((r.source, r.line) not in known for r in chain.negations())
+
+
+def _named_ignore_file(path: str) -> bool:
+    return posixpath.basename(path) == IGNORE_FILE
+
+
+def _negations(root: Path, paths: Sequence[str]) -> list[Rule]:
+    """The ``!`` lines of the ignore files at *paths*."""
+    found = []
+    for path in paths:
+        try:
+            fd = os.open(os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone, or a symlink: git reads no rule from it
+            continue
+        with open(fd, "rb") as f:
+            data = f.read()
+        if b"!" in data:
+            base = posixpath.dirname(path)
+            found += [r for r in parse(data, source=path, base=base, warnings=[]) if r.negate]
+    return found
+
+
+def _combined_chain(repo: Repo, *, fallback: bool) -> IgnoreChain:
+    """Every directory's ``.gitignore`` lines followed by its ``.konduktorignore`` lines
+    (those at the sync root and below), over git's other excludes (with *fallback*), rooted
+    at the work tree's top."""
+    assert repo.workdir is not None
+    top, prefix = repo.workdir, repo.prefix
+    konduktor = _fs_read(top, IGNORE_FILE)
+
+    def below_root(directory: str) -> bytes | None:
+        inside = not prefix or directory == prefix or directory.startswith(prefix + "/")
+        return konduktor(directory) if inside else None
+
+    rules: list[Rule] = []
+    for path in repo.exclude_files() if fallback else []:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        rules += parse(data, source=_shown(path, top), base="", warnings=[])
+    return IgnoreChain(
+        ".gitignore",
+        _fs_read(top, ".gitignore"),
+        more=((IGNORE_FILE, below_root),),
+        fallback=tuple(reversed(rules)),
+        prefix=prefix,
+        report=IGNORE_FILE,
+    )
+
+
+def _shown(path: Path, top: Path) -> str:
+    return path.relative_to(top).as_posix() if path.is_relative_to(top) else str(path)
+
+
+def _top(repo: Repo, path: str) -> str:
+    """A root-relative path relative to the work tree's top."""
+    return f"{repo.prefix}/{path}" if repo.prefix else path
+
+
+def _revive(repo: Repo, ignored: Sequence[str], negations: Sequence[Rule]) -> _Ignored:
+    """Decide each ignored path with the combined chain: a file or directory that a ``!``
+    line decides comes back (a directory: what the chain keeps under it), as in git with
+    the ``.konduktorignore`` lines appended to the ``.gitignore`` files.
+
+    git lists a path as ignored because a pattern matches it or a directory above it
+    (one holding tracked files), so only where a ``.konduktorignore``'s ``!`` line
+    (one of *negations*) matches one of those can the combined chain decide otherwise;
+    the other paths stay out without asking it."""
+    found = _Ignored(_combined_chain(repo, fallback=True), negations)
+    may = _Negations(negations)
+    for entry in ignored:
+        path, is_dir = entry.rstrip("/"), entry.endswith("/")
+        if not may.touch(path, is_dir):
+            found.kept.append(entry)
+            continue
+        rule = found.chain.decide(_top(repo, path), is_dir)
+        if rule is not None and not rule.negate:
+            found.kept.append(entry)
+            found.excluded.append((entry, rule))
+        elif is_dir:
+            _revive_tree(repo, path, found)
+        else:  # no rule at all: the one git saw was above it, and a `!` line undid that
+            why = rule or found.chain.reincluded_by(_top(repo, path)) or "untracked"
+            found.revived.append((path, why))
+    return found
+
+
+class _Negations:
+    """Whether some ``!`` rule matches a path or a directory above it (memoized by
+    directory: the ignored paths of a tree share most of theirs)."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = rules
+        self.dirs: dict[str, bool] = {"": False}
+
+    def touch(self, path: str, is_dir: bool) -> bool:
+        return self._matches(path, is_dir) or self._dir(path.rpartition("/")[0])
+
+    def _dir(self, directory: str) -> bool:
+        known = self.dirs.get(directory)
+        if known is None:
+            parent = directory.rpartition("/")[0]
+            known = self.dirs[directory] = self._matches(directory, True) or self._dir(parent)
+        return known
+
+    def _matches(self, path: str, is_dir: bool) -> bool:
+        return any(
+            r.matches(path, is_dir)
+            for r in self.rules
+            if not r.base or path.startswith(f"{r.base}/")
+        )
+
+
+def _revive_tree(repo: Repo, directory: str, found: _Ignored) -> None:
+    """Walk a re-included directory git did not look inside, deciding by the chain."""
+    children = _scan(repo.root, directory)
+    if any(child.name == ".git" for child in children):
+        found.nested.append(directory)
+        return
+    for child in children:
+        path = f"{directory}/{child.name}"
+        is_dir = child.is_dir(follow_symlinks=False)
+        rule = found.chain.decide(_top(repo, path), is_dir)
+        if rule is not None and not rule.negate:
+            found.excluded.append((f"{path}/" if is_dir else path, rule))
+        elif is_dir:
+            _revive_tree(repo, path, found)
+        else:
+            why = rule or found.chain.reincluded_by(_top(repo, path)) or "untracked"
+            found.revived.append((path, why))
+
+
+# -- what .gitignore keeps out ---------------------------------------------------------------
+
+KEPT_OUT_FILES = 100  # above this many gitignored files, or
+KEPT_OUT_BYTES = 10_000_000  # bytes, launch and ls-files tell the user what stays out
+# Looking inside ignored directories (a .venv, a __pycache__ beside every module) stops
+# after this many files sized or directories listed: a few ms, told as "at least".
+_LOOK_AT_MOST = 2_000
+
+
+@dataclass(frozen=True)
+class KeptOut:
+    """The untracked files ``.gitignore`` (git's excludes) keeps out of what ships:
+    ``largest`` are the biggest entries as git names them (a directory excluded as a
+    whole ends with ``/``), with their bytes. Looking inside directories stops after a
+    while: then ``complete`` is false and the figures are lower bounds."""
+
+    root: Path
+    files: int
+    bytes: int
+    largest: tuple[tuple[str, int], ...]
+    complete: bool = True
+
+    def warning(self) -> str | None:
+        """One line for the user, when more than the thresholds stay out."""
+        small = self.files <= KEPT_OUT_FILES and self.bytes <= KEPT_OUT_BYTES
+        if small and self.complete:  # not complete: more than could be looked at
+            return None
+        some, seen = ("", "") if self.complete else ("at least ", " seen")
+        top = ", ".join(f"{path} ({units.size(n)})" for path, n in self.largest)
+        return (
+            f"{self.root}: .gitignore keeps {some}{self.files} untracked file(s) "
+            f"({some}{units.size(self.bytes)}) out of what ships, the largest{seen} {top}; "
+            f"to ship some, re-include them with `!pattern` lines in {IGNORE_FILE}"
+        )
+
+
+def kept_out(root: Path) -> KeptOut | None:
+    """What ``.gitignore`` keeps out of what ships from the work tree at *root* (None
+    outside a work tree): one `git status`, without the rest of the selection."""
+    root = _check_root(root)
+    repo = Repo.discover(root)
+    if repo is None or repo.workdir is None:
+        return None
+    status_, ignored = _status(repo, None, ignored=True)
+    entries = ignored.kept if ignored is not None else status_.ignored or []
+    return _count_kept_out(repo.root, entries)
+
+
+def kept_out_warning(root: Path) -> str | None:
+    """:meth:`KeptOut.warning` of :func:`kept_out`, for a launch."""
+    counted = kept_out(root)
+    return counted.warning() if counted else None
+
+
+def _count_kept_out(root: Path, entries: Sequence[str]) -> KeptOut:
+    """Files first (one lstat each), then directories, shallow ones first (a data/ rather
+    than the caches deep in the tree), while the budget lasts."""
+    budget = [_LOOK_AT_MOST]
+    sized = []
+    files = total = 0
+    for entry in sorted(entries, key=lambda e: (e.endswith("/"), e.count("/"))):
+        n, size = _count(os.path.join(root, entry), budget)
+        files, total = files + n, total + size
+        if n:
+            sized.append((entry, size))
+    largest = tuple(sorted(sized, key=lambda item: -item[1])[:3])
+    return KeptOut(root, files, total, largest, complete=budget[0] >= 0)
+
+
+def _count(path: str, budget: list[int]) -> tuple[int, int]:
+    """Files and bytes at *path* (a file, or a directory walked without following links);
+    inside a directory, each file sized and directory listed takes one from *budget*
+    (below 0: spent before the walk ended)."""
+    if path.endswith("/"):
+        pending, files, total = [path], 0, 0
+    else:
+        with contextlib.suppress(OSError):
+            return 1, os.lstat(path).st_size
+        return 0, 0
+    while pending and budget[0] > 0:
+        budget[0] -= 1
+        try:
+            children = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                pending.append(child.path)
+            elif budget[0] > 0:
+                budget[0] -= 1
+                files += 1
+                with contextlib.suppress(OSError):
+                    total += child.stat(follow_symlinks=False).st_size
+            else:
+                budget[0] = -1
+                return files, total
+    if pending:
+        budget[0] = -1
+    return files, total
 
 
 def _lfs_paths(repo: Repo) -> set[str]:
@@ -465,7 +827,14 @@ _SUBMODULE_IN_COMMIT = "submodule contents are not part of commit layers"
 
 
 def _from_directory(root: Path, why: bool) -> Selection:
-    chains = (_fs_reader(root, ".gitignore"), _fs_reader(root, IGNORE_FILE))
+    """Each directory's ``.konduktorignore`` lines count as appended to its ``.gitignore``."""
+    combined = IgnoreChain(
+        ".gitignore",
+        _fs_read(root, ".gitignore"),
+        more=((IGNORE_FILE, _fs_read(root, IGNORE_FILE)),),
+        report=IGNORE_FILE,
+    )
+    chains = (combined,)
     out = _Collector(root, why)
     seen: list[str] = []
     pending = [""]
@@ -481,7 +850,7 @@ def _from_directory(root: Path, why: bool) -> Selection:
                 pending.append(rel)
             elif kept:
                 out.add_from_disk(rel, rule or "untracked")
-    out.ignore_warnings(chains[1], seen)
+    out.ignore_warnings(combined, seen)
     return out.result()
 
 
@@ -622,4 +991,13 @@ def _git_excludes(selection: Selection, reasons: Reasons, path: str) -> str | No
     source, line, pattern, _ = out.split(b"\0", 3)
     if pattern.startswith(b"!"):  # -v also reports a re-include that decided "not ignored"
         return None
-    return f"{os.fsdecode(source)}:{line.decode()}:{os.fsdecode(pattern)}"
+    shown = _per_directory(selection.repo, os.fsdecode(source))
+    return f"{shown}:{line.decode()}:{os.fsdecode(pattern)}"
+
+
+def _per_directory(repo: Repo, source: str) -> str:
+    """git names a ``.gitignore`` relative to the work tree's top; the selection names it
+    relative to the sync root (``../.gitignore`` above it), as its own rules are named."""
+    if not repo.prefix or posixpath.basename(source) != ".gitignore" or os.path.isabs(source):
+        return source
+    return posixpath.relpath(source, repo.prefix)

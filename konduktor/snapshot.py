@@ -35,7 +35,7 @@ from konduktor.archive import LayerWriter
 from konduktor.cache import HashCache, atomic_write, fingerprint, konduktor_home, root_digest
 from konduktor.errors import SelectionError, UsageError
 from konduktor.gitrepo import BlobReader, Repo
-from konduktor.selection import Entry, Selection, select
+from konduktor.selection import Entry, Selection, select, worktree_status
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def keys(root: Path, *, level: int = DEFAULT_LEVEL) -> Keys:
     repo = Repo.discover(root) if root.is_dir() else None
     if repo is None or repo.workdir is None or (repo.workdir / ".gitmodules").exists():
         return _keys_of(plan(root, level=level))
-    status = repo.status()
+    status = worktree_status(repo)  # lists re-included gitignored files too
     token = hashlib.sha256(b"%d\0%d\0%s\0" % (FORMAT_VERSION, level, os.fsencode(repo.prefix)))
     token.update(status.raw)
     cache_path = konduktor_home() / "cache" / "keys" / f"{root_digest(root)}.json"

@@ -2,10 +2,17 @@
 
 The oracle for a sync root R inside a work tree (see DESIGN.md §3), run in R:
 
-    A = ls-files --cached --others --exclude-standard      (index + untracked not ignored)
+    T = ls-files --cached                                  (index)
       - ls-files --deleted                                 (tracked, gone from the work tree)
-    B = ls-files --cached --others --ignored --exclude-per-directory=.konduktorignore
-    ship = A - B
+      - ls-files --cached --ignored --exclude-per-directory=.konduktorignore
+    U = ls-files --others --exclude-standard, run in a copy of the work tree where each
+        directory's .konduktorignore is appended to its .gitignore (the combined files:
+        a `!` line of .konduktorignore re-includes what .gitignore excluded)
+    ship = T + U
+
+Without a `!` line in a .konduktorignore (and without one in a .gitignore deeper than
+some .konduktorignore's excluding line) U is the untracked files git does not ignore
+minus what .konduktorignore excludes.
 
 Facts about git 2.39 this relies on (each checked by hand and by the tests):
 - Without ``--directory``, ``--others --ignored`` lists every file under an
@@ -39,6 +46,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,12 +170,11 @@ def assert_no_konduktorignore_above(root: Path) -> None:
 def git_oracle(root: Path) -> set[str]:
     """What git says ships from the work tree under ``root`` (paths relative to ``root``)."""
     assert_no_konduktorignore_above(root)
-    candidates = ls_files(root, "--cached", "--others", "--exclude-standard")
+    tracked = ls_files(root, "--cached")
     deleted = ls_files(root, "--deleted")
-    dropped = ls_files(
-        root, "--cached", "--others", "--ignored", f"--exclude-per-directory={KONDUKTORIGNORE}"
-    )
-    nested = {p for p in candidates if p.endswith("/")} | gitlinks(root)
+    dropped = ls_files(root, "--cached", "--ignored", f"--exclude-per-directory={KONDUKTORIGNORE}")
+    untracked = combined_others(root)
+    nested = {p for p in untracked if p.endswith("/")} | gitlinks(root)
     if nested:
         raise ValueError(f"oracle cannot expand submodules or nested repositories: {nested}")
     if sparse := skip_worktree(root):
@@ -175,8 +182,56 @@ def git_oracle(root: Path) -> set[str]:
     # --deleted only reports paths whose lstat() fails: a tracked file that is
     # now a directory (or a FIFO) is not "deleted" to git, but there is no file
     # to ship.
-    replaced = {p for p in candidates - deleted if not _file_or_symlink(root / p)}
-    return candidates - deleted - dropped - replaced
+    replaced = {p for p in tracked - deleted if not _file_or_symlink(root / p)}
+    return (tracked - deleted - dropped - replaced) | untracked
+
+
+def combined_others(root: Path) -> set[str]:
+    """``ls-files --others --exclude-standard`` under ``root``, run in a copy of its work
+    tree (``.git`` included) where every directory's ``.konduktorignore`` is appended to
+    its ``.gitignore``, so that git itself applies the combined files."""
+    top = toplevel(root)
+    copy = Path(tempfile.mkdtemp(prefix="konduktor-oracle-")) / "work"
+    try:
+        shutil.copytree(top, copy, symlinks=True, ignore=_special_files)
+        created = combine_ignore_files(copy)
+        here = copy / root.resolve().relative_to(top.resolve())
+        found = ls_files(here, "--others", "--exclude-standard")
+        prefix = os.fsdecode(git(here, "rev-parse", "--show-prefix").rstrip(b"\n"))
+        return found - {p[len(prefix) :] for p in created if p.startswith(prefix)}
+    finally:
+        shutil.rmtree(copy.parent)
+
+
+def _special_files(directory: str, names: list[str]) -> list[str]:
+    """FIFOs, sockets and devices, which cannot be copied (git never lists them)."""
+    kinds = (stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK)
+    return [
+        n for n in names if not any(k(os.lstat(os.path.join(directory, n)).st_mode) for k in kinds)
+    ]
+
+
+def combine_ignore_files(tree: Path) -> set[str]:
+    """Append each ``.konduktorignore`` under ``tree`` to the ``.gitignore`` beside it, as
+    git reads them (a symlinked one is not read, so not appended; a symlinked
+    ``.gitignore`` is not read, so it is replaced by the ``.konduktorignore`` lines alone).
+    Returns the ``.gitignore`` files created (relative to ``tree``)."""
+    created = set()
+    for found in tree.rglob(KONDUKTORIGNORE):
+        rel = found.relative_to(tree)
+        if ".git" in rel.parts or found.is_symlink() or not found.is_file():
+            continue
+        beside = found.parent / ".gitignore"
+        if beside.is_symlink():
+            beside.unlink()
+        if not beside.exists():
+            created.add((rel.parent / ".gitignore").as_posix())
+            before = b""
+        else:
+            before = beside.read_bytes()
+        separator = b"\n" if before and not before.endswith(b"\n") else b""
+        beside.write_bytes(before + separator + found.read_bytes())
+    return created
 
 
 def _file_or_symlink(path: Path) -> bool:
@@ -203,22 +258,19 @@ def git_commit_oracle(repo: Path, rev: str, scratch: Path) -> set[str]:
 
 
 def plain_oracle(src: Path, scratch: Path) -> set[str]:
-    """What ships from a plain directory: its tree with ``.gitignore`` and
-    ``.konduktorignore`` applied one after the other, as in a work tree.
+    """What ships from a plain directory: its tree with each directory's
+    ``.konduktorignore`` appended to its ``.gitignore``, as for untracked files in a
+    work tree.
 
-    The tree is copied into a fresh repository with nothing committed;
-    ``--others`` without excludes is every regular file and symlink.
+    The tree is copied into a fresh repository with nothing committed, the ignore
+    files combined there (:func:`combine_ignore_files`).
     """
     assert not any(p.name == ".git" for p in src.rglob(".git")), "plain tree holds .git"
     copy = scratch / "plain-oracle"
     shutil.copytree(src, copy, symlinks=True)
     git(copy, "init", "-q")
-    everything = ls_files(copy, "--others")
-    by_git = ls_files(copy, "--others", "--ignored", "--exclude-per-directory=.gitignore")
-    by_konduktor = ls_files(
-        copy, "--others", "--ignored", f"--exclude-per-directory={KONDUKTORIGNORE}"
-    )
-    return everything - by_git - by_konduktor
+    created = combine_ignore_files(copy)
+    return ls_files(copy, "--others", "--exclude-per-directory=.gitignore") - created
 
 
 def check_ignore(

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from gitrepo_helpers import (
     KONDUKTORIGNORE,
     GitFailed,
@@ -35,8 +36,10 @@ from gitrepo_helpers import (
     write_files,
 )
 
+from konduktor import cli, snapshot
 from konduktor import selection as konduktor_selection
 from konduktor.errors import GitError, UsageError
+from konduktor.gitrepo import Repo
 from konduktor.selection import Entry, Selection, explain
 
 K = KONDUKTORIGNORE
@@ -514,11 +517,259 @@ def test_tracked_file_matching_gitignore_still_ships(tmp_path: Path) -> None:
     ships(repo, {".gitignore", "a.log", "vendor/v.py"})
 
 
-def test_konduktorignore_negation_cannot_revive_gitignored_untracked(tmp_path: Path) -> None:
+# --- re-including gitignored files ---------------------------------------------
+# At each directory the .konduktorignore lines count as appended to the .gitignore
+# (DESIGN.md §3); git_oracle runs git on a copy with the files combined.
+
+
+def why(root: Path, path: str) -> tuple[bool, str]:
+    (verdict,) = explain(root, [path])
+    return verdict.ships, verdict.rule
+
+
+def test_negation_re_includes_a_gitignored_untracked_file(tmp_path: Path) -> None:
+    # The issue changed this case: a `!` line used to leave keep.log out.
     files = {".gitignore": "*.log\n", K: "!keep.log\n"}
-    repo = make_repo(tmp_path, files, untracked={"keep.log": ""})
-    assert git_oracle(repo) == {".gitignore", K}
+    repo = make_repo(tmp_path, files, untracked={"keep.log": "", "other.log": ""})
+    assert git_oracle(repo) == {".gitignore", K, "keep.log"}
+    ships(repo, {".gitignore", K, "keep.log"})
+    assert why(repo, "keep.log") == (True, f"{K}:1:!keep.log")
+    assert why(repo, "other.log") == (False, ".gitignore:1:*.log")
+    assert "keep.log" in konduktor_selection.select(repo).dirty  # it goes in the overlay
+
+
+def test_negation_cannot_re_include_inside_a_gitignored_directory(tmp_path: Path) -> None:
+    files = {".gitignore": "data/\n", K: "!data/keep.bin\n"}
+    repo = make_repo(tmp_path, files, untracked={"data/keep.bin": "", "data/x.bin": ""})
+    assert git_oracle(repo) == {".gitignore", K}  # as git: nothing inside comes back
     ships(repo, {".gitignore", K})
+    assert why(repo, "data/keep.bin") == (False, ".gitignore:1:data/")
+
+
+def test_negation_re_includes_a_gitignored_directory(tmp_path: Path) -> None:
+    files = {".gitignore": "data/\n*.tmp\n", K: "!data/\n"}
+    untracked = {
+        "data/a.bin": "a",
+        "data/sub/b.bin": "b",
+        "data/x.tmp": "",  # *.tmp still applies inside
+        "data/.gitignore": "*.cache\n",  # read now that data/ is looked at
+        "data/c.cache": "",
+        f"data/sub/{K}": "*.skip\n",
+        "data/sub/d.skip": "",
+        "data/cache/e.bin": "",
+        "data/sub/.gitignore": "cache/\n",
+        "data/sub/cache/f.bin": "",
+    }
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    make_symlinks(repo, {"data/ln": "a.bin"})
+    expected = {".gitignore", K, "data/a.bin", "data/sub/b.bin", "data/.gitignore"}
+    expected |= {f"data/sub/{K}", "data/cache/e.bin", "data/sub/.gitignore", "data/ln"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    assert entry(repo, "data/ln").kind == "symlink"
+    assert why(repo, "data/sub/b.bin") == (True, f"{K}:1:!data/")
+    assert why(repo, "data/sub/d.skip") == (False, f"data/sub/{K}:1:*.skip")
+    assert why(repo, "data/sub/cache/f.bin") == (False, "data/sub/.gitignore:1:cache/")
+
+
+def test_negation_re_includes_a_gitignored_directory_holding_tracked_files(
+    tmp_path: Path,
+) -> None:
+    # git lists build/new.txt itself as ignored (build/ holds a tracked file), because of
+    # the pattern on build/; `!build/` undoes that, `!*.txt` alone could not
+    files = {".gitignore": "build/\n", "build/keep.txt": "", "out/keep.txt": ""}
+    files |= {".gitignore": "build/\nout/\n", K: "!build/\n!*.txt\n"}
+    untracked = {"build/new.txt": "", "build/sub/deep.txt": "", "out/new.txt": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    expected = {".gitignore", K, "build/keep.txt", "out/keep.txt", "build/new.txt"}
+    expected |= {"build/sub/deep.txt"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    assert why(repo, "build/new.txt") == (True, f"{K}:2:!*.txt")
+    assert why(repo, "out/new.txt") == (False, ".gitignore:2:out/")
+
+
+def test_negation_in_a_nested_konduktorignore(tmp_path: Path) -> None:
+    files = {".gitignore": "*.log\nlogs/\n", f"sub/{K}": "!*.log\n!logs/\n"}
+    untracked = {"a.log": "", "sub/b.log": "", "sub/deep/c.log": "", "sub/logs/d.txt": ""}
+    untracked |= {"logs/e.txt": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    expected = {".gitignore", f"sub/{K}", "sub/b.log", "sub/deep/c.log", "sub/logs/d.txt"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+
+
+def test_combined_order_gitignore_lines_then_konduktorignore_lines(tmp_path: Path) -> None:
+    # Same directory: the .konduktorignore lines come last and win; a deeper .gitignore
+    # comes after both and wins over them, for untracked files. Tracked files follow
+    # .konduktorignore alone.
+    files = {
+        ".gitignore": "*.log\n!keep.bin\n",
+        K: "!*.log\nsecret.log\n*.bin\n",
+        "sub/.gitignore": "!secret.log\n",
+        "tracked.bin": "",
+        "sub/tracked-secret.log": "",
+    }
+    untracked = {"a.log": "", "secret.log": "", "keep.bin": "", "sub/secret.log": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    (repo / "sub" / "tracked-secret.log").rename(repo / "sub" / "secret.log")
+    git(repo, "add", "--all", "--force")  # the tracked file is now sub/secret.log
+    write_files(repo, {"sub/new/secret.log": ""})
+    expected = {".gitignore", K, "sub/.gitignore", "a.log", "sub/new/secret.log"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    assert why(repo, "sub/secret.log") == (False, f"{K}:2:secret.log")  # tracked
+    assert why(repo, "sub/new/secret.log") == (True, "sub/.gitignore:1:!secret.log")
+    assert why(repo, "keep.bin") == (False, f"{K}:3:*.bin")
+
+
+def test_deeper_gitignore_negation_beats_shallower_konduktorignore(tmp_path: Path) -> None:
+    # No `!` line in any .konduktorignore: git is not asked for ignored files, and the
+    # untracked file that a deeper .gitignore's `!` line keeps in still ships.
+    files = {K: "*.log\n", "sub/.gitignore": "!keep.log\n", "sub/kept.log": ""}
+    repo = make_repo(tmp_path, files, untracked={"sub/keep.log": "", "sub/x.log": ""})
+    assert git_oracle(repo) == {K, "sub/.gitignore", "sub/keep.log"}
+    ships(repo, {K, "sub/.gitignore", "sub/keep.log"})
+    assert konduktor_selection.worktree_status(Repo.discover(repo)).ignored is None
+
+
+def test_negation_in_a_gitignored_konduktorignore(tmp_path: Path) -> None:
+    # git reads a per-directory file that .gitignore ignores: its `!` lines apply too
+    files = {".gitignore": ".*\n*.bin\n!.gitignore\n", "sub/t.txt": ""}
+    untracked = {K: "!keep.bin\n", f"sub/{K}": "!sub.bin\n", "keep.bin": "", "x.bin": ""}
+    untracked |= {"sub/sub.bin": "", "sub/keep.bin": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    expected = {".gitignore", "sub/t.txt", "keep.bin", "sub/sub.bin", "sub/keep.bin"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    (repo / K).unlink()  # only the nested one is left: found by the pass over sub/
+    expected -= {"keep.bin", "sub/keep.bin"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+
+
+def test_negation_re_includes_what_info_exclude_and_excludes_file_ignore(tmp_path: Path) -> None:
+    untracked = {"local.cfg": "", ".idea/ws.xml": "", "other.cfg": "", K: "!local.cfg\n!.idea/\n"}
+    repo = make_repo(tmp_path, {"a.txt": ""}, untracked=untracked)
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "exclude").write_text("*.cfg\n")
+    excludes = tmp_path / "global-ignore"
+    excludes.write_text(".idea/\n")
+    git(repo, "config", "core.excludesFile", str(excludes))
+    expected = {"a.txt", K, "local.cfg", ".idea/ws.xml"}
+    assert git_oracle(repo) == expected
+    ships(repo, expected)
+    assert why(repo, "other.cfg") == (False, ".git/info/exclude:1:*.cfg")
+
+
+def test_negation_re_includes_from_a_subdirectory_root(tmp_path: Path) -> None:
+    files = {".gitignore": "*.bin\nout/\n", f"sub/{K}": "!keep.bin\n!out/\n", "sub/a.txt": ""}
+    untracked = {"sub/keep.bin": "", "sub/x.bin": "", "sub/out/o.txt": "", "keep.bin": ""}
+    untracked |= {"sub/out/o.bin": ""}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    expected = {K, "a.txt", "keep.bin", "out/o.txt"}
+    assert git_oracle(repo / "sub") == expected
+    ships(repo / "sub", expected)
+    assert why(repo / "sub", "x.bin") == (False, "../.gitignore:1:*.bin")  # git check-ignore's
+    assert why(repo / "sub", "out/o.bin") == (False, "../.gitignore:1:*.bin")  # in a walk
+
+
+def test_why_names_gitignore_files_from_a_subdirectory_root(tmp_path: Path) -> None:
+    # git check-ignore names them from the work tree's top; the selection from its root
+    files = {".gitignore": "*.bin\n", "sub/.gitignore": "*.log\n", "sub/a.txt": ""}
+    repo = make_repo(tmp_path, files, untracked={"sub/x.bin": "", "sub/y.log": ""})
+    assert why(repo / "sub", "x.bin") == (False, "../.gitignore:1:*.bin")
+    assert why(repo / "sub", "y.log") == (False, ".gitignore:1:*.log")
+    assert why(repo, "sub/y.log") == (False, "sub/.gitignore:1:*.log")
+
+
+def test_nested_repository_in_a_re_included_directory_is_not_shipped(tmp_path: Path) -> None:
+    files = {".gitignore": "vendor/\n", K: "!vendor/\n"}
+    repo = make_repo(tmp_path, files, untracked={"vendor/v.py": ""})
+    make_repo(repo / "vendor", {"n.txt": ""}, name="lib")
+    selection = select(repo)
+    assert selection.paths() == sorted_paths({".gitignore", K, "vendor/v.py"})
+    assert warned(selection.warnings, "vendor/lib/: a git repository that is not a submodule")
+
+
+def test_a_new_file_in_a_re_included_directory_changes_the_keys(tmp_path: Path) -> None:
+    files = {".gitignore": "data/\n", K: "!data/\n", "a.txt": ""}
+    repo = make_repo(tmp_path, files, untracked={"data/a.bin": "a"})
+    first = snapshot.keys(repo)
+    assert snapshot.keys(repo) == first  # from the cache
+    write_files(repo, {"data/new.bin": "n"})
+    second = snapshot.keys(repo)
+    assert second != first
+    assert second == snapshot._keys_of(snapshot.plan(repo))
+    write_files(repo, {"data/new.bin": "edited"})
+    assert snapshot.keys(repo) not in (first, second)
+
+
+def test_kept_out_counts_what_gitignore_keeps_out(tmp_path: Path) -> None:
+    files = {".gitignore": "*.log\ncache/\nbig.bin\n", K: "!keep.log\n"}
+    untracked = {f"cache/{i}.c": "c" for i in range(150)}
+    untracked |= {"big.bin": b"x" * 2000, "keep.log": "", "a.log": "aa"}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    counted = konduktor_selection.select(repo, kept_out=True).kept_out
+    assert counted is not None
+    assert (counted.files, counted.bytes) == (152, 150 + 2000 + 2)
+    assert counted.largest == (("big.bin", 2000), ("cache/", 150), ("a.log", 2))
+    assert konduktor_selection.kept_out(repo) == counted
+    warning = counted.warning()
+    assert warning is not None
+    assert ".gitignore keeps 152 untracked file(s) (2.2 kB)" in warning
+    assert "big.bin (2.0 kB), cache/ (150 B), a.log (2 B)" in warning
+    assert f"`!pattern` lines in {K}" in warning
+    for i in range(60):
+        (repo / "cache" / f"{i}.c").unlink()
+    few = konduktor_selection.kept_out(repo)
+    assert few is not None
+    assert few.files == 92
+    assert few.warning() is None
+
+
+def test_kept_out_stops_looking_inside_directories_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {".gitignore": "cache/\nbig.bin\ndeep/\n"}
+    untracked = {f"cache/{i}.c": "c" for i in range(150)} | {"big.bin": b"x" * 2000}
+    untracked |= {"deep/er/d.c": "dd"}
+    repo = make_repo(tmp_path, files, untracked=untracked)
+    monkeypatch.setattr(konduktor_selection, "_LOOK_AT_MOST", 40)
+    counted = konduktor_selection.kept_out(repo)
+    assert counted is not None
+    assert not counted.complete
+    assert 1 < counted.files <= 41  # the files git names are all counted, big.bin first
+    assert counted.largest[0] == ("big.bin", 2000)
+    assert "deep/" not in dict(counted.largest)  # deeper, so not reached
+    warning = counted.warning()
+    assert warning is not None
+    assert f".gitignore keeps at least {counted.files} untracked file(s) (at least" in warning
+    assert "the largest seen big.bin (2.0 kB), cache/" in warning
+
+
+def test_ls_files_tells_what_gitignore_keeps_out(tmp_path: Path) -> None:
+    untracked = {f"data/{i}.bin": "" for i in range(101)} | {"a.txt": ""}
+    repo = make_repo(tmp_path, {".gitignore": "data/\n"}, untracked=untracked)
+    code, out, err = run_cli("ls-files", repo)
+    assert (code, out.split()) == (0, [".gitignore", "a.txt"])
+    assert f"warning: {repo}: .gitignore keeps 101 untracked file(s) (0 B)" in err
+    (repo / K).write_text("!data/\n")
+    code, out, err = run_cli("ls-files", repo)
+    assert (code, len(out.split())) == (0, 104)
+    assert ".gitignore keeps" not in err
+
+
+def run_cli(*args: str | Path) -> tuple[int, str, str]:
+    """main() as the console script runs it: (exit code, stdout, stderr)."""
+    with CliRunner().isolation() as (stdout, stderr, _), pytest.raises(SystemExit) as exited:
+        cli.main([str(a) for a in args])
+    code = exited.value.code
+    return (
+        code if isinstance(code, int) else 1,
+        stdout.getvalue().decode(),
+        stderr.getvalue().decode(),
+    )
 
 
 def test_tracked_file_replaced_by_directory(tmp_path: Path) -> None:
@@ -988,13 +1239,18 @@ def test_plain_directory_with_nested_ignore_files(tmp_path: Path) -> None:
     assert all(e.source is not None for e in select(root).entries)
 
 
-def test_plain_directory_konduktorignore_cannot_revive_gitignored(tmp_path: Path) -> None:
+def test_plain_directory_konduktorignore_re_includes_gitignored(tmp_path: Path) -> None:
+    # The issue changed this case: keep.log used to stay out.
     if not outside_git(tmp_path):
         pytest.skip("tmp_path is inside a git repository")
     root = tmp_path / "plain"
-    write_files(root, {".gitignore": "*.log\n", K: "!keep.log\n", "keep.log": "", "a": ""})
-    assert plain_oracle(root, tmp_path) == {".gitignore", K, "a"}
-    ships(root, {".gitignore", K, "a"})
+    tree = {".gitignore": "*.log\ndata/\n", K: "!keep.log\n!data/\nsecret.txt\n", "a": ""}
+    tree |= {"keep.log": "", "x.log": "", "data/d.bin": "", "sub/.gitignore": "!secret.txt\n"}
+    tree |= {"sub/secret.txt": "", "secret.txt": ""}
+    write_files(root, tree)
+    expected = {".gitignore", K, "a", "keep.log", "data/d.bin", "sub/.gitignore", "sub/secret.txt"}
+    assert plain_oracle(root, tmp_path) == expected
+    ships(root, expected)
 
 
 def test_plain_directory_fifo_skipped_with_warning(tmp_path: Path) -> None:
