@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import logging
 import os
 import random
 import re
@@ -56,14 +54,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, konduktor_cmd, log, run
+from common import BenchError, Traffic, konduktor_cmd, log, run, s3_server
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the local S3 and Kubernetes API servers
@@ -107,94 +104,6 @@ def aws_cmd() -> str | None:
     """The AWS CLI beside this interpreter (a venv need not be on PATH), else on PATH."""
     script = Path(sys.executable).parent / "aws"
     return str(script) if script.is_file() else shutil.which("aws")
-
-
-# -- the S3 server, counting what its clients send -------------------------------------------
-
-
-@dataclass
-class Traffic:
-    """What the S3 server has read from its clients since it started."""
-
-    wire: int = 0  # bytes read off the connections: request lines, headers, bodies
-    bodies: int = 0  # Content-Length of every request
-    requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, *, wire: int = 0, bodies: int = 0, requests: int = 0) -> None:
-        with self._lock:
-            self.wire += wire
-            self.bodies += bodies
-            self.requests += requests
-
-    def snapshot(self) -> tuple[int, int, int]:
-        with self._lock:
-            return self.wire, self.bodies, self.requests
-
-
-class CountingReader(io.RawIOBase):
-    """A read-only view of a connection's buffered reader that counts the bytes read."""
-
-    def __init__(self, inner: Any, traffic: Traffic) -> None:
-        super().__init__()
-        self._inner, self._traffic = inner, traffic
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._inner.read(-1 if size is None else size)
-        self._traffic.add(wire=len(data))
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data: bytes = self._inner.readline(-1 if size is None else size)
-        self._traffic.add(wire=len(data))
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        n: int = self._inner.readinto(buffer)
-        self._traffic.add(wire=n or 0)
-        return n
-
-    def close(self) -> None:
-        self._inner.close()
-        super().close()
-
-
-@contextlib.contextmanager
-def s3_server() -> Iterator[tuple[str, Traffic]]:
-    """Moto's S3 server on a free loopback port, as ThreadedMotoServer runs it, with a
-    request handler that counts every byte its clients send; yields (endpoint, traffic)."""
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
-    traffic = Traffic()
-
-    class Handler(MotoRequestHandler):
-        def setup(self) -> None:
-            super().setup()
-            self.rfile = CountingReader(self.rfile, traffic)  # type: ignore[assignment]
-
-    backend = DomainDispatcherApplication(create_backend_app)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        traffic.add(bodies=int(environ.get("CONTENT_LENGTH") or 0), requests=1)
-        return backend(environ, start_response)
-
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", traffic
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 # -- the Kubernetes API server ---------------------------------------------------------------
