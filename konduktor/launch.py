@@ -35,7 +35,6 @@ from konduktor import (
     pod,
     remote,
     scratch,
-    selection,
     snapshot,
     units,
 )
@@ -299,9 +298,6 @@ def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -
             path = Path(mount.source)
             sources.append(Source(mount.target, path, None, {"": path.stat().st_size}))
     warnings = tuple(w for s in sources if s.snapshot for w in s.snapshot.warnings)
-    warnings += tuple(
-        w for s in sources if s.snapshot and (w := selection.kept_out_warning(s.path))
-    )
     prepared = Prepared(task, job, tuple(sources), warnings, git=git)
     snapshot.check_size(f"{task.path}: the launch", prepared.sized(), cfg.hard_limit_mb)
     keyed = tuple(
@@ -320,7 +316,7 @@ def prepare(task: Task, cfg: Config, job: str, git: GitCheckout | None = None) -
 
 def _tree_source(target: str, root: Path, level: int, overlay_only: bool = False) -> Source:
     """A directory's plan, its files not hashed yet."""
-    p = snapshot.plan(root, level=level, hash_files=False)
+    p = snapshot.plan(root, level=level, hash_files=False, kept_out=True)
     if overlay_only:
         p = replace(p, layers=tuple(layer for layer in p.layers if layer.kind == "overlay"))
     return Source(target, root, p, snapshot.shipped_sizes(p))

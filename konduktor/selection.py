@@ -692,24 +692,6 @@ class KeptOut:
         )
 
 
-def kept_out(root: Path) -> KeptOut | None:
-    """What ``.gitignore`` keeps out of what ships from the work tree at *root* (None
-    outside a work tree): one `git status`, without the rest of the selection."""
-    root = _check_root(root)
-    repo = Repo.discover(root)
-    if repo is None or repo.workdir is None:
-        return None
-    status_, ignored = _status(repo, None, ignored=True)
-    entries = ignored.kept if ignored is not None else status_.ignored or []
-    return _count_kept_out(repo.root, entries)
-
-
-def kept_out_warning(root: Path) -> str | None:
-    """:meth:`KeptOut.warning` of :func:`kept_out`, for a launch."""
-    counted = kept_out(root)
-    return counted.warning() if counted else None
-
-
 def _count_kept_out(root: Path, entries: Sequence[str]) -> KeptOut:
     """Files first (one lstat each), then directories, shallow ones first (a data/ rather
     than the caches deep in the tree), while the budget lasts."""

@@ -150,9 +150,16 @@ def content_key(records: list[Record], deletions: tuple[str, ...], level: int) -
 
 
 def plan(
-    root: Path, *, commit: str | None = None, level: int = DEFAULT_LEVEL, hash_files: bool = True
+    root: Path,
+    *,
+    commit: str | None = None,
+    level: int = DEFAULT_LEVEL,
+    hash_files: bool = True,
+    kept_out: bool = False,
 ) -> SnapshotPlan:
-    """Decide the layers and (with *hash_files*) all their keys, without writing archives."""
+    """Decide the layers and (with *hash_files*) all their keys, without writing archives;
+    with *kept_out*, the warnings say what .gitignore keeps out of a work tree, when that
+    is much (from the same `git status`)."""
     if not 1 <= level <= 22:
         raise UsageError(f"compression level {level} is out of range; use 1-22")
     if commit is not None:
@@ -161,7 +168,10 @@ def plan(
         assert sel.commit is not None
         layer = LayerPlan("base", base_key(sel.repo, sel.commit, level), sel.entries)
         return _plan(sel, (layer,), level, dirty=False)
-    work = select(root)
+    work = select(root, kept_out=kept_out)
+    told = work.kept_out.warning() if work.kept_out else None
+    if told:
+        work = replace(work, warnings=(*work.warnings, told))
     if work.repo is None or work.commit is None:
         layer = LayerPlan("full", None, work.entries)
         result = _plan(work, (layer,), level, dirty=work.repo is not None)

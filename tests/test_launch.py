@@ -774,3 +774,18 @@ def test_a_launch_gives_pods_the_config_and_the_users_secrets(
     assert env["KONDUKTOR_DEFAULT_SECRETS"]["value"] == "/konduktor/default-secrets"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["default-secret-netrc"]["secret"] == {"secretName": netrc}
+
+
+def test_a_launch_says_what_gitignore_keeps_out(quickstart: Path, khome: Path) -> None:
+    """Many gitignored untracked files: the launch says so, with the largest and the fix."""
+    (quickstart / ".gitignore").write_text("cache/\n")
+    commit_all(quickstart)
+    (quickstart / "cache").mkdir()
+    for i in range(150):
+        (quickstart / "cache" / f"{i}.npy").write_bytes(b"x" * 100)
+    code, _, err = run("launch", "--dry-run", quickstart / "task.yaml")
+    assert code == 0, err
+    assert "warning: " in err
+    assert ".gitignore keeps 150 untracked file(s) (15.0 kB)" in err
+    assert "the largest cache/" in err
+    assert "re-include them with `!pattern` lines in .konduktorignore" in err

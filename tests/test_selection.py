@@ -714,7 +714,6 @@ def test_kept_out_counts_what_gitignore_keeps_out(tmp_path: Path) -> None:
     assert counted is not None
     assert (counted.files, counted.bytes) == (152, 150 + 2000 + 2)
     assert counted.largest == (("big.bin", 2000), ("cache/", 150), ("a.log", 2))
-    assert konduktor_selection.kept_out(repo) == counted
     warning = counted.warning()
     assert warning is not None
     assert ".gitignore keeps 152 untracked file(s) (2.2 kB)" in warning
@@ -722,7 +721,7 @@ def test_kept_out_counts_what_gitignore_keeps_out(tmp_path: Path) -> None:
     assert f"`!pattern` lines in {K}" in warning
     for i in range(60):
         (repo / "cache" / f"{i}.c").unlink()
-    few = konduktor_selection.kept_out(repo)
+    few = konduktor_selection.select(repo, kept_out=True).kept_out
     assert few is not None
     assert few.files == 92
     assert few.warning() is None
@@ -736,7 +735,7 @@ def test_kept_out_stops_looking_inside_directories_after_a_while(
     untracked |= {"deep/er/d.c": "dd"}
     repo = make_repo(tmp_path, files, untracked=untracked)
     monkeypatch.setattr(konduktor_selection, "_LOOK_AT_MOST", 40)
-    counted = konduktor_selection.kept_out(repo)
+    counted = konduktor_selection.select(repo, kept_out=True).kept_out
     assert counted is not None
     assert not counted.complete
     assert 1 < counted.files <= 41  # the files git names are all counted, big.bin first
