@@ -57,6 +57,30 @@ same script measures v2 later). --konduktor runs another konduktor, e.g. an
 older release installed in its own venv. --small runs the same session on a
 300-file corpus with a 40 MB data file, in about half a minute.
 
+v1 baseline, measured 2026-12-02 (`python benchmarks/iterate.py --label v1
+--json v1.json`, 2 shared cores; two runs gave the same bytes to +-50 per
+step; MB = 10^6 bytes):
+
+  step                                  sent (v1)  req  lower bound  sent/bound  target
+   1 first launch                        23.72 MB   18     23.60 MB       1.01x
+   2 relaunch, nothing changed             3.5 kB    4          0 B           -  ok
+   3 edit one file                       15.50 MB   11      0.02 MB        839x  MISS
+   4 commit it                            8.23 MB   11          0 B           -  MISS
+   5 add a 400 MB untracked data file   122.33 MB   27    106.63 MB       1.15x  MISS
+   6 edit one file                      122.35 MB   27      0.01 MB      9,061x  MISS
+   7 switch to a branch, 30 files         8.23 MB   11      0.07 MB        119x  MISS
+   8 switch back                           3.5 kB    4          0 B           -  ok
+   9 second clone, other dirty edits      0.07 MB    7      0.13 MB       0.52x  ok
+  10 5 new commits pulled                 8.24 MB   11      0.06 MB        139x  MISS
+  total                                 308.68 MB         130.52 MB       2.36x  MISS
+
+konduktor's own uploaded_bytes is the sent figure less the requests' lines and
+headers (308.55 MB in all); the store held 308.55 MB at the end. v1 sends a new
+base layer (8.2 MB) for every new commit (4, 7, 10) and the whole overlay (15.5
+MB; 122 MB once the data file is in it) for every change to the dirty state
+(3, 5, 6); at step 5 that includes the corpus's 50 MB JSONL file again. The
+total target is 173.64 MB (1.25x the bound + 1 MiB per step).
+
 Needs: pip install 'konduktor[s3]' 'moto[server]' zstandard
 Usage: python benchmarks/iterate.py [--label v1] [--small] [--json out.json]
                                     [--root DIR] [--keep] [--konduktor PATH]
