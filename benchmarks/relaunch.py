@@ -6,7 +6,7 @@ task file is committed with it, so the corpus is exactly one commit), with one
 local S3 server (moto, in this process) and the small Kubernetes API server of
 tests/kube_server.py, measure in one run, interleaved, as medians of --reps:
 
-a. `konduktor launch -y --kubeconfig K task.yaml`: the real CLI in a fresh process,
+a. `konduktor launch -y -d --kubeconfig K task.yaml`: the real CLI in a fresh process,
    end to end (interpreter start-up, snapshot, upload of what the store lacks,
    launch plan, JobSet creation on the API server);
 b. what Konduktor does today: `aws s3 sync --no-follow-symlinks STAGING
@@ -251,7 +251,7 @@ class Rig:
         """One `konduktor launch`; checks it POSTed exactly one JobSet, the one it printed,
         with the expected git-dirty annotation."""
         before, posts = set(jobsets(self.api)), jobset_posts(self.api)
-        cmd = [*self.konduktor, "launch", "-y", "--kubeconfig", str(self.kubeconfig)]
+        cmd = [*self.konduktor, "launch", "-y", "-d", "--kubeconfig", str(self.kubeconfig)]
         sample, out, err = self.measured([*cmd, str(self.task)], cwd=self.task.parent)
         after = jobsets(self.api)
         new = sorted(set(after) - before)
