@@ -224,8 +224,26 @@ ONE_NODE = {"metadata": {}, "spec": {"replicatedJobs": [{"template": {"spec": {}
             [_pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}, "Failed")],
             ("failed", "OOMKilled", 137),
         ),
+        (  # the return-value envelope is not a reason
+            [
+                _pod(
+                    {"terminated": {"exitCode": 3, "reason": "Error", "message": '{"exit":3}'}},
+                    "Failed",
+                )
+            ],
+            ("failed", "Error", 3),
+        ),
     ],
-    ids=["no-pod", "creating", "image-pull", "running", "succeeded", "sync-failed", "oom"],
+    ids=[
+        "no-pod",
+        "creating",
+        "image-pull",
+        "running",
+        "succeeded",
+        "sync-failed",
+        "oom",
+        "result-envelope",
+    ],
 )
 def test_the_state_of_a_job(
     pods: list[dict[str, Any]], expected: tuple[str, str, int | None]

@@ -696,6 +696,47 @@ def test_default_secrets_are_expanded_as_konduktors_pods_do(
     )
 
 
+@pytest.mark.parametrize(
+    ("result", "envelope"),
+    [
+        ('{"acc": 0.9}', '{"exit":3,"value":{"acc": 0.9}}'),
+        (None, '{"exit":3}'),
+        ("x" * 3501, '{"exit":3,"error":"ResultTooLarge","size":3501}'),
+    ],
+)
+def test_the_exit_code_and_result_json_are_the_termination_message_as_konduktors(
+    project: Path,
+    tmp_path: Path,
+    pod_shell: tuple[str, str],
+    result: str | None,
+    envelope: str,
+) -> None:
+    """In a pod (KONDUKTOR_OUTPUT_DIR set) the startup script writes Konduktor's envelope
+    for its controller's return values; the task's exit code stays the pod's."""
+    output = tmp_path / "output"
+    output.mkdir()
+    write = f"printf '%s' '{result}' >\"$KONDUKTOR_OUTPUT_DIR/result.json\"\n" if result else ""
+    _with_setup(project, "true", run=f"{write}exit 3\n")
+    plan = make_plan(project, f"file://{tmp_path}/store")
+    home = tmp_path / "home"
+    path, shell = pod_shell
+    env = {"KONDUKTOR_OUTPUT_DIR": str(output)}
+    done = run_script(plan, home, path, shell=shell, env=env)
+    assert done.returncode == 3, done.stderr
+    assert (home / ".konduktor" / "termination-log").read_text() == envelope
+
+
+def test_without_an_output_dir_there_is_no_envelope(project: Path, tmp_path: Path) -> None:
+    """--local (no KONDUKTOR_OUTPUT_DIR): run: is exec'd, the termination log stays empty."""
+    _with_setup(project, "true", run="exit 4\n")
+    home = tmp_path / "home"
+    done = run_script(
+        make_plan(project, f"file://{tmp_path}/store"), home, toolbox(tmp_path, "zstd")
+    )
+    assert done.returncode == 4, done.stderr
+    assert not (home / ".konduktor" / "termination-log").exists()
+
+
 def test_a_task_without_setup_renders_no_setup(project: Path, tmp_path: Path) -> None:
     script = pod.render(make_plan(project, f"file://{tmp_path}/store"))
     assert "setup.sh" not in script.split("# --- from the launch plan ---")[1]

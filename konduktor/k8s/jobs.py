@@ -277,7 +277,20 @@ def _exit(pod: dict[str, Any]) -> tuple[int, str]:
         failed = status.get("phase") == "Failed"
         return (1 if failed else 0), _reason(status)
     message = " ".join(str(ended.get("message") or "").split())
+    if _is_result(message):  # the return-value envelope of a task that ran: no reason
+        message = ""
     return int(ended.get("exitCode") or 0), message or str(ended.get("reason") or "")
+
+
+def _is_result(message: str) -> bool:
+    """*message* is the ``{"exit": N, ...}`` the startup script writes after ``run:``, as
+    Konduktor's pods do for its controller's return values."""
+    if not message.startswith('{"exit":'):
+        return False
+    try:
+        return isinstance(json.loads(message), dict)
+    except ValueError:
+        return True  # a result.json that is not JSON: still the envelope
 
 
 # -- changing ---------------------------------------------------------------------------------

@@ -677,7 +677,30 @@ k_run() {
   if k_have bash; then K_SH=bash; fi
   k_default_secrets
   if [ -n "${2:-}" ]; then k_setup "$2"; fi
-  exec "$K_SH" "$1"
+  if [ -z "${KONDUKTOR_OUTPUT_DIR:-}" ]; then exec "$K_SH" "$1"; fi
+  trap - INT TERM  # as when run: was exec'd: a signal reaches run: as it would PID 1
+  "$K_SH" "$1"
+  K_CODE=$?
+  k_result "$K_CODE"
+  return "$K_CODE"  # the script's last command: its status is the pod's
+}
+
+# k_result CODE: as Konduktor's pods do for its controller's return values, the termination
+# message is {"exit":CODE}, with "value": the task's $KONDUKTOR_OUTPUT_DIR/result.json when
+# it wrote one (or "error":"ResultTooLarge" above 3500 bytes: the message holds 4096).
+k_result() {
+  K_RV="$KONDUKTOR_OUTPUT_DIR/result.json"
+  if [ -s "$K_RV" ] && [ -f "$K_RV" ]; then
+    K_SIZE=$(wc -c <"$K_RV" | tr -d ' ')
+    if [ "$K_SIZE" -gt 3500 ]; then
+      K_LINE=$(printf '{"exit":%d,"error":"ResultTooLarge","size":%d}' "$1" "$K_SIZE")
+    else
+      K_LINE=$(printf '{"exit":%d,"value":%s}' "$1" "$(cat "$K_RV")")
+    fi
+  else
+    K_LINE=$(printf '{"exit":%d}' "$1")
+  fi
+  { printf '%s' "$K_LINE" >"$K_TERMLOG"; } 2>/dev/null
 }
 
 # k_default_secrets: as Konduktor's pods do, each default Secret mounted in
