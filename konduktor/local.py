@@ -18,6 +18,7 @@ import datetime
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -233,10 +234,18 @@ def _environment(home: Path, task: Task) -> dict[str, str]:
         KONDUKTOR_CREDENTIALS_DIR=str(home / ".konduktor-no-secret"),
         KONDUKTOR_TERMINATION_LOG=str(home / ".konduktor" / "termination-log"),
         KONDUKTOR_PYTHON=sys.executable,  # has zstandard, whatever python3 on PATH lacks
+        # a pod's variables (Konduktor's, SkyPilot's), for the one node this is
         NUM_NODES="1",
         RANK="0",
         MASTER_ADDR="127.0.0.1",
         NODE_HOST_IPS="127.0.0.1",
+        LOCAL_ADDR="127.0.0.1",
+        KONDUKTOR_JOB_NAME=home.name,
+        KONDUKTOR_NODENAME=socket.gethostname(),
+        SKYPILOT_NODE_IPS="127.0.0.1",
+        SKYPILOT_NODE_RANK="0",
+        SKYPILOT_NUM_NODES="1",
+        RESTART_ATTEMPT="0",
     )
     env.update(task.envs)
     return env

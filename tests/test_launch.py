@@ -126,6 +126,30 @@ def test_private_key_mount_keeps_its_mode(tmp_path: Path, khome: Path) -> None:
     assert "PRIVATE" not in result.stderr + result.stdout
 
 
+def test_local_runs_have_a_pods_variables_for_one_node(tmp_path: Path, khome: Path) -> None:
+    names = "RANK NUM_NODES MASTER_ADDR LOCAL_ADDR SKYPILOT_NODE_RANK SKYPILOT_NUM_NODES"
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        "name: vars\nnum_nodes: 2\nrun: |\n"
+        f"  for v in {names} RESTART_ATTEMPT; do eval echo $v=\\${{$v}}; done\n"
+        '  echo "job=$KONDUKTOR_JOB_NAME"\n'
+    )
+    result = launch_cli("--local", task)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:7] == [
+        "RANK=0",
+        "NUM_NODES=1",
+        "MASTER_ADDR=127.0.0.1",
+        "LOCAL_ADDR=127.0.0.1",
+        "SKYPILOT_NODE_RANK=0",
+        "SKYPILOT_NUM_NODES=1",
+        "RESTART_ATTEMPT=0",
+    ]
+    (home,) = (khome / "local").glob("vars-*")
+    assert lines[7] == f"job={home.name}"
+
+
 def test_the_exit_code_is_the_tasks(tmp_path: Path, khome: Path) -> None:
     task = tmp_path / "task.yaml"
     task.write_text("run: echo out; echo err >&2; exit 5\n")
