@@ -146,7 +146,10 @@ def launch(
         code = local.run(synced.plan, task, detach=request.detach, quiet=request.quiet)
         log_file = local.log(prepared.job) if request.detach else None
         return replace(result, exit_code=code, log=log_file)
-    manifest_ = submit(cluster, task, synced.plan, git_secret, cfg, found)
+    from konduktor.k8s import submit as k8s_submit
+
+    manifest_ = manifest(task, synced.plan, git_secret, cfg, found)
+    k8s_submit.create_jobset(cluster, manifest_)
     return replace(result, manifest=manifest_, context=cluster.context, namespace=cluster.namespace)
 
 
@@ -468,19 +471,3 @@ def manifest(
         secrets_config=secrets.pod_config(user_secrets),
         jobset_config=cfg.jobset_config if cfg else None,
     )
-
-
-def submit(
-    cluster: Any,
-    task: Task,
-    plan: LaunchPlan,
-    git_secret: str | None = None,
-    cfg: Config | None = None,
-    user_secrets: Sequence[Any] = (),
-) -> dict[str, Any]:
-    """Create the JobSet on *cluster* (a :class:`konduktor.k8s.submit.Cluster`); return it."""
-    from konduktor.k8s import submit as k8s_submit
-
-    rendered = manifest(task, plan, git_secret, cfg, user_secrets)
-    k8s_submit.create_jobset(cluster, rendered)
-    return rendered
